@@ -1,0 +1,89 @@
+"""The two model contracts: a Scorer (prompts + images -> one score per image) and an
+Embedder (images -> one vector per image). Every model in the zoo implements one of them.
+
+Images arrive in the canonical form of :mod:`divreward.images` (``(H, W, 3) uint8`` RGB
+arrays); each model does its own resize/normalisation inside ``score``/``embed``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+ModelKind = Literal["scorer", "embedder"]
+Profile = Literal["real", "tiny"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What produced a number: reported in every service response."""
+
+    name: str  # registry name, e.g. "pickscore"
+    kind: ModelKind
+    source: str  # hub id or local directory the weights came from
+    revision: str | None = None  # hub commit, when known
+    weights_hash: str | None = None  # sha256 prefix of the main weights file
+    profile: Profile = "real"
+    device: str = "cpu"
+    dtype: str = "float32"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model: where from, onto which device, in which precision."""
+
+    source: str | None = None  # hub id or local dir; None = the registry default
+    weights_dir: str | None = None  # root of local weights (DIVREWARD_WEIGHTS_DIR)
+    device: str = "cpu"
+    dtype: str | None = None  # None = fp32 on CPU, fp16 on CUDA (bf16 where the model says)
+    cache_dir: str | None = None  # hub cache / dreamsim cache override
+    options: dict[str, Any] = field(default_factory=dict)  # per-model options
+
+
+class Scorer(ABC):
+    """Quality scorer: ``score(images, prompts)[i]`` rates ``images[i]`` for ``prompts[i]``."""
+
+    info: ModelInfo
+    #: longest image side the model looks at; clients may downsize to this before sending
+    max_resolution: int = 224
+
+    @abstractmethod
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
+        """Return a float64 array of shape ``(len(images),)``.
+
+        Raises ``ValueError`` if ``len(prompts) != len(images)``.
+        """
+
+
+class Embedder(ABC):
+    """Image embedder: ``embed(images)`` -> ``(N, dim)`` float32, rows unit-normalised."""
+
+    info: ModelInfo
+    dim: int
+    max_resolution: int = 224
+
+    @abstractmethod
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Return a float32 array of shape ``(len(images), self.dim)``."""
+
+
+def check_prompts(images: Sequence[Any], prompts: Sequence[str]) -> None:
+    """The one check that prompts pair with images; every scorer calls it first."""
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, one per image, not a single str")
+    if len(prompts) != len(images):
+        raise ValueError(
+            f"prompts has {len(prompts)} entries but images has {len(images)}: "
+            "give exactly one prompt per image"
+        )
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ValueError(f"prompts[{i}] must be a str, got {type(p).__name__}")
