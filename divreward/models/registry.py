@@ -64,3 +64,16 @@ def load_model(name: str, opts: LoadOptions | None = None) -> Scorer | Embedder:
 def build_tiny(name: str, out_dir: str | Path, seed: int = 0) -> None:
     """Write the tiny random twin of ``name`` under ``out_dir`` (same layout as real)."""
     _module(get_spec(name)).build_tiny(Path(out_dir), seed)
+
+
+# --- the zoo: one line per model -------------------------------------------------------
+# fmt: off
+register(ModelSpec("pickscore", "scorer", "pickscore", "yuvalkirstain/PickScore_v1", "PickScore (CLIP ViT-H/14): logit_scale.exp()*cos / scale_divisor", {"scale_divisor": 1.0}))  # noqa: E501
+register(ModelSpec("clipscore", "scorer", "clipscore", "openai/clip-vit-base-patch32", "CLIPScore: Hessel 2.5*max(cos,0) with 'A photo depicts ' prefix, or torchmetrics max(100*cos,0)", {"form": "hessel"}))  # noqa: E501
+register(ModelSpec("hpsv2", "scorer", "hpsv2", "xswu/HPSv2", "HPSv2 (open_clip ViT-H-14, HPS_v2_compressed.pt): cosine", {"version": "v2.0"}))  # noqa: E501
+register(ModelSpec("hpsv21", "scorer", "hpsv2", "xswu/HPSv2", "HPSv2.1 (open_clip ViT-H-14, HPS_v2.1_compressed.pt): cosine", {"version": "v2.1"}))  # noqa: E501
+register(ModelSpec("hpsv3", "scorer", "hpsv3", "MizzenAI/HPSv3", "HPSv3 (Qwen2-VL-7B + reward head): mu of the predicted (mu, log_sigma)"))  # noqa: E501
+register(ModelSpec("imagereward", "scorer", "imagereward", "THUDM/ImageReward", "ImageReward (BLIP ViT-L + BERT cross-attention + MLP), standardised"))  # noqa: E501
+register(ModelSpec("dreamsim", "embedder", "dreamsim_embedder", "dreamsim", "DreamSim perceptual embedding (unit rows; distance = 1 - cos)", {"dreamsim_type": "ensemble"}))  # noqa: E501
+register(ModelSpec("clip_embedder", "embedder", "clip_embedder", "openai/clip-vit-base-patch32", "CLIP image embedding (unit rows) for the CLIP-diversity metric"))  # noqa: E501
+# fmt: on
