@@ -1,0 +1,66 @@
+# divreward: every command in the README is a target here. Each target creates the
+# virtual environment first when it is missing (or older than pyproject.toml).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.divreward-installed
+export HF_HUB_OFFLINE ?=
+PROFILE ?= real
+CONFIG  ?=
+TINY_DIR ?= .cache/tiny-models
+
+.PHONY: help venv test test-fast test-slow lint format serve demo tiny-models bench \
+        proto compose-config k8s-check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install divreward with its dev tools
+
+test: venv lint ## lint, then the default test suite (what CI runs)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu"
+
+test-fast: venv ## pure-math and model tests only (no Ray Serve)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q tests/core tests/models
+
+test-slow: venv ## only the tests marked slow
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow and not gpu"
+
+lint: venv ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+serve: venv ## run the reward + diversity services (real weights: hub or DIVREWARD_WEIGHTS_DIR)
+	$(BIN)/divreward serve --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG),)
+
+demo: venv ## run the services on tiny random models (machinery only, scores meaningless)
+	$(BIN)/divreward serve --profile tiny
+
+tiny-models: venv ## build the tiny random models into $(TINY_DIR)
+	$(BIN)/divreward make-tiny-models $(TINY_DIR)
+
+bench: venv ## run the benchmarks in bench/ (results in bench/results/)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/clustering.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve_overhead.py
+
+proto: venv ## regenerate the gRPC code from divreward/proto/divreward.proto
+	$(BIN)/python -m divreward.proto.generate
+
+compose-config: ## validate docker-compose.yml (needs Debian's docker-compose)
+	docker-compose -f docker-compose.yml config -q
+
+k8s-check: venv ## validate the Kubernetes manifests offline
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_deploy.py
+
+clean: ## remove caches (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info
