@@ -1,0 +1,185 @@
+"""Building API requests from a trainer's inputs, shared by every transport.
+
+Everything here is pure: images are converted (and optionally downsized) through
+:mod:`divreward.client.encoding`, parameters are validated by the schema's own models,
+so a bad argument fails in the trainer's process with the schema's message instead of
+costing a round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from divreward.client.encoding import encode_images, prepare_images
+from divreward.schema import (
+    AdvantageConfig,
+    DiverseGRPOParams,
+    DriftParams,
+    EmbedRequest,
+    ModelsResponse,
+    NoDiversityParams,
+    RewardGroup,
+    RewardsRequest,
+    ScoreRequest,
+)
+from divreward.schema_stream import GroupSubmission
+
+__all__ = ["Group", "ImageOptions", "advertised_max_side"]
+
+DiversityArg = Mapping[str, Any] | DiverseGRPOParams | DriftParams | NoDiversityParams | None
+AdvantageArg = Mapping[str, Any] | AdvantageConfig | None
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group of images generated from one prompt.
+
+    ``images``: a torch tensor ``(G, 3, H, W)`` float in [0, 1], a numpy array
+    ``(G, H, W, 3)`` uint8, or a list of PIL images / arrays / encoded bytes.
+    ``group_size``: set only when ``images`` is *part* of a group of that size that the
+    server should assemble (see :class:`divreward.schema_stream.GroupSubmission`).
+    """
+
+    prompt: str
+    images: Any
+    group_id: str | None = None
+    group_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How images are put on the wire."""
+
+    max_side: int | None = None  # downsize so that the shorter side is at most this
+    fmt: str = "PNG"
+    quality: int = 95  # JPEG/WebP only
+
+    def encode(self, images: Any) -> list[bytes]:
+        return encode_images(images, max_side=self.max_side, fmt=self.fmt, quality=self.quality)
+
+
+def advertised_max_side(models: ModelsResponse) -> int | None:
+    """The largest input resolution the server's models look at, if it says so.
+
+    The server advertises it in ``GET /v1/models`` as ``limits["max_resolution"]`` (the
+    maximum over its scorers and embedder).
+    """
+    value = models.limits.get("max_resolution")
+    return int(value) if value else None
+
+
+def snapshot_images(images: Any) -> list[np.ndarray]:
+    """Canonical copies of ``images``, taken at once so that the trainer may reuse or
+    free its buffers (GPU tensors included) while the request is still in flight."""
+    return [np.array(a, copy=True) for a in prepare_images(images)]
+
+
+def _params(model: type[BaseModel], value: Any, name: str) -> Any:
+    if value is None or isinstance(value, BaseModel):
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{name} must be a dict or a {model.__name__}, got {type(value).__name__}")
+
+
+def score_request(
+    images: Any,
+    prompts: Sequence[str],
+    scorers: Sequence[str] | None,
+    request_id: str,
+    opts: ImageOptions,
+) -> ScoreRequest:
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, one per image, not a single str")
+    return ScoreRequest(
+        prompts=list(prompts),
+        images=opts.encode(images),
+        scorers=list(scorers) if scorers is not None else None,
+        request_id=request_id,
+    )
+
+
+def embed_request(images: Any, request_id: str, opts: ImageOptions) -> EmbedRequest:
+    return EmbedRequest(images=opts.encode(images), request_id=request_id)
+
+
+def _as_group(group: Group | tuple[str, Any], index: int) -> Group:
+    if isinstance(group, Group):
+        return group
+    if isinstance(group, tuple) and len(group) == 2 and isinstance(group[0], str):
+        return Group(prompt=group[0], images=group[1])
+    raise TypeError(
+        f"groups[{index}] must be a Group or a (prompt, images) tuple, got {type(group).__name__}"
+    )
+
+
+def rewards_request(
+    groups: Sequence[Group | tuple[str, Any]],
+    *,
+    quality: Mapping[str, float] | None,
+    diversity: DiversityArg,
+    advantage: AdvantageArg,
+    return_embeddings: bool,
+    request_id: str,
+    opts: ImageOptions,
+) -> RewardsRequest:
+    if isinstance(groups, Group | tuple) and not isinstance(groups, list):
+        groups = [groups]  # type: ignore[list-item]
+    body: dict[str, Any] = {
+        "groups": [
+            RewardGroup(prompt=g.prompt, images=opts.encode(g.images), group_id=g.group_id)
+            for g in (_as_group(x, i) for i, x in enumerate(groups))
+        ],
+        "request_id": request_id,
+    }
+    if quality is not None:
+        body["quality"] = dict(quality)
+    if diversity is not None:
+        body["diversity"] = _params(DiverseGRPOParams, diversity, "diversity")
+    if advantage is not None:
+        body["advantage"] = _params(AdvantageConfig, advantage, "advantage")
+    if return_embeddings:
+        body["return_embeddings"] = True
+    return RewardsRequest.model_validate(body)
+
+
+def group_submission(
+    group: Group,
+    *,
+    namespace: str | None,
+    quality: Mapping[str, float] | None,
+    diversity: DiversityArg,
+    advantage: AdvantageArg,
+    return_embeddings: bool,
+    assembly_timeout_s: float | None,
+    request_id: str,
+    opts: ImageOptions,
+) -> GroupSubmission:
+    if group.group_id is None:
+        raise ValueError("group.group_id is required for submit/stream: answers are tagged by it")
+    body: dict[str, Any] = {
+        "group_id": group.group_id,
+        "prompt": group.prompt,
+        "images": opts.encode(group.images),
+        "request_id": request_id,
+    }
+    if group.group_size is not None:
+        body["group_size"] = group.group_size
+    if namespace is not None:
+        body["namespace"] = namespace
+    if quality is not None:
+        body["quality"] = dict(quality)
+    if diversity is not None:
+        body["diversity"] = _params(DiverseGRPOParams, diversity, "diversity")
+    if advantage is not None:
+        body["advantage"] = _params(AdvantageConfig, advantage, "advantage")
+    if return_embeddings:
+        body["return_embeddings"] = True
+    if assembly_timeout_s is not None:
+        body["assembly_timeout_s"] = assembly_timeout_s
+    return GroupSubmission.model_validate(body)
