@@ -438,10 +438,52 @@ def knn_cosine(x: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]
     return idx, dist
 
 
+# Components up to this size get a dense eigendecomposition in the approximate solver.
+_DENSE_COMPONENT_MAX = 256
+
+
+def _sparse_leading_eigen(mat: Any, nev: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``nev`` largest eigenpairs of a sparse symmetric M (N, N), decreasing.
+
+    A kNN graph of well-separated modes falls apart into connected components, and
+    then eigenvalue 1 has one copy per component. A single-vector Lanczos run (eigsh)
+    finds one vector per eigenvalue and misses such copies (seen: 5 of 7). So M, which
+    is block-diagonal over the components, is decomposed per component (dense when
+    small, eigsh otherwise; within a connected component eigenvalue 1 is simple) and the
+    spectra are merged. Ties (the 1s) keep component order, so the result is
+    deterministic.
+    """
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import eigsh
+
+    n = mat.shape[0]
+    n_comp, comp = connected_components(mat, directed=False)
+    all_vals: list[np.ndarray] = []
+    all_vecs: list[np.ndarray] = []  # (N, m_c) each, zero outside the component
+    rng = np.random.default_rng(seed)
+    for c in range(n_comp):
+        members = np.flatnonzero(comp == c)
+        sub = mat[members][:, members]
+        m_c = min(nev, members.size)
+        if members.size <= _DENSE_COMPONENT_MAX or m_c >= members.size - 1:
+            v, u = np.linalg.eigh(sub.toarray())
+            v, u = v[::-1][:m_c], u[:, ::-1][:, :m_c]
+        else:
+            v0 = rng.standard_normal(members.size)
+            v, u = eigsh(sub, k=m_c, which="LA", v0=v0, tol=1e-10)
+        full = np.zeros((n, v.size))
+        full[members] = u
+        all_vals.append(v)
+        all_vecs.append(full)
+    vals = np.concatenate(all_vals)
+    vecs = np.concatenate(all_vecs, axis=1)
+    order = np.argsort(-vals, kind="stable")[:nev]
+    return vals[order], vecs[:, order]
+
+
 def _spectral_approximate(x: np.ndarray, cfg: DiverseGRPOConfig) -> ClusterResult:
     # scipy.sparse is imported here: the exact path (training group sizes) never needs it.
     from scipy import sparse
-    from scipy.sparse.linalg import eigsh
 
     n = x.shape[0]
     if cfg.k_mode == "silhouette":
@@ -478,11 +520,7 @@ def _spectral_approximate(x: np.ndarray, cfg: DiverseGRPOConfig) -> ClusterResul
     deg = np.asarray(a.sum(axis=1)).ravel()
     scale = sparse.diags(1.0 / np.sqrt(deg))
     mat = (scale @ a @ scale).tocsr()  # (N, N) sparse M
-    nev = min(_n_eigen(n, cfg), n - 1)
-    v0 = np.random.default_rng(cfg.seed).standard_normal(n)
-    vals, vecs = eigsh(mat, k=nev, which="LA", v0=v0, tol=1e-10)
-    order = np.argsort(vals)[::-1]
-    vals, vecs = vals[order], vecs[:, order]
+    vals, vecs = _sparse_leading_eigen(mat, _n_eigen(n, cfg), cfg.seed)
     labels = canonical_labels(_choose_k_and_labels(vecs, vals, cfg, None))
     return ClusterResult(
         labels=labels,
