@@ -68,7 +68,7 @@ def build_tiny(name: str, out_dir: str | Path, seed: int = 0) -> None:
 
 # --- the zoo: one line per model -------------------------------------------------------
 # fmt: off
-register(ModelSpec("pickscore", "scorer", "pickscore", "yuvalkirstain/PickScore_v1", "PickScore (CLIP ViT-H/14): logit_scale.exp()*cos / scale_divisor", {"scale_divisor": 1.0}))  # noqa: E501
+register(ModelSpec("pickscore", "scorer", "pickscore", "yuvalkirstain/PickScore_v1", "PickScore (CLIP ViT-H/14): logit_scale.exp()*cos / scale_divisor", {"scale_divisor": 1.0, "processor_source": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}))  # noqa: E501
 register(ModelSpec("clipscore", "scorer", "clipscore", "openai/clip-vit-base-patch32", "CLIPScore: Hessel 2.5*max(cos,0) with 'A photo depicts ' prefix, or torchmetrics max(100*cos,0)", {"form": "hessel"}))  # noqa: E501
 register(ModelSpec("hpsv2", "scorer", "hpsv2", "xswu/HPSv2", "HPSv2 (open_clip ViT-H-14, HPS_v2_compressed.pt): cosine", {"version": "v2.0"}))  # noqa: E501
 register(ModelSpec("hpsv21", "scorer", "hpsv2", "xswu/HPSv2", "HPSv2.1 (open_clip ViT-H-14, HPS_v2.1_compressed.pt): cosine", {"version": "v2.1"}))  # noqa: E501

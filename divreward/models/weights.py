@@ -51,6 +51,7 @@ __all__ = [
     "resolve_dir",
     "resolve_dtype",
     "resolve_file",
+    "resolve_first",
     "weights_root",
     "write_tiny_marker",
 ]
@@ -203,6 +204,20 @@ def resolve_file(repo_id: str, filename: str, opts: LoadOptions) -> Resolved:
         raise _hub_error(repo_id, [filename], exc) from exc
     path = Path(str(got))
     return Resolved(path, repo_id, _snapshot_revision(path), _tiny(path))
+
+
+def resolve_first(repo_id: str, candidates: Sequence[str], opts: LoadOptions) -> Resolved:
+    """Resolve the first of ``candidates`` (e.g. ``model.safetensors`` then
+    ``pytorch_model.bin``) that ``repo_id`` provides; the error names all of them."""
+    errors: list[str] = []
+    for filename in candidates:
+        try:
+            return resolve_file(repo_id, filename, opts)
+        except WeightsNotFoundError as exc:
+            errors.append(str(exc))
+    raise WeightsNotFoundError(
+        f"none of {', '.join(candidates)} found for {repo_id!r}: " + " | ".join(errors)
+    )
 
 
 def _tiny(path: Path) -> bool:

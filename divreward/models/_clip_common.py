@@ -1,0 +1,267 @@
+"""CLIP through transformers, shared by PickScore, CLIPScore and the CLIP embedder.
+
+Loading: ``CLIPModel`` weights + config from the model source; the image processor and
+tokenizer from a processor source (the same repository for OpenAI's CLIPs; for
+PickScore, ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` as in the reference).
+
+Preprocessing is transformers' PIL-backed ``CLIPImageProcessorPil`` configured by the
+processor source's ``preprocessor_config.json`` (shortest side to 224, bicubic, centre
+crop 224, OpenAI mean/std): the references ran transformers 4's PIL processor, while
+transformers 5's default ``CLIPImageProcessor`` is torchvision-backed and differs by up
+to 0.015 per pixel value. Text is truncated at 77 tokens.
+
+transformers 5: ``get_image_features``/``get_text_features`` return an output object;
+the projected embedding is its ``.pooler_output``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from divreward.models._common import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, iter_chunks, seeded
+from divreward.models.base import LoadOptions
+from divreward.models.weights import (
+    Resolved,
+    WeightsNotFoundError,
+    check_device,
+    dtype_name,
+    file_sha256_prefix,
+    resolve_dir,
+    resolve_dtype,
+    resolve_file,
+    resolve_first,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+CONTEXT_LENGTH = 77
+
+
+@dataclass
+class ClipBundle:
+    """A loaded CLIP: model (eval, on device), tokenizer, PIL image processor."""
+
+    model: Any  # transformers.CLIPModel
+    tokenizer: Any  # transformers.CLIPTokenizer
+    processor: Any  # transformers.CLIPImageProcessorPil
+    device: str
+    dtype: torch.dtype
+    resolved: list[Resolved]  # model weights file first, then config, processor dir
+    max_resolution: int  # the processor's crop side
+
+    @property
+    def weights_hash(self) -> str:
+        return file_sha256_prefix(self.resolved[0].path)
+
+    @property
+    def source(self) -> str:
+        return self.resolved[0].source
+
+    @property
+    def revision(self) -> str | None:
+        return self.resolved[0].revision
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+
+def load_clip(opts: LoadOptions, processor_source: str | None) -> ClipBundle:
+    """Load a transformers CLIP from ``opts.source`` (hub id or local directory) and its
+    processor/tokenizer from ``processor_source`` (default: the same source)."""
+    from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+    assert opts.source is not None  # load_model fills in the registry default
+    device = check_device(opts.device)
+    dtype = resolve_dtype(opts)
+    weights = resolve_first(opts.source, WEIGHT_FILES, opts)
+    config = resolve_file(opts.source, "config.json", opts)
+    if config.path.parent != weights.path.parent:
+        raise WeightsNotFoundError(
+            f"config.json and the weights of {opts.source!r} resolved to different "
+            f"directories ({config.path.parent} vs {weights.path.parent})"
+        )
+    proc = resolve_dir(processor_source or opts.source, opts, PROCESSOR_FILES, TOKENIZER_FILES)
+    if not (proc.path / "tokenizer.json").is_file() and not all(
+        (proc.path / f).is_file() for f in ("vocab.json", "merges.txt")
+    ):
+        raise WeightsNotFoundError(
+            f"tokenizer for {processor_source or opts.source!r} not found in {proc.path}: "
+            "need tokenizer.json, or vocab.json and merges.txt"
+        )
+    model = CLIPModel.from_pretrained(str(weights.path.parent), dtype=dtype)
+    model = model.to(device).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(str(proc.path))
+    processor = CLIPImageProcessorPil.from_pretrained(str(proc.path))
+    crop = processor.crop_size
+    side = int(crop["height"]) if isinstance(crop, dict) else int(crop.height)
+    return ClipBundle(model, tokenizer, processor, device, dtype, [weights, config, proc], side)
+
+
+def preprocess(processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Canonical images -> ``(N, 3, S, S)`` float32 pixel values (S = crop side)."""
+    from PIL import Image
+
+    pil: list[Image.Image] = [Image.fromarray(img) for img in images]
+    return processor(images=pil, return_tensors="pt")["pixel_values"]
+
+
+def image_features(bundle: ClipBundle, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """``(N, P)`` float32 unit-norm projected image embeddings, in pixel-bounded chunks."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for sl in iter_chunks(images, DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS):
+            pixels = preprocess(bundle.processor, images[sl]).to(bundle.device, bundle.dtype)
+            emb = bundle.model.get_image_features(pixel_values=pixels).pooler_output  # (B, P)
+            out.append(_unit(emb.float()).cpu())
+    proj = bundle.model.config.projection_dim
+    return torch.cat(out) if out else torch.zeros((0, proj))
+
+
+def text_features(bundle: ClipBundle, texts: Sequence[str]) -> torch.Tensor:
+    """``(N, P)`` float32 unit-norm projected text embeddings (77-token truncation)."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), DEFAULT_MAX_BATCH):
+            tok = bundle.tokenizer(
+                list(texts[start : start + DEFAULT_MAX_BATCH]),
+                padding=True,
+                truncation=True,
+                max_length=CONTEXT_LENGTH,
+                return_tensors="pt",
+            ).to(bundle.device)
+            emb = bundle.model.get_text_features(
+                input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
+            ).pooler_output  # (B, P)
+            out.append(_unit(emb.float()).cpu())
+    proj = bundle.model.config.projection_dim
+    return torch.cat(out) if out else torch.zeros((0, proj))
+
+
+def cosine(bundle: ClipBundle, images: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+    """``cos(image_i, text_i)`` for each pair, float64 ``(N,)``."""
+    img = image_features(bundle, images)
+    txt = text_features(bundle, texts)
+    return (img * txt).sum(dim=-1).double().numpy()
+
+
+def logit_scale(bundle: ClipBundle) -> float:
+    return float(bundle.model.logit_scale.detach().float().exp())
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+# --- tiny models ------------------------------------------------------------------------
+
+
+@functools.cache
+def clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The real CLIP BPE (49408 tokens), rebuilt from the vocabulary that ships inside the
+    open_clip wheel, in the same order as OpenAI's/HF's ``vocab.json``, so that tiny
+    models tokenise exactly like the real ones, offline."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    with gzip.open(default_bpe()) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_tokens = list(bytes_to_unicode().values())
+    tokens = byte_tokens + [t + "</w>" for t in byte_tokens]
+    tokens += ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, [(a, b) for a, b in merges]
+
+
+def write_processor(out: Path, side: int) -> None:
+    """Write ``preprocessor_config.json`` (OpenAI CLIP's, with ``side`` for 224) and the
+    tokenizer files into ``out``."""
+    from transformers import CLIPTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_bpe()
+    tokenizer = CLIPTokenizer(
+        vocab=dict(vocab), merges=list(merges), model_max_length=CONTEXT_LENGTH
+    )
+    tokenizer.save_pretrained(str(out))
+    pre = {
+        "crop_size": {"height": side, "width": side},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_processor_type": "CLIPImageProcessor",
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"shortest_edge": side},
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+
+
+def write_tiny_clip(model_dir: Path, seed: int, logit_scale_init: float) -> None:
+    """A random CLIPModel (width 32, 2 layers, patch 8 at 32 px, projection 16, the real
+    49408-token vocabulary) saved as ``config.json`` + ``model.safetensors``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = {
+        "vocab_size": 49408,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": CONTEXT_LENGTH,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    config = CLIPConfig(
+        text_config=text,
+        vision_config=vision,
+        projection_dim=16,
+        logit_scale_init_value=logit_scale_init,
+    )
+    import torch
+
+    with seeded(seed):
+        model = CLIPModel(config).eval()
+    # A random CLIP's embeddings are dominated by input-independent parts (the class
+    # token, the end-of-text token), so cos(image, text) has the same sign for nearly
+    # every pair. Make that sign positive, or CLIPScore's clamp at 0 would map every
+    # tiny score to 0 and hide pairing mistakes: flipping text_projection negates cos.
+    with torch.no_grad():
+        probe_img = torch.zeros((1, 3, vision["image_size"], vision["image_size"]))
+        probe_txt = torch.tensor([[49406, 320, 1125, 49407]])  # "<sot> a photo <eot>"
+        img = model.get_image_features(pixel_values=probe_img).pooler_output
+        txt = model.get_text_features(input_ids=probe_txt).pooler_output
+        if float(torch.nn.functional.cosine_similarity(img, txt).item()) < 0:
+            model.text_projection.weight.neg_()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(model_dir))

@@ -1,0 +1,79 @@
+"""CLIPScore on any transformers CLIP checkpoint, in its two published forms.
+
+- ``form="hessel"`` (Hessel et al. 2021, the paper's reference code): captions get the
+  prefix ``"A photo depicts "``; score = ``2.5 * max(cos, 0)`` (reference model
+  ViT-B/32, ``openai/clip-vit-base-patch32``, the registry default).
+- ``form="torchmetrics"`` (``torchmetrics.multimodal.CLIPScore``): no prefix; score =
+  ``max(100 * cos, 0)`` (torchmetrics' default model is ``openai/clip-vit-large-patch14``:
+  pass it as the source for parity).
+
+Options ``weight`` and ``prefix`` override the form's values; ``processor_source``
+takes the processor/tokenizer from another repository (default: the model's own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from divreward.models import _clip_common as clip
+from divreward.models._common import canonical, check_options, option
+from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
+from divreward.models.weights import note_tiny
+
+FORMS: dict[str, tuple[float, str]] = {  # form -> (weight, caption prefix)
+    "hessel": (2.5, "A photo depicts "),
+    "torchmetrics": (100.0, ""),
+}
+OPTIONS = ("form", "weight", "prefix", "processor_source")
+DEFAULT_SOURCE = "openai/clip-vit-base-patch32"
+
+
+class CLIPScore(Scorer):
+    def __init__(
+        self, bundle: clip.ClipBundle, weight: float, prefix: str, info: ModelInfo
+    ) -> None:
+        self.bundle = bundle
+        self.weight = weight
+        self.prefix = prefix
+        self.info = info
+        self.max_resolution = bundle.max_resolution
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
+        check_prompts(images, prompts)
+        imgs = canonical(images)
+        cos = clip.cosine(self.bundle, imgs, [self.prefix + p for p in prompts])  # (N,)
+        return self.weight * np.maximum(cos, 0.0)
+
+
+def load(opts: LoadOptions) -> CLIPScore:
+    check_options("clipscore", opts.options, OPTIONS)
+    form = option(opts.options, "form", str, "hessel")
+    if form not in FORMS:
+        raise ValueError(f"clipscore: option 'form' must be one of {sorted(FORMS)}, got {form!r}")
+    weight = option(opts.options, "weight", float, FORMS[form][0])
+    prefix = option(opts.options, "prefix", str, FORMS[form][1])
+    bundle = clip.load_clip(opts, option(opts.options, "processor_source", str, None))
+    info = ModelInfo(
+        name="clipscore",
+        kind="scorer",
+        source=bundle.source,
+        revision=bundle.revision,
+        weights_hash=bundle.weights_hash,
+        profile="tiny" if note_tiny("clipscore", bundle.resolved) == "tiny" else "real",
+        device=bundle.device,
+        dtype=bundle.dtype_name,
+        options=dict(opts.options),
+    )
+    return CLIPScore(bundle, weight, prefix, info)
+
+
+def build_tiny(out_dir: Path, seed: int) -> None:
+    """``out_dir/openai/clip-vit-base-patch32/``: random tiny CLIP (logit scale 100)
+    with the real tokenizer and a 32 px processor, in one directory like the real repo."""
+    target = out_dir / DEFAULT_SOURCE
+    clip.write_tiny_clip(target, seed, float(np.log(100.0)))
+    clip.write_processor(target, side=32)

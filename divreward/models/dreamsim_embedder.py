@@ -1,0 +1,376 @@
+"""DreamSim perceptual embeddings (Fu et al. 2023) through the unmodified ``dreamsim``
+package (0.2.1).
+
+embed(images)[i] = dreamsim's ``model.embed(x_i)``: the concatenated backbone features
+(``ensemble``: DINO ViT-B/16 CLS 768 + CLIP ViT-B/16 512 + OpenCLIP ViT-B/16 512 = 1792;
+single-branch types 768 or 512), LoRA-tuned, then mean-centred and L2-normalised by
+dreamsim (``normalize_embeds=True``); rows are re-normalised in float32 here. The
+DreamSim distance is ``1 - cos``.
+
+Preprocessing (dreamsim's own): RGB -> resize to 224 x 224 (**squash**, bicubic, PIL)
+-> ToTensor, values in [0, 1]; each branch normalises with its own mean/std inside.
+
+Weights: ``dreamsim(pretrained=True, device=..., cache_dir=..., dreamsim_type=...)``
+downloads its release zips (and, for DINO branches, the DINO code and weights through
+``torch.hub``) into ``cache_dir`` unless they are already there. The cache directory is
+always explicit: the model source when it is a directory, else ``LoadOptions.cache_dir``,
+else ``<weights_dir>/dreamsim``, else ``~/.cache/divreward/dreamsim``. With a weights
+directory, or with ``HF_HUB_OFFLINE=1``/``DIVREWARD_OFFLINE=1``, nothing is downloaded
+and missing files are an error naming each of them. dreamsim sets torch.hub's global
+directory; it is restored after loading.
+
+Tiny profile: ``build_tiny`` writes a cache directory the unmodified ``dreamsim()`` loads:
+random backbone files, a minimal ``facebookresearch_dino_main/hubconf.py`` with the
+DINO weights in ``checkpoints/``, and peft LoRA folders. The DINO branch is narrow
+(width 32, 12 blocks: dreamsim hooks block 11). The CLIP and OpenCLIP branches cannot
+be narrowed: dreamsim builds them with a hard-coded ``vit_base`` (width 768, 12 blocks)
+and loads strictly. So their random weights are full ViT-B shapes, each tensor a window
+of one shared 4M-float Gaussian pool (stored once per file, ~16 MB instead of 343 MB),
+and the tiny cache carries ``divreward_dreamsim.json`` (read **only if present**;
+``{"image_size": 32}``) so the tiny profile feeds 32 x 32 images instead of 224.
+Tiny types: ``ensemble`` and ``dino_vitb16``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from divreward.models._common import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_PIXELS,
+    canonical,
+    check_options,
+    iter_chunks,
+    option,
+    seeded,
+)
+from divreward.models.base import Embedder, LoadOptions, ModelInfo
+from divreward.models.weights import (
+    Resolved,
+    WeightsNotFoundError,
+    check_device,
+    dtype_name,
+    file_sha256_prefix,
+    find_tiny_root,
+    note_tiny,
+    resolve_dtype,
+    weights_root,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "dreamsim"
+OPTIONS = ("dreamsim_type",)
+IMAGE_SIZE = 224
+TINY_FILE = "divreward_dreamsim.json"
+DINO_HUB = "facebookresearch_dino_main"
+DINO_WEIGHTS = "checkpoints/dino_vitbase16_pretrain.pth"
+DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+
+# The files dreamsim 0.2.1 checks before deciding to download (model.download_weights),
+# plus what its torch.hub branches read. LoRA folders hold adapter_config.json and the
+# adapter weights.
+LORA_TAG = {
+    "ensemble": "ensemble_lora",
+    "dino_vitb16": "dino_vitb16_single_lora",
+    "dinov2_vitb14": "dinov2_vitb14_single_lora",
+    "open_clip_vitb32": "open_clip_vitb32_single_lora",
+    "clip_vitb32": "clip_vitb32_single_lora",
+    "synclr_vitb16": "synclr_vitb16_single_lora",
+}
+BACKBONES = {
+    "ensemble": [
+        "dino_vitb16_pretrain.pth",
+        "clip_vitb16_pretrain.pth.tar",
+        "open_clip_vitb16_pretrain.pth.tar",
+        f"{DINO_HUB}/hubconf.py",
+        DINO_WEIGHTS,
+    ],
+    "dino_vitb16": ["dino_vitb16_pretrain.pth", f"{DINO_HUB}/hubconf.py", DINO_WEIGHTS],
+    "dinov2_vitb14": ["dinov2_vitb14_pretrain.pth"],
+    "open_clip_vitb32": ["open_clip_vitb32_pretrain.pth.tar"],
+    "clip_vitb32": ["clip_vitb32_pretrain.pth.tar"],
+    "synclr_vitb16": ["synclr_vit_b_16.pth"],
+}
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+TINY_TYPES = ("ensemble", "dino_vitb16")
+
+
+def required_files(dreamsim_type: str) -> list[str]:
+    return [*BACKBONES[dreamsim_type], f"{LORA_TAG[dreamsim_type]}/adapter_config.json"]
+
+
+def squash_resize(image: np.ndarray, size: int) -> torch.Tensor:
+    """dreamsim's preprocessing: ``(H, W, 3) uint8`` -> PIL bicubic resize to
+    ``size x size`` (aspect ratio not kept) -> ``(3, size, size)`` float32 in [0, 1]."""
+    import torch
+    from PIL import Image
+
+    pil = Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC)
+    arr = np.asarray(pil, dtype=np.float32) / 255.0  # (size, size, 3)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+class DreamSimEmbedder(Embedder):
+    def __init__(
+        self, model: Any, image_size: int, dim: int, device: str, dtype: Any, info: ModelInfo
+    ) -> None:
+        self.model = model
+        self.image_size = image_size
+        self.dim = dim
+        self.device = device
+        self.dtype = dtype
+        self.info = info
+        self.max_resolution = image_size
+
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        imgs = canonical(images)
+        out = [np.zeros((0, self.dim), np.float32)]
+        with torch.inference_mode():
+            for sl in iter_chunks(imgs, DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS):
+                x = torch.stack([squash_resize(img, self.image_size) for img in imgs[sl]])
+                emb = self.model.embed(x.to(self.device, self.dtype)).float()  # (B, dim)
+                emb = emb / emb.norm(dim=-1, keepdim=True)
+                out.append(emb.cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+
+def cache_dir_for(opts: LoadOptions) -> tuple[Path, bool]:
+    """The explicit dreamsim cache directory, and whether downloading is allowed."""
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "DIVREWARD_OFFLINE")
+    )
+    source = opts.source or DEFAULT_SOURCE
+    if source != DEFAULT_SOURCE:
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise WeightsNotFoundError(
+                f"dreamsim: source {source!r} is neither 'dreamsim' nor an existing "
+                "dreamsim cache directory"
+            )
+        return path, False
+    if opts.cache_dir:
+        return Path(opts.cache_dir).expanduser(), not offline
+    root = weights_root(opts)
+    if root is not None:
+        return root / "dreamsim", False
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return home / "divreward" / "dreamsim", not offline
+
+
+def load(opts: LoadOptions) -> DreamSimEmbedder:
+    import torch
+    from dreamsim import dreamsim
+
+    check_options("dreamsim", opts.options, OPTIONS)
+    dreamsim_type = option(opts.options, "dreamsim_type", str, "ensemble")
+    if dreamsim_type not in LORA_TAG:
+        raise ValueError(
+            f"dreamsim: option 'dreamsim_type' must be one of {sorted(LORA_TAG)}, "
+            f"got {dreamsim_type!r}"
+        )
+    device = check_device(opts.device)
+    # DreamSim runs in fp32 unless asked otherwise (its reference does; it is small).
+    dtype = resolve_dtype(opts) if opts.dtype is not None else torch.float32
+    cache, may_download = cache_dir_for(opts)
+    missing = [f for f in required_files(dreamsim_type) if not (cache / f).is_file()]
+    if missing and not may_download:
+        raise WeightsNotFoundError(
+            f"dreamsim ({dreamsim_type}) weights not found in {cache}: missing "
+            + ", ".join(str(cache / f) for f in missing)
+            + ". Provide them by running `divreward score --model dreamsim` (or loading it) "
+            "once with internet access and a cache directory (LoadOptions.cache_dir), which "
+            "downloads dreamsim's release checkpoints and the DINO torch.hub files there; "
+            "then copy that directory to <weights_dir>/dreamsim or pass it as the source."
+        )
+    image_size = IMAGE_SIZE
+    if (cache / TINY_FILE).is_file():
+        image_size = int(json.loads((cache / TINY_FILE).read_text())["image_size"])
+        log.info("dreamsim: image size %d from %s", image_size, cache / TINY_FILE)
+    previous_hub = torch.hub.get_dir()
+    # dreamsim and torch.hub print progress ("Using cached ...", "Using cache found in")
+    # on stdout/stderr: keep it out of the caller's output (a CLI table, a service log)
+    # and log it instead.
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            model, _ = dreamsim(
+                pretrained=True,
+                device=device,
+                cache_dir=str(cache),
+                normalize_embeds=True,
+                dreamsim_type=dreamsim_type,
+            )
+    except (OSError, RuntimeError, ValueError) as exc:  # download/hub/load failures
+        raise WeightsNotFoundError(
+            f"dreamsim ({dreamsim_type}) could not be loaded from {cache}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        torch.hub.set_dir(previous_hub)
+        if captured.getvalue().strip():
+            log.info("dreamsim: %s", captured.getvalue().strip())
+    model = model.to(device=device, dtype=dtype).eval()
+    # The CLIP branches keep their projection as a plain tensor (not a parameter), so
+    # .to(dtype) above does not reach it.
+    for extractor in model.base_model.model.extractor_list:
+        if isinstance(getattr(extractor, "proj", None), torch.Tensor):
+            extractor.proj = extractor.proj.to(device=device, dtype=dtype)
+    adapter = _adapter_file(cache / LORA_TAG[dreamsim_type])
+    with torch.inference_mode():
+        probe = torch.zeros((1, 3, image_size, image_size), device=device, dtype=dtype)
+        dim = int(model.embed(probe).shape[-1])
+    resolved = Resolved(adapter, str(cache), None, find_tiny_root(cache) is not None)
+    info = ModelInfo(
+        name="dreamsim",
+        kind="embedder",
+        source=str(cache),
+        revision=None,
+        weights_hash=file_sha256_prefix(adapter),
+        profile="tiny" if note_tiny("dreamsim", resolved) == "tiny" else "real",
+        device=device,
+        dtype=dtype_name(dtype),
+        options=dict(opts.options),
+    )
+    return DreamSimEmbedder(model, image_size, dim, device, dtype, info)
+
+
+def _adapter_file(folder: Path) -> Path:
+    for name in ADAPTER_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    looked = ", ".join(str(folder / n) for n in ADAPTER_FILES)
+    raise WeightsNotFoundError(f"dreamsim LoRA weights not found: none of {looked}")
+
+
+# --- tiny profile -----------------------------------------------------------------------
+
+TINY_DINO = {"embed_dim": 32, "depth": 12, "num_heads": 2}
+_POOL_SIZE = 1 << 22  # 4M floats: larger than ViT-B's biggest tensor (768 x 3072)
+
+_HUBCONF = '''"""Tiny stand-in for facebookresearch/dino:main's hubconf.py, written by
+`divreward make-tiny-models` for DreamSim's tiny profile: a random DINO-style ViT of
+width {embed_dim} with {depth} blocks. Not DINO. For testing the machinery only."""
+
+from functools import partial
+
+import torch
+from dreamsim.feature_extraction.vision_transformer import VisionTransformer
+
+dependencies = ["torch"]
+
+
+def dino_vitb16(pretrained=True, **kwargs):
+    model = VisionTransformer(
+        patch_size=16, embed_dim={embed_dim}, depth={depth}, num_heads={num_heads},
+        mlp_ratio=4, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_classes=0, **kwargs,
+    )
+    if pretrained:
+        state_dict = torch.hub.load_state_dict_from_url(
+            url="{url}", map_location="cpu", weights_only=True,
+        )
+        model.load_state_dict(state_dict, strict=True)
+    return model
+'''
+
+
+def _pooled(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Replace every large float tensor of a ViT-B state dict by a window of one shared
+    N(0, 0.02²) pool (torch.save stores the pool once); small tensors (LayerNorm, biases)
+    keep their init values."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.randn(_POOL_SIZE, generator=gen) * 0.02
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if value.is_floating_point() and value.numel() >= 4096:
+            start = int(torch.randint(0, _POOL_SIZE - value.numel() + 1, (1,), generator=gen))
+            out[key] = pool[start : start + value.numel()].view(value.shape)
+        else:
+            out[key] = value.detach().clone()
+    return out
+
+
+def build_tiny(out_dir: Path, seed: int) -> None:
+    """``out_dir/dreamsim/``: a dreamsim cache for the ``ensemble`` and ``dino_vitb16``
+    types (see the module docstring)."""
+    import torch
+    from dreamsim.config import dreamsim_args
+    from dreamsim.feature_extraction.vision_transformer import VisionTransformer, vit_base
+    from dreamsim.model import PerceptualModel
+    from peft import LoraConfig, get_peft_model
+
+    cache = out_dir / "dreamsim"
+    (cache / DINO_HUB).mkdir(parents=True, exist_ok=True)
+    (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (cache / TINY_FILE).write_text(json.dumps({"image_size": 32}) + "\n")
+    (cache / DINO_HUB / "hubconf.py").write_text(_HUBCONF.format(url=DINO_URL, **TINY_DINO))
+    d = TINY_DINO["embed_dim"]
+    with seeded(seed):
+        dino = VisionTransformer(patch_size=16, qkv_bias=True, num_classes=0, **TINY_DINO)
+        torch.save(dino.state_dict(), cache / DINO_WEIGHTS)
+        # dreamsim reads a DINO projection head from the full training checkpoint
+        # ('student' weights); it is only used for the 'embedding' feature, never for
+        # DINO's 'cls' feature, and its tensors are assigned whatever their shape.
+        head = {
+            "module.head.mlp.0.weight": torch.randn(16, d) * 0.02,
+            "module.head.mlp.0.bias": torch.zeros(16),
+            "module.head.mlp.2.weight": torch.randn(16, 16) * 0.02,
+            "module.head.mlp.2.bias": torch.zeros(16),
+            "module.head.mlp.4.weight": torch.randn(8, 16) * 0.02,
+            "module.head.mlp.4.bias": torch.zeros(8),
+            "module.head.last_layer.weight": torch.randn(32, 8) * 0.02,
+        }
+        torch.save({"student": head}, cache / "dino_vitb16_pretrain.pth")
+        vit_b = vit_base(patch_size=16).state_dict()
+    for offset, name in enumerate(("clip_vitb16", "open_clip_vitb16")):
+        state = _pooled(vit_b, seed * 1000 + 10 + offset)
+        # dreamsim's CLIP-as-DINO conversion turns pos_drop into CLIP's ln_pre LayerNorm.
+        state["pos_drop.weight"] = torch.ones(768)
+        state["pos_drop.bias"] = torch.zeros(768)
+        gen = torch.Generator().manual_seed(seed * 1000 + 20 + offset)
+        state["proj"] = torch.randn(768, 512, generator=gen) * 768**-0.5
+        torch.save({"state_dict": state}, cache / f"{name}_pretrain.pth.tar")
+    previous_hub = torch.hub.get_dir()
+    try:
+        for offset, dreamsim_type in enumerate(TINY_TYPES):
+            quiet = io.StringIO()
+            with (
+                seeded(seed * 1000 + 30 + offset),
+                contextlib.redirect_stdout(quiet),
+                contextlib.redirect_stderr(quiet),
+            ):
+                base = PerceptualModel(
+                    **dreamsim_args["model_config"][dreamsim_type],
+                    device="cpu",
+                    load_dir=str(cache),
+                    normalize_embeds=True,
+                )
+                lora = LoraConfig(
+                    r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=["qkv"]
+                )
+                peft_model = get_peft_model(base, lora)
+                # peft initialises lora_B to zero (a no-op adapter); make it act.
+                for pname, param in peft_model.named_parameters():
+                    if "lora_B" in pname:
+                        torch.nn.init.normal_(param, std=0.02)
+                peft_model.save_pretrained(str(cache / LORA_TAG[dreamsim_type]))
+    finally:
+        torch.hub.set_dir(previous_hub)
