@@ -34,7 +34,12 @@ class AdvantageConfig(BaseModel):
 
 
 class DiverseGRPOConfig(BaseModel):
-    """DiverseGRPO's distributional creativity bonus (Sec. 3.2, Eqs. 7-12)."""
+    """DiverseGRPO's distributional creativity bonus (Sec. 3.2, Eqs. 7-12).
+
+    The upper bounds on k_max, the k-means effort and approx_neighbors keep a request
+    that sets them (the services accept these fields per request) from buying
+    unbounded CPU time.
+    """
 
     model_config = _FROZEN
 
@@ -79,6 +84,7 @@ class DiverseGRPOConfig(BaseModel):
     k_max: int = Field(
         default=8,
         ge=1,
+        le=64,
         description="Largest k the eigengap / silhouette choice considers; the effective "
         "bound is min(N, k_max).",
     )
@@ -92,10 +98,11 @@ class DiverseGRPOConfig(BaseModel):
     kmeans_n_init: int = Field(
         default=10,
         ge=1,
+        le=100,
         description="k-means restarts on the spectral embedding (best inertia kept).",
     )
     kmeans_max_iter: int = Field(
-        default=100, ge=1, description="Lloyd iterations per k-means restart at most."
+        default=100, ge=1, le=1000, description="Lloyd iterations per k-means restart at most."
     )
     seed: int = Field(
         default=0,
@@ -117,6 +124,7 @@ class DiverseGRPOConfig(BaseModel):
     approx_neighbors: int = Field(
         default=15,
         ge=1,
+        le=256,
         description="Approximate solver: neighbours per image in the sparse affinity graph "
         "(the graph is symmetrised by union).",
     )

@@ -330,3 +330,14 @@ def test_local_scaling_option_runs_on_modes() -> None:
     # local scaling's sigma_i reaches across modes at floor(sqrt(24)) = 4 neighbours
     # only for modes smaller than 5: here every mode has 6 images
     assert res.k == 4 and same_partition(res.labels, truth)
+
+
+def test_exact_subset_eigensolver_matches_full_decomposition() -> None:
+    """Above 128 images the exact solver computes only the leading eigenpairs."""
+    x, truth = modes((60, 50, 40, 30, 20), noise=0.5, dim=128, seed=9)  # N = 200
+    res = spectral_cluster(x, DiverseGRPOConfig(solver="exact"))
+    d = cosine_distances(x)
+    m = normalized_affinity(gaussian_affinity(d, select_sigma(d)))
+    full = np.sort(np.linalg.eigvalsh(m))[::-1]
+    np.testing.assert_allclose(res.eigenvalues, full[:9], atol=1e-10)
+    assert res.k == 5 and same_partition(res.labels, truth)
