@@ -1,0 +1,279 @@
+"""Typed arguments of the two Serve applications (the builders' ``args``).
+
+The same models are used from Python (``build_reward_app(RewardAppArgs(...))``) and from
+a Serve config file (``import_path: divreward.services.reward_server.app:build_app`` with
+``args:``). Every model forbids unknown keys, so a misspelt option in a config file is a
+start-up error instead of a silently ignored key (Serve itself ignores them).
+
+Defaults are the papers' values (through :class:`divreward.core.config.CoreConfig`) and
+settings that schedule on a small CPU machine; ``deploy/serve-gpu.yaml`` shows GPU ones.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from divreward.core.config import CoreConfig
+from divreward.models.registry import REGISTRY
+
+__all__ = [
+    "DEFAULT_TINY_DIR",
+    "AuthArgs",
+    "BatchArgs",
+    "DiversityAppArgs",
+    "EmbedderArgs",
+    "GrpcArgs",
+    "IngressArgs",
+    "LimitsArgs",
+    "ModelDeploymentArgs",
+    "RewardAppArgs",
+    "ScorerArgs",
+    "ServiceArgs",
+    "default_tiny_dir",
+]
+
+Profile = Literal["real", "tiny"]
+
+#: Where ``--profile tiny`` keeps its tiny random models unless told otherwise.
+DEFAULT_TINY_DIR = "~/.cache/divreward/tiny-models"
+
+
+def default_tiny_dir() -> Path:
+    return Path(os.environ.get("DIVREWARD_TINY_DIR", DEFAULT_TINY_DIR)).expanduser()
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchArgs(_Args):
+    """Dynamic batching of one model deployment (``@serve.batch``), retunable at run time
+    through the deployment's ``user_config`` (same keys)."""
+
+    max_batch_images: int = Field(
+        default=32, ge=1, description="Most images in one forward pass (across requests)."
+    )
+    max_batch_pixels: int = Field(
+        default=32 * 512 * 512,
+        ge=1,
+        description="Most input pixels (H*W summed) in one forward pass, so a batch of large "
+        "images cannot exhaust memory. A single larger image still runs, alone.",
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.005,
+        ge=0.0,
+        description="How long a batch waits for more requests to join it. A lone request "
+        "pays all of it; under load batches fill before it expires.",
+    )
+
+
+class ModelDeploymentArgs(_Args):
+    """Resources and scaling of one model deployment."""
+
+    num_replicas: int | Literal["auto"] = Field(
+        default=1, description="Replicas, or 'auto' to autoscale with `autoscaling`."
+    )
+    autoscaling: dict[str, Any] | None = Field(
+        default=None,
+        description="Serve autoscaling_config (min_replicas, max_replicas, "
+        "target_ongoing_requests, ...); used with num_replicas='auto'.",
+    )
+    num_cpus: float = Field(default=0.25, ge=0.0, description="Logical CPUs per replica.")
+    num_gpus: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Logical GPU fraction per replica (0.5 = two replicas share a GPU, with "
+        "no memory isolation). > 0 loads the model on cuda.",
+    )
+    max_ongoing_requests: int = Field(
+        default=64,
+        ge=1,
+        description="Calls one replica accepts at once; must be >= the number of groups "
+        "that should share a batch.",
+    )
+    max_queued_requests: int = Field(
+        default=512, ge=-1, description="Calls waiting for a replica (-1 = unbounded)."
+    )
+    max_constructor_retry_count: int = Field(
+        default=2, ge=0, description="Start-up retries before the deployment fails."
+    )
+    device: str | None = Field(
+        default=None, description="Override the device (default: cuda when num_gpus > 0)."
+    )
+    dtype: str | None = Field(default=None, description="Override the model dtype.")
+    source: str | None = Field(
+        default=None, description="Hub id or local directory overriding the registry default."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Model options (e.g. pickscore scale_divisor)."
+    )
+    batch: BatchArgs = Field(default_factory=BatchArgs)
+
+    @model_validator(mode="after")
+    def _auto(self) -> ModelDeploymentArgs:
+        if self.num_replicas == "auto" and not self.autoscaling:
+            raise ValueError("autoscaling: required when num_replicas is 'auto'")
+        return self
+
+
+class ScorerArgs(ModelDeploymentArgs):
+    weight: float = Field(
+        default=1.0,
+        description="Default weight in Q = sum(weight * score). A scorer with weight 0 is "
+        "deployed but runs only when a request names it.",
+    )
+
+
+class EmbedderArgs(ModelDeploymentArgs):
+    name: str = Field(default="dreamsim", description="Registry name of the embedder.")
+
+    @model_validator(mode="after")
+    def _embedder(self) -> EmbedderArgs:
+        _check_kind(self.name, "embedder", "embedder.name")
+        return self
+
+
+def _check_kind(name: str, kind: str, field: str) -> None:
+    """A configured model must be registered and of the right kind (the registry is
+    data: importing it loads no weights)."""
+    spec = REGISTRY.get(name)
+    valid = sorted(n for n, s in REGISTRY.items() if s.kind == kind)
+    if spec is None or spec.kind != kind:
+        raise ValueError(f"{field}: {name!r} is not a registered {kind}; valid: {valid}")
+
+
+class LimitsArgs(_Args):
+    """Request limits; each violation is a 4xx that says which limit and where."""
+
+    max_images_per_request: int = Field(default=512, ge=1)
+    max_images_per_group: int = Field(default=256, ge=1)
+    max_groups_per_request: int = Field(default=64, ge=1)
+    max_pixels_per_image: int = Field(
+        default=4096 * 4096, ge=1, description="Width * height of one decoded image."
+    )
+    max_request_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="Body size; larger bodies get 413."
+    )
+    max_prompt_chars: int = Field(default=4096, ge=1)
+
+
+class AuthArgs(_Args):
+    """Bearer-token auth. Tokens never live in a config file: they come from an
+    environment variable (comma-separated) and/or a file (one token per line)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Require 'Authorization: Bearer <token>' on every route except "
+        "/healthz and /readyz.",
+    )
+    tokens_env: str = Field(default="DIVREWARD_API_TOKENS")
+    token_file: str | None = None
+
+    def load_tokens(self) -> frozenset[str]:
+        """Read the tokens now; an enabled auth with no token is a start-up error."""
+        tokens: set[str] = set()
+        raw = os.environ.get(self.tokens_env, "")
+        tokens.update(t.strip() for t in raw.split(",") if t.strip())
+        if self.token_file:
+            path = Path(self.token_file).expanduser()
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ValueError(f"auth.token_file: cannot read {path} ({exc})") from exc
+            tokens.update(
+                line.strip()
+                for line in text.splitlines()
+                if line.strip() and not line.startswith("#")
+            )
+        if self.enabled and not tokens:
+            raise ValueError(
+                f"auth is enabled but no token was found: set {self.tokens_env} "
+                "(comma-separated) or auth.token_file (one token per line)"
+            )
+        return frozenset(tokens)
+
+
+class IngressArgs(_Args):
+    """The FastAPI ingress deployment of an application."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.25, ge=0.0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(
+        default=256, ge=-1, description="Requests waiting beyond that get backpressure_status."
+    )
+    backpressure_status: Literal[429, 503] = 503
+    retry_after_s: float = Field(default=1.0, ge=0.0, description="Retry-After on 429/503.")
+    call_timeout_s: float = Field(
+        default=120.0, gt=0.0, description="Most time a model call may take before a 504."
+    )
+    idempotency_cache_size: int = Field(
+        default=256, ge=0, description="Recent responses kept per replica for request_id."
+    )
+
+
+class GrpcArgs(_Args):
+    """gRPC front door of the reward application (filled in by issue #5)."""
+
+    enabled: bool = False
+
+
+class ServiceArgs(_Args):
+    """What both applications share."""
+
+    profile: Profile = Field(
+        default="real",
+        description="'real' loads real weights (hub cache or weights_dir); 'tiny' loads the "
+        "tiny random test models and marks every response.",
+    )
+    weights_dir: str | None = Field(
+        default=None, description="Root of local real weights (else DIVREWARD_WEIGHTS_DIR)."
+    )
+    tiny_models_dir: str | None = Field(
+        default=None,
+        description="profile 'tiny': where the tiny models are; built there when missing. "
+        "Default: $DIVREWARD_TINY_DIR or ~/.cache/divreward/tiny-models.",
+    )
+    core: CoreConfig = Field(default_factory=CoreConfig, description="Reward-math defaults.")
+    limits: LimitsArgs = Field(default_factory=LimitsArgs)
+    auth: AuthArgs = Field(default_factory=AuthArgs)
+    ingress: IngressArgs = Field(default_factory=IngressArgs)
+    diversity_app: str = Field(
+        default="diversity", description="Serve application name of the diversity service."
+    )
+
+    def resolved_tiny_dir(self) -> Path:
+        return (
+            Path(self.tiny_models_dir).expanduser() if self.tiny_models_dir else default_tiny_dir()
+        )
+
+
+class DiversityAppArgs(ServiceArgs):
+    embedder: EmbedderArgs = Field(default_factory=EmbedderArgs)
+    default_method: Literal["diversegrpo", "drift"] = "diversegrpo"
+
+
+class RewardAppArgs(ServiceArgs):
+    scorers: dict[str, ScorerArgs] = Field(
+        default_factory=lambda: {"pickscore": ScorerArgs()},
+        description="Quality scorers, one deployment each: registry name -> settings.",
+    )
+    default_diversity: Literal["diversegrpo", "drift", "none"] = "diversegrpo"
+    grpc: GrpcArgs = Field(default_factory=GrpcArgs)
+
+    @model_validator(mode="after")
+    def _scorers(self) -> RewardAppArgs:
+        if not self.scorers:
+            raise ValueError("scorers: configure at least one quality scorer")
+        for name in self.scorers:
+            _check_kind(name, "scorer", f"scorers.{name}")
+        if all(s.weight == 0 for s in self.scorers.values()):
+            raise ValueError("scorers: at least one scorer needs a non-zero default weight")
+        return self
+
+    def default_quality(self) -> dict[str, float]:
+        return {name: s.weight for name, s in self.scorers.items() if s.weight != 0}

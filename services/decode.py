@@ -1,0 +1,111 @@
+"""Decoding request images, with the service's limits, into the canonical form.
+
+Each image is checked twice: its header first (format and width x height against
+``max_pixels_per_image``, without decoding the pixels, so a decompression bomb costs
+nothing), then a full decode through :func:`divreward.images.decode_image`, the one
+conversion into ``(H, W, 3) uint8`` RGB. Errors name the group and image index.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from divreward.images import ImageError, decode_image
+from divreward.services.errors import ServiceError
+
+__all__ = ["decode_group", "image_size"]
+
+_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def _where(group_index: int | None, image_index: int, field: str = "groups") -> str:
+    return (
+        f"{field}[{group_index}].images[{image_index}]"
+        if group_index is not None
+        else f"images[{image_index}]"
+    )
+
+
+def image_size(
+    data: bytes, group_index: int | None, image_index: int, field: str = "groups"
+) -> tuple[int, int]:
+    """(width, height) from the file header; a 400 naming the image if unreadable."""
+    where = _where(group_index, image_index, field)
+    if len(data) == 0:
+        raise ServiceError(
+            400,
+            "invalid_image",
+            f"{where}: is empty (0 bytes)",
+            group_index=group_index,
+            image_index=image_index,
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            size = img.size
+    except UnidentifiedImageError:
+        raise ServiceError(
+            400,
+            "invalid_image",
+            f"{where}: cannot be decoded as PNG, JPEG or WebP (not a recognised image file)",
+            group_index=group_index,
+            image_index=image_index,
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ServiceError(
+            400,
+            "invalid_image",
+            f"{where}: cannot be decoded as PNG, JPEG or WebP ({exc})",
+            group_index=group_index,
+            image_index=image_index,
+        ) from None
+    if fmt not in _FORMATS:
+        raise ServiceError(
+            400,
+            "invalid_image",
+            f"{where}: format {fmt!r} is not accepted (use PNG, JPEG or WebP)",
+            group_index=group_index,
+            image_index=image_index,
+        )
+    return size
+
+
+def decode_group(
+    images: Sequence[bytes], group_index: int | None, max_pixels: int, field: str = "groups"
+) -> list[np.ndarray]:
+    """Decode one group's files to canonical arrays, all or nothing.
+
+    A 400 ``invalid_image`` names ``groups[g].images[i]`` (or ``images[i]`` when the
+    request has no groups; ``field`` names the list of groups) and why (undecodable,
+    unsupported format); an image of more than ``max_pixels`` pixels is a 413
+    ``payload_too_large`` naming it the same way.
+    """
+    out: list[np.ndarray] = []
+    for i, data in enumerate(images):
+        w, h = image_size(data, group_index, i, field)
+        if w * h > max_pixels:
+            raise ServiceError(
+                413,
+                "payload_too_large",
+                f"{_where(group_index, i, field)}: {w}x{h} = {w * h} pixels exceeds the limit of "
+                f"{max_pixels} pixels per image; downscale it (the models look at 224-448 px)",
+                group_index=group_index,
+                image_index=i,
+            )
+        try:
+            out.append(decode_image(data, i))
+        except ImageError as exc:
+            # decode_image prefixes "image {i}: "; restate with the group as well.
+            reason = str(exc).removeprefix(f"image {i}: ")
+            raise ServiceError(
+                400,
+                "invalid_image",
+                f"{_where(group_index, i, field)}: {reason}",
+                group_index=group_index,
+                image_index=i,
+            ) from None
+    return out

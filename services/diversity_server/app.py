@@ -1,0 +1,141 @@
+"""The diversity application: an embedder deployment (DreamSim by default, batched) and
+a FastAPI ingress serving /v1/embed, /v1/diversity, /v1/metrics, /v1/models, /healthz,
+/readyz and /metrics.
+
+Deployable on its own (``serve run divreward.services.diversity_server.app:build_app``
+or a config file's ``import_path``) and composed into the reward application, which
+calls this ingress's methods (``embed``, ``diversity``, ``metrics``, ``ready``) and its
+embedder through deployment handles.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import BackpressureConfig
+
+from divreward.schema import (
+    DiversityRequest,
+    DiversityResponse,
+    EmbedRequest,
+    EmbedResponse,
+    MetricsRequest,
+    MetricsResponse,
+)
+from divreward.services.config import DiversityAppArgs, IngressArgs
+from divreward.services.diversity_server.router import BODY_MODELS, common_router, diversity_router
+from divreward.services.diversity_server.serving import DiversityServing
+from divreward.services.errors import ServiceError
+from divreward.services.http import Api, make_app
+from divreward.services.model_deployments import EmbedderDeployment, model_deployment_options
+from divreward.services.profile import prepare_profile
+
+__all__ = [
+    "DIVERSITY_INGRESS",
+    "EMBEDDER",
+    "DiversityIngress",
+    "build_app",
+    "build_diversity_app",
+    "ingress_options",
+]
+
+log = logging.getLogger("ray.serve")
+T = TypeVar("T")
+
+#: Deployment names, used by the reward app to get handles to this app by name.
+DIVERSITY_INGRESS = "DiversityIngress"
+EMBEDDER = "embedder"
+
+DESCRIPTION = (
+    "Embeddings, group diversity (DiverseGRPO creativity bonus, DRIFT intra-group "
+    "diversity) and evaluation metrics. JSON with base64 images, or msgpack with raw "
+    "image bytes (Content-Type: application/msgpack)."
+)
+
+
+@serve.ingress()
+class DiversityIngress:
+    """Ingress of the diversity app; the logic lives in ``self.serving``."""
+
+    def __init__(self, embedder: Any, args: DiversityAppArgs) -> None:
+        self.args = args
+        self.serving = DiversityServing(embedder, args)
+        self.api = Api("diversity", args.limits, args.auth, args.ingress)
+        self.serving.observe = self.api.metrics.observe_model
+        if args.profile == "tiny":
+            log.warning("diversity service runs the TINY profile: every response says so")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = make_app(
+            "divreward diversity service",
+            DESCRIPTION,
+            self.api,
+            [diversity_router, common_router],
+            BODY_MODELS,
+        )
+        app.state.serving = self.serving
+        return app
+
+    # Methods called through deployment handles by the reward application. A request
+    # error comes back as a returned ServiceError rather than raised, so that Serve does
+    # not log a client's mistake as a failed call with a traceback.
+    async def embed(self, req: EmbedRequest) -> EmbedResponse | ServiceError:
+        return await _returning_errors(self.serving.embed(req))
+
+    async def diversity(self, req: DiversityRequest) -> DiversityResponse | ServiceError:
+        return await _returning_errors(self.serving.diversity(req))
+
+    async def metrics(self, req: MetricsRequest) -> MetricsResponse | ServiceError:
+        return await _returning_errors(self.serving.metrics(req))
+
+    async def ready(self) -> dict[str, str]:
+        return await self.serving.ready()
+
+
+async def _returning_errors(call: Awaitable[T]) -> T | ServiceError:
+    try:
+        return await call
+    except ServiceError as err:
+        return err
+
+
+def ingress_options(name: str, ingress: IngressArgs) -> dict[str, Any]:
+    """Serve options of an ingress deployment (replicas, CPU, queue and backpressure)."""
+    return {
+        "name": name,
+        "num_replicas": ingress.num_replicas,
+        "ray_actor_options": {"num_cpus": ingress.num_cpus},
+        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "max_queued_requests": ingress.max_queued_requests,
+        "backpressure_config": BackpressureConfig(
+            status_code=ingress.backpressure_status, retry_after_s=ingress.retry_after_s
+        ),
+    }
+
+
+def build_diversity_app(args: DiversityAppArgs) -> Application:
+    """The diversity application from typed args (Python and config files alike)."""
+    tiny_dir = prepare_profile(args, [args.embedder.name])
+    embedder = EmbedderDeployment.options(**model_deployment_options(EMBEDDER, args.embedder)).bind(
+        args.embedder.name,
+        args.embedder,
+        args.profile,
+        args.weights_dir,
+        str(tiny_dir) if tiny_dir is not None else None,
+    )
+    ingress = serve.deployment(DiversityIngress).options(
+        **ingress_options(DIVERSITY_INGRESS, args.ingress)
+    )
+    return ingress.bind(embedder, args)
+
+
+def build_app(args: DiversityAppArgs) -> Application:
+    """Builder for ``import_path: divreward.services.diversity_server.app:build_app``;
+    Serve validates the config file's ``args`` into DiversityAppArgs (unknown keys are
+    errors)."""
+    return build_diversity_app(args)

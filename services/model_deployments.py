@@ -1,0 +1,286 @@
+"""Model deployments: one registered scorer or embedder per deployment, batched across
+requests with ``@serve.batch``.
+
+A deployment is a plain class: it loads its model once in ``__init__`` (through the
+registry's real loader; the tiny profile points that loader at the tiny random twins)
+and answers ``score(images, prompts)`` / ``embed(images)`` for **one whole group per
+call**. The call is split into chunks no larger than a batch, the chunks of concurrent
+calls are merged into forward passes bounded by image count and by pixels, and the
+results are put back together in order. A group is therefore always handled by one
+replica (one model version), never split across replicas.
+
+Batch limits are retunable at run time through ``user_config`` (the keys of
+:class:`~divreward.services.config.BatchArgs`), which Serve passes to ``reconfigure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from divreward.models.base import Embedder, LoadOptions, Scorer
+from divreward.models.registry import get_spec, load_model
+from divreward.schema import ModelCard
+from divreward.services.config import BatchArgs, ModelDeploymentArgs
+
+__all__ = [
+    "Chunk",
+    "EmbedderServer",
+    "ModelOutput",
+    "ScorerServer",
+    "load_options",
+    "plan_chunks",
+    "readiness_image",
+]
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class Chunk:
+    """Part of one call that fits in one batch: images (and prompts for a scorer)."""
+
+    images: list[np.ndarray]
+    prompts: list[str] | None
+    cost: int  # batch slots used: max(#images, pixels / pixels-per-slot), see plan_chunks
+
+
+@dataclass
+class ModelOutput:
+    """What a model deployment returns for one call."""
+
+    values: np.ndarray  # scorer: float64 (N,); embedder: float32 (N, D)
+    card: ModelCard  # the model that produced them
+    batch_images: list[int] = field(default_factory=list)  # size of each forward pass used
+    model_s: float = 0.0  # seconds spent in the model's forward passes for this call
+
+
+def _chunk_cost(pixels: int, n: int, batch: BatchArgs) -> int:
+    per_slot = batch.max_batch_pixels / batch.max_batch_images
+    return max(n, math.ceil(pixels / per_slot))
+
+
+def plan_chunks(
+    images: Sequence[np.ndarray], prompts: Sequence[str] | None, batch: BatchArgs
+) -> list[Chunk]:
+    """Split one call into consecutive chunks that each fit in a batch.
+
+    A chunk's cost, in batch slots, is ``max(#images, ceil(pixels / (max_batch_pixels /
+    max_batch_images)))``; costs add up across the chunks of a batch, so a batch holds at
+    most ``max_batch_images`` images and ``max_batch_pixels`` pixels. An image that alone
+    exceeds the pixel budget gets a chunk of its own, capped at a full batch.
+    """
+    chunks: list[Chunk] = []
+    cur: list[int] = []
+    cur_pixels = 0
+    limit = batch.max_batch_images
+
+    def close() -> None:
+        nonlocal cur, cur_pixels
+        if cur:
+            cost = min(_chunk_cost(cur_pixels, len(cur), batch), limit)
+            chunks.append(
+                Chunk(
+                    images=[images[i] for i in cur],
+                    prompts=[prompts[i] for i in cur] if prompts is not None else None,
+                    cost=cost,
+                )
+            )
+        cur, cur_pixels = [], 0
+
+    for i, img in enumerate(images):
+        pixels = int(img.shape[0]) * int(img.shape[1])
+        if cur and _chunk_cost(cur_pixels + pixels, len(cur) + 1, batch) > limit:
+            close()
+        cur.append(i)
+        cur_pixels += pixels
+    close()
+    return chunks
+
+
+def _batch_cost(chunks: list[Chunk]) -> int:
+    return sum(c.cost for c in chunks)
+
+
+def load_options(
+    name: str,
+    args: ModelDeploymentArgs,
+    profile: str,
+    weights_dir: str | None,
+    tiny_dir: Path | None,
+) -> LoadOptions:
+    """LoadOptions of a model deployment; the tiny profile uses the tiny directory as the
+    weights directory, exactly as :func:`divreward.models.tiny.tiny_load_options` does."""
+    device = args.device or ("cuda" if args.num_gpus > 0 else "cpu")
+    if profile == "tiny":
+        from divreward.models.tiny import tiny_load_options
+
+        if tiny_dir is None:
+            raise ValueError("profile 'tiny' needs a tiny-model directory")
+        opts = tiny_load_options(name, tiny_dir, device=device)
+    else:
+        opts = LoadOptions(weights_dir=weights_dir, device=device)
+    return replace(opts, source=args.source, dtype=args.dtype, options=dict(args.options))
+
+
+def readiness_image() -> np.ndarray:
+    """A small deterministic (32, 32, 3) uint8 image for readiness calls."""
+    y, x = np.mgrid[0:32, 0:32]
+    return np.stack([x * 8, y * 8, (x + y) * 4], axis=-1).astype(np.uint8)
+
+
+class _ModelServer:
+    """Shared by the scorer and embedder deployments."""
+
+    kind: str
+
+    def __init__(
+        self,
+        name: str,
+        args: ModelDeploymentArgs,
+        profile: str = "real",
+        weights_dir: str | None = None,
+        tiny_dir: str | None = None,
+    ) -> None:
+        spec = get_spec(name)
+        if spec.kind != self.kind:
+            raise ValueError(f"{name!r} is a {spec.kind}, not a {self.kind}")
+        self.name = name
+        self.batch = args.batch
+        opts = load_options(name, args, profile, weights_dir, Path(tiny_dir) if tiny_dir else None)
+        t0 = time.perf_counter()
+        self.model: Scorer | Embedder = load_model(name, opts)
+        self.card = ModelCard.from_info(self.model.info)
+        if self.card.profile == "tiny":
+            log.warning(
+                "%s %r runs TINY RANDOM WEIGHTS: its outputs are meaningless", self.kind, name
+            )
+        log.info("loaded %s %r in %.1fs: %s", self.kind, name, time.perf_counter() - t0, self.card)
+        self._apply_batch(self.batch)
+
+    # -- configuration ------------------------------------------------------------
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this with the deployment's ``user_config`` (BatchArgs keys)."""
+        self.batch = BatchArgs.model_validate({**self.batch.model_dump(), **user_config})
+        self._apply_batch(self.batch)
+
+    def _apply_batch(self, batch: BatchArgs) -> None:
+        self._batched.set_max_batch_size(batch.max_batch_images)
+        self._batched.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+
+    async def info(self) -> ModelCard:
+        return self.card
+
+    # -- batching -----------------------------------------------------------------
+    def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
+        raise NotImplementedError
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_batch_cost)
+    async def _batched(self, chunks: list[Chunk]) -> list[tuple[np.ndarray, int, float]]:
+        images = [img for c in chunks for img in c.images]
+        prompts = (
+            [p for c in chunks for p in (c.prompts or [])]
+            if chunks[0].prompts is not None
+            else None
+        )
+        t0 = time.perf_counter()
+        # The forward pass runs in a thread so the replica's event loop keeps collecting
+        # the next batch meanwhile (torch releases the GIL).
+        values = await asyncio.to_thread(self._forward, images, prompts)
+        dt = time.perf_counter() - t0
+        if values.shape[0] != len(images):
+            raise RuntimeError(
+                f"{self.kind} {self.name!r} returned {values.shape[0]} rows for "
+                f"{len(images)} images"
+            )
+        out: list[tuple[np.ndarray, int, float]] = []
+        start = 0
+        for c in chunks:
+            n = len(c.images)
+            out.append((values[start : start + n], len(images), dt))
+            start += n
+        return out
+
+    async def _run(
+        self, images: Sequence[np.ndarray], prompts: Sequence[str] | None
+    ) -> ModelOutput:
+        chunks = plan_chunks(images, prompts, self.batch)
+        parts = await asyncio.gather(*(self._batched(c) for c in chunks))
+        values = np.concatenate([p[0] for p in parts], axis=0)
+        return ModelOutput(
+            values=values,
+            card=self.card,
+            batch_images=[p[1] for p in parts],
+            model_s=sum(p[2] for p in parts),
+        )
+
+
+class ScorerServer(_ModelServer):
+    """A quality scorer: ``score(images, prompts)`` -> float64 (N,) in a ModelOutput."""
+
+    kind = "scorer"
+
+    def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
+        assert isinstance(self.model, Scorer) and prompts is not None
+        return np.asarray(self.model.score(images, prompts), dtype=np.float64)
+
+    async def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> ModelOutput:
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        return await self._run(images, list(prompts))
+
+    async def ready(self) -> ModelCard:
+        """A real call on a tiny image (what /readyz uses)."""
+        out = await self.score([readiness_image()], ["a readiness probe"])
+        if out.values.shape != (1,) or not np.isfinite(out.values).all():
+            raise RuntimeError(f"scorer {self.name!r} returned {out.values!r} on the probe")
+        return self.card
+
+
+class EmbedderServer(_ModelServer):
+    """An image embedder: ``embed(images)`` -> float32 (N, D) unit rows in a ModelOutput."""
+
+    kind = "embedder"
+
+    def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
+        assert isinstance(self.model, Embedder)
+        return np.asarray(self.model.embed(images), dtype=np.float32)
+
+    async def embed(self, images: Sequence[np.ndarray]) -> ModelOutput:
+        return await self._run(images, None)
+
+    async def ready(self) -> ModelCard:
+        out = await self.embed([readiness_image()])
+        if out.values.ndim != 2 or out.values.shape[0] != 1 or not np.isfinite(out.values).all():
+            raise RuntimeError(f"embedder {self.name!r} returned shape {out.values.shape}")
+        return self.card
+
+
+ScorerDeployment = serve.deployment(ScorerServer, name="scorer")
+EmbedderDeployment = serve.deployment(EmbedderServer, name="embedder")
+
+
+def model_deployment_options(name: str, args: ModelDeploymentArgs) -> dict[str, Any]:
+    """Serve options of a model deployment from its args (resources, scaling, batching)."""
+    opts: dict[str, Any] = {
+        "name": name,
+        "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "max_queued_requests": args.max_queued_requests,
+        "max_constructor_retry_count": args.max_constructor_retry_count,
+        "user_config": args.batch.model_dump(),
+    }
+    if args.num_replicas == "auto":
+        opts["autoscaling_config"] = args.autoscaling
+    else:
+        opts["num_replicas"] = args.num_replicas
+    return opts

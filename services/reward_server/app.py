@@ -1,0 +1,96 @@
+"""The reward application: one deployment per configured quality scorer (each batched,
+each with its own replicas and GPU fraction) and a FastAPI ingress, the front door at
+``/``: /v1/score, /v1/rewards, /v1/models, /healthz, /readyz, /metrics, /docs, and
+/v1/embed, /v1/diversity, /v1/metrics delegated to the diversity application through
+deployment handles.
+
+The diversity application is deployed beside it (same Serve instance, its own route
+prefix, default ``/diversity``) and found by name (``RewardAppArgs.diversity_app``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from divreward.services.config import RewardAppArgs
+from divreward.services.diversity_server.app import DIVERSITY_INGRESS, EMBEDDER, ingress_options
+from divreward.services.diversity_server.router import BODY_MODELS as DIVERSITY_BODIES
+from divreward.services.diversity_server.router import common_router, diversity_router
+from divreward.services.http import Api, make_app
+from divreward.services.model_deployments import ScorerDeployment, model_deployment_options
+from divreward.services.profile import prepare_profile
+from divreward.services.reward_server.assembler import assembler_deployment
+from divreward.services.reward_server.grpc_methods import RewardGrpcMethods
+from divreward.services.reward_server.router import BODY_MODELS, EXTRA_ROUTERS, reward_router
+from divreward.services.reward_server.serving import DiversityLink, RewardServing
+
+__all__ = ["REWARD_INGRESS", "RewardIngress", "build_app", "build_reward_app", "scorer_name"]
+
+log = logging.getLogger("ray.serve")
+
+REWARD_INGRESS = "RewardIngress"
+
+DESCRIPTION = (
+    "Quality scores, group diversity (DiverseGRPO, DRIFT), combined rewards and group "
+    "advantages for GRPO fine-tuning of text-to-image models. JSON with base64 images, or "
+    "msgpack with raw image bytes (Content-Type: application/msgpack)."
+)
+
+
+def scorer_name(name: str) -> str:
+    """Deployment name of a scorer (one deployment per configured scorer)."""
+    return f"scorer-{name}"
+
+
+@serve.ingress()
+class RewardIngress(RewardGrpcMethods):
+    """Ingress of the reward app; the logic lives in ``self.serving`` (shared with the
+    gRPC methods of :class:`RewardGrpcMethods`)."""
+
+    def __init__(self, scorers: dict[str, Any], args: RewardAppArgs, assembler: Any = None) -> None:
+        self.args = args
+        self.assembler = assembler  # GroupAssembler handle (group assembly, issue #5)
+        link = DiversityLink(args.diversity_app, DIVERSITY_INGRESS, EMBEDDER)
+        self.serving = RewardServing(scorers, link, args)
+        self.api = Api("reward", args.limits, args.auth, args.ingress)
+        self.serving.observe = self.api.metrics.observe_model
+        if args.profile == "tiny":
+            log.warning("reward service runs the TINY profile: every response says so")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = make_app(
+            "divreward reward service",
+            DESCRIPTION,
+            self.api,
+            [reward_router, diversity_router, common_router, *EXTRA_ROUTERS],
+            (*BODY_MODELS, *DIVERSITY_BODIES),
+        )
+        app.state.serving = self.serving
+        return app
+
+
+def build_reward_app(args: RewardAppArgs) -> Application:
+    """The reward application from typed args (Python and config files alike)."""
+    tiny_dir = prepare_profile(args, list(args.scorers))
+    scorers = {
+        name: ScorerDeployment.options(**model_deployment_options(scorer_name(name), s)).bind(
+            name, s, args.profile, args.weights_dir, str(tiny_dir) if tiny_dir else None
+        )
+        for name, s in args.scorers.items()
+    }
+    ingress = serve.deployment(RewardIngress).options(
+        **ingress_options(REWARD_INGRESS, args.ingress)
+    )
+    return ingress.bind(scorers, args, assembler_deployment())
+
+
+def build_app(args: RewardAppArgs) -> Application:
+    """Builder for ``import_path: divreward.services.reward_server.app:build_app``;
+    Serve validates the config file's ``args`` into RewardAppArgs (unknown keys are
+    errors)."""
+    return build_reward_app(args)

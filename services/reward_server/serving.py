@@ -1,0 +1,313 @@
+"""Serving layer of the reward service: the logic of /v1/score, /v1/rewards, /v1/models
+and readiness over the scorer deployment handles and the diversity application, testable
+without HTTP (the HTTP routes and the gRPC methods of issue #5 both call it).
+
+For each group of a /v1/rewards request the images are decoded once, put in the object
+store once, and sent whole to every scorer named by the quality weights and (unless the
+method is 'none') to the diversity application's embedder, all concurrently. Then
+``Q = sum(weight * score)`` and the core math (DiverseGRPO or DRIFT, through
+:func:`~divreward.services.diversity_server.serving.group_diversity`) give the rewards
+and group advantages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import ray
+
+from divreward.schema import (
+    DiversityRequest,
+    DiversityResponse,
+    EmbedRequest,
+    EmbedResponse,
+    MetricsRequest,
+    MetricsResponse,
+    ModelCard,
+    ModelsResponse,
+    NoDiversityParams,
+    RewardGroupResult,
+    RewardParams,
+    RewardsRequest,
+    RewardsResponse,
+    ScoreParams,
+    ScoreRequest,
+    ScoreResponse,
+)
+from divreward.services.config import RewardAppArgs
+from divreward.services.decode import decode_group
+from divreward.services.diversity_server.serving import (
+    check_counts,
+    core_error,
+    group_diversity,
+    resolve_advantage,
+    resolve_diversity,
+    response_meta,
+)
+from divreward.services.errors import ServiceError
+from divreward.services.model_deployments import ModelOutput
+
+__all__ = ["DiversityLink", "RewardServing"]
+
+T = TypeVar("T")
+
+
+class DiversityLink:
+    """Handles to the diversity application, looked up by name on first use (the two
+    applications deploy independently, so the other may not exist yet at start)."""
+
+    def __init__(self, app_name: str, ingress_name: str, embedder_name: str) -> None:
+        self.app_name = app_name
+        self.ingress_name = ingress_name
+        self.embedder_name = embedder_name
+        self._ingress: Any = None
+        self._embedder: Any = None
+
+    @property
+    def ingress(self) -> Any:
+        if self._ingress is None:
+            from ray import serve
+
+            self._ingress = serve.get_deployment_handle(self.ingress_name, self.app_name)
+        return self._ingress
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from ray import serve
+
+            self._embedder = serve.get_deployment_handle(self.embedder_name, self.app_name)
+        return self._embedder
+
+
+def _no_observer(name: str, n: int, batches: list[int], seconds: float) -> None:
+    return None
+
+
+def _floats(x: np.ndarray) -> list[float]:
+    return [float(v) for v in x]
+
+
+class RewardServing:
+    """The reward service's logic.
+
+    scorers: registry name -> handle of a ScorerServer deployment
+    (``await h.score.remote(images, prompts)`` -> ModelOutput); diversity: the link to
+    the diversity application (its ingress and its embedder).
+    """
+
+    def __init__(
+        self, scorers: Mapping[str, Any], diversity: DiversityLink, args: RewardAppArgs
+    ) -> None:
+        self.scorers = dict(scorers)
+        self.link = diversity
+        self.args = args
+        self.limits = args.limits
+        self.default_quality = args.default_quality()
+        self.observe: Callable[[str, int, list[int], float], None] = _no_observer
+
+    # -- helpers -----------------------------------------------------------------
+    def _check_scorers(self, names: Sequence[str], field: str) -> None:
+        unknown = [n for n in names if n not in self.scorers]
+        if unknown:
+            valid = sorted(self.scorers)
+            raise ServiceError(
+                400,
+                "unknown_name",
+                f"{field}: unknown scorer {unknown[0]!r}; this server runs: {', '.join(valid)}",
+                valid=valid,
+            )
+
+    def _check_prompt(self, prompt: str, where: str, group: int | None) -> None:
+        if len(prompt) > self.limits.max_prompt_chars:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                f"{where}: the prompt has {len(prompt)} characters, more than the limit of "
+                f"{self.limits.max_prompt_chars}",
+                group_index=group,
+            )
+
+    async def _decode(self, images: Sequence[bytes], group: int | None) -> list[np.ndarray]:
+        return await asyncio.to_thread(
+            decode_group, images, group, self.limits.max_pixels_per_image
+        )
+
+    async def _score(self, name: str, ref: Any, prompts: list[str], n: int) -> ModelOutput:
+        out: ModelOutput = await self.scorers[name].score.remote(ref, prompts)
+        self.observe(name, n, out.batch_images, out.model_s)
+        return out
+
+    async def _embed(self, ref: Any, n: int) -> ModelOutput:
+        out: ModelOutput = await self.link.embedder.embed.remote(ref)
+        self.observe(out.card.name, n, out.batch_images, out.model_s)
+        return out
+
+    # -- /v1/score ---------------------------------------------------------------
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        names = list(dict.fromkeys(req.scorers)) if req.scorers else list(self.scorers)
+        self._check_scorers(names, "scorers")
+        check_counts([len(req.images)], self.limits, grouped=False)
+        for i, p in enumerate(req.prompts):
+            self._check_prompt(p, f"prompts[{i}]", None)
+        arrays = await self._decode(req.images, None)
+        ref = ray.put(arrays)
+        outs = await asyncio.gather(
+            *(self._score(n, ref, list(req.prompts), len(arrays)) for n in names)
+        )
+        cards = [o.card for o in outs]
+        return ScoreResponse(
+            **response_meta(self.args, cards, req.request_id),
+            scores={n: _floats(o.values) for n, o in zip(names, outs, strict=True)},
+            models={c.name: c for c in cards},
+            params=ScoreParams(scorers=names),
+        )
+
+    # -- /v1/rewards -------------------------------------------------------------
+    async def rewards(self, req: RewardsRequest) -> RewardsResponse:
+        weights = dict(req.quality) if req.quality is not None else dict(self.default_quality)
+        self._check_scorers(list(weights), "quality")
+        check_counts([len(g.images) for g in req.groups], self.limits)
+        for g, group in enumerate(req.groups):
+            self._check_prompt(group.prompt, f"groups[{g}].prompt", g)
+        params = resolve_diversity(req.diversity, self.args.core, self.args.default_diversity)
+        adv = resolve_advantage(req.advantage, self.args.core)
+        needs_embeddings = not isinstance(params, NoDiversityParams)
+
+        async def one(g: int) -> tuple[RewardGroupResult, list[ModelCard]]:
+            group = req.groups[g]
+            arrays = await self._decode(group.images, g)
+            n = len(arrays)
+            # One put per group: every model reads the same pixels from the object store.
+            ref = ray.put(arrays)
+            prompts = [group.prompt] * n
+            calls = [self._score(name, ref, prompts, n) for name in weights]
+            if needs_embeddings:
+                calls.append(self._embed(ref, n))
+            outs = await asyncio.gather(*calls)
+            scores = {name: outs[i].values for i, name in enumerate(weights)}
+            # Q = sum_m w_m * s_m, accumulated in the order the weights were given.
+            total = np.zeros(n, dtype=np.float64)
+            for name, w in weights.items():
+                total += w * scores[name]
+            emb = outs[-1].values if needs_embeddings else None
+            try:
+                div = await asyncio.to_thread(
+                    group_diversity,
+                    params,
+                    emb,
+                    total,
+                    adv,
+                    group.group_id,
+                    req.return_embeddings,
+                )
+            except ValueError as exc:
+                raise core_error(exc, g) from None
+            assert div.rewards is not None and div.advantages is not None
+            quality = {name: _floats(s) for name, s in scores.items()}
+            quality["total"] = _floats(total)
+            result = RewardGroupResult(
+                group_id=group.group_id,
+                size=n,
+                quality=quality,
+                # rewards/advantages are reported once, at the group's top level.
+                diversity=div.model_copy(update={"rewards": None, "advantages": None}),
+                rewards=div.rewards,
+                advantages=div.advantages,
+            )
+            return result, [o.card for o in outs]
+
+        results = await asyncio.gather(*(one(g) for g in range(len(req.groups))))
+        models, warnings = _merge_cards([cards for _, cards in results])
+        meta = response_meta(self.args, list(models.values()), req.request_id)
+        meta["warnings"] = meta["warnings"] + warnings
+        return RewardsResponse(
+            **meta,
+            groups=[r for r, _ in results],
+            models=models,
+            params=RewardParams(quality=weights, diversity=params, advantage=adv),
+        )
+
+    # -- delegated to the diversity application ----------------------------------
+    async def embed(self, req: EmbedRequest) -> EmbedResponse:
+        return _raise_errors(await self.link.ingress.embed.remote(req))
+
+    async def diversity(self, req: DiversityRequest) -> DiversityResponse:
+        return _raise_errors(await self.link.ingress.diversity.remote(req))
+
+    async def metrics(self, req: MetricsRequest) -> MetricsResponse:
+        return _raise_errors(await self.link.ingress.metrics.remote(req))
+
+    # -- /v1/models, readiness ---------------------------------------------------
+    async def models(self) -> ModelsResponse:
+        names = list(self.scorers)
+        cards = await asyncio.gather(*(self.scorers[n].info.remote() for n in names))
+        embedder = await self.link.embedder.info.remote()
+        return ModelsResponse(
+            **response_meta(self.args, [*cards, embedder], None),
+            scorers=dict(zip(names, cards, strict=True)),
+            embedder=embedder,
+            defaults=RewardParams(
+                quality=self.default_quality,
+                diversity=resolve_diversity(None, self.args.core, self.args.default_diversity),
+                advantage=self.args.core.advantage,
+            ),
+            limits=self.args.limits.model_dump(),
+        )
+
+    async def ready(self, timeout_s: float = 30.0) -> dict[str, str]:
+        """Every deployment answers a real call (a tiny image through each model)."""
+
+        async def probe(label: str, call: Callable[[], Any]) -> tuple[str, str]:
+            try:
+                await asyncio.wait_for(call(), timeout=timeout_s)
+                return label, "ok"
+            except Exception as exc:  # readiness reports any failure, it never raises
+                return label, f"{type(exc).__name__}: {exc}"[:500]
+
+        async def diversity_ready() -> dict[str, str]:
+            try:
+                states: dict[str, str] = await asyncio.wait_for(
+                    self.link.ingress.ready.remote(), timeout=timeout_s
+                )
+            except Exception as exc:
+                return {f"diversity:{self.link.app_name}": f"{type(exc).__name__}: {exc}"[:500]}
+            return {f"diversity:{k}": v for k, v in states.items()}
+
+        results = await asyncio.gather(
+            *(probe(f"scorer:{n}", h.ready.remote) for n, h in self.scorers.items())
+        )
+        states = dict(results)
+        states.update(await diversity_ready())
+        return states
+
+
+def _raise_errors(result: T | ServiceError) -> T:
+    """The diversity ingress returns request errors instead of raising them."""
+    if isinstance(result, ServiceError):
+        raise result
+    return result
+
+
+def _merge_cards(
+    per_group: Sequence[Sequence[ModelCard]],
+) -> tuple[dict[str, ModelCard], list[str]]:
+    """The models of a response; a warning if a model changed between groups (a rolling
+    update during the request: each group was still handled by one version)."""
+    models: dict[str, ModelCard] = {}
+    warnings: list[str] = []
+    for cards in per_group:
+        for c in cards:
+            prev = models.get(c.name)
+            if prev is None:
+                models[c.name] = c
+            elif prev != c and not any(c.name in w for w in warnings):
+                warnings.append(
+                    f"model {c.name!r} changed during the request (a rolling update): groups "
+                    f"were scored by {prev.weights_hash or prev.revision} or "
+                    f"{c.weights_hash or c.revision}, each group by one of them"
+                )
+    return models, warnings

@@ -1,0 +1,112 @@
+"""Helpers of the service tests: images on the wire, the same tiny models in-process,
+and the reference computation (the core math on the models' own outputs)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from divreward.core import (
+    AdvantageConfig,
+    DiverseGRPOConfig,
+    DRIFTConfig,
+    diversegrpo_rewards,
+    drift_rewards,
+    group_advantages,
+)
+from divreward.images import encode_image
+from divreward.models.base import Embedder, Scorer
+from divreward.models.registry import load_model
+from divreward.models.tiny import tiny_load_options
+
+
+def make_group(n: int, seed: int, size: int = 48) -> list[np.ndarray]:
+    """``n`` distinct smooth-ish (size, size+8, 3) uint8 images."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = rng.integers(0, 256, size=(1, 1, 3))
+        grad = np.linspace(0, 1, size + 8)[None, :, None] * rng.integers(-128, 128, size=(1, 1, 3))
+        noise = rng.integers(-30, 30, size=(size, size + 8, 3))
+        out.append(np.clip(base + grad + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+def png(images: list[np.ndarray]) -> list[bytes]:
+    return [encode_image(img, "PNG") for img in images]
+
+
+def b64(files: list[bytes]) -> list[str]:
+    return [base64.b64encode(f).decode("ascii") for f in files]
+
+
+@cache
+def local_model(name: str, tiny_dir: str, options: tuple[tuple[str, Any], ...] = ()) -> Any:
+    """The same tiny model the service runs, loaded in this process by the same loader."""
+    opts = tiny_load_options(name, Path(tiny_dir))
+    if options:
+        opts = dataclasses.replace(opts, options=dict(options))
+    return load_model(name, opts)
+
+
+def local_scores(
+    names: list[str], tiny_dir: Path, images: list[np.ndarray], prompt: str
+) -> dict[str, np.ndarray]:
+    out = {}
+    for name in names:
+        model = local_model(name, str(tiny_dir))
+        assert isinstance(model, Scorer)
+        out[name] = model.score(images, [prompt] * len(images))
+    return out
+
+
+def local_embed(
+    name: str, options: dict[str, Any], tiny_dir: Path, images: list[np.ndarray]
+) -> np.ndarray:
+    model = local_model(name, str(tiny_dir), tuple(sorted(options.items())))
+    assert isinstance(model, Embedder)
+    return model.embed(images)
+
+
+def reference_group(
+    method: str,
+    quality: dict[str, np.ndarray],
+    weights: dict[str, float],
+    embeddings: np.ndarray | None,
+    params: dict[str, Any],
+    eps: float,
+) -> dict[str, Any]:
+    """What /v1/rewards must return for one group, from the core math directly:
+    Q = sum(weight * score) in the weights' order, then the method."""
+    n = len(next(iter(quality.values())))
+    total = np.zeros(n)
+    for name, w in weights.items():
+        total += w * np.asarray(quality[name], dtype=np.float64)
+    adv = AdvantageConfig(eps=eps)
+    cfg = {k: v for k, v in params.items() if k != "method"}
+    if method == "diversegrpo":
+        r = diversegrpo_rewards(total, embeddings, DiverseGRPOConfig(**cfg), adv)
+        return {
+            "total": total,
+            "rewards": r.rewards,
+            "advantages": r.advantages,
+            "bonus": r.bonus,
+            "labels": r.labels,
+            "k": r.k,
+            "sigma": r.sigma,
+        }
+    if method == "drift":
+        d = drift_rewards(total, embeddings, DRIFTConfig(**cfg), adv)
+        return {
+            "total": total,
+            "rewards": d.rewards,
+            "advantages": d.advantages,
+            "diversity": d.diversity,
+            "intrinsic": d.intrinsic,
+        }
+    return {"total": total, "rewards": total, "advantages": group_advantages(total, eps)}
