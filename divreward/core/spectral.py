@@ -88,7 +88,11 @@ def cosine_distances(embeddings: ArrayLike) -> np.ndarray:
     One matrix product of the unit-normalised rows; round-off is clipped to [0, 2].
     """
     x = check_embeddings(embeddings)
-    norms = check_unit_normalisable(x)
+    return _cosine(x, check_unit_normalisable(x))
+
+
+def _cosine(x: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """cosine_distances on checked float64 (N, D) rows with their (N,) non-zero norms."""
     u = x / norms[:, None]  # (N, D) unit rows
     d = 1.0 - u @ u.T  # (N, N)
     d = 0.5 * (d + d.T)  # exact symmetry despite BLAS summation order
@@ -142,19 +146,28 @@ def select_sigma(
     floor = check_real(floor, "floor", minimum=0.0)
     if floor <= 0:
         raise ValueError(f"floor: must be > 0, got {floor}")
-    n = d.shape[0]
     if mode == "fixed":
         if sigma is None:
             raise ValueError("sigma: required when mode='fixed'")
         s = check_real(sigma, "sigma")
         if s <= 0:
             raise ValueError(f"sigma: must be > 0, got {s}")
-        return max(s, floor)
-    if mode not in ("nn_median", "all_pairs_median", "local_scaling"):
+    elif mode not in ("nn_median", "all_pairs_median", "local_scaling"):
         raise ValueError(
             f"mode: unknown sigma mode {mode!r}; expected one of 'nn_median', 'fixed', "
             "'all_pairs_median', 'local_scaling'"
         )
+    return _select_sigma(d, mode, sigma, floor)
+
+
+def _select_sigma(
+    d: np.ndarray, mode: SigmaMode, sigma: float | None, floor: float
+) -> float | np.ndarray:
+    """select_sigma on a checked (N, N) matrix and validated arguments."""
+    n = d.shape[0]
+    if mode == "fixed":
+        assert sigma is not None
+        return max(float(sigma), floor)
     if n == 1:
         return np.full(1, floor) if mode == "local_scaling" else floor
     neighbours = _off_diagonal_sorted(d)  # (N, N-1)
@@ -177,7 +190,6 @@ def gaussian_affinity(distances: ArrayLike, sigma: float | ArrayLike) -> np.ndar
     if s.ndim == 0:
         if not (np.isfinite(s) and s > 0):
             raise ValueError(f"sigma: must be a positive finite number, got {float(s)}")
-        denom: np.ndarray | float = 2.0 * float(s) ** 2
     else:
         if s.shape != (d.shape[0],):
             raise ValueError(
@@ -186,7 +198,13 @@ def gaussian_affinity(distances: ArrayLike, sigma: float | ArrayLike) -> np.ndar
         if not (np.isfinite(s).all() and (s > 0).all()):
             i = int(np.flatnonzero(~(np.isfinite(s) & (s > 0)))[0])
             raise ValueError(f"sigma: image {i} has width {s[i]}; widths must be > 0")
-        denom = 2.0 * np.outer(s, s)
+    return _gaussian(d, s)
+
+
+def _gaussian(d: np.ndarray, s: float | np.ndarray) -> np.ndarray:
+    """gaussian_affinity on a checked (N, N) matrix and positive width(s)."""
+    s = np.asarray(s, dtype=np.float64)
+    denom = 2.0 * float(s) ** 2 if s.ndim == 0 else 2.0 * np.outer(s, s)
     a = np.exp(-(d**2) / denom)
     np.fill_diagonal(a, 1.0)
     return a
@@ -202,6 +220,13 @@ def normalized_affinity(affinity: ArrayLike) -> np.ndarray:
     if (deg <= 0).any():
         i = int(np.flatnonzero(deg <= 0)[0])
         raise ValueError(f"affinity: image {i} has zero degree")
+    return _normalize(a, deg)
+
+
+def _normalize(a: np.ndarray, deg: np.ndarray | None = None) -> np.ndarray:
+    """normalized_affinity of a checked (N, N) affinity with positive degrees."""
+    if deg is None:
+        deg = a.sum(axis=1)
     inv_sqrt = 1.0 / np.sqrt(deg)
     m = a * inv_sqrt[:, None] * inv_sqrt[None, :]
     return 0.5 * (m + m.T)
@@ -398,11 +423,13 @@ def _n_eigen(n: int, cfg: DiverseGRPOConfig) -> int:
     return min(n, max(cfg.k_max, k_need) + 1)
 
 
-def _spectral_exact(x: np.ndarray, cfg: DiverseGRPOConfig) -> ClusterResult:
+def _spectral_exact(x: np.ndarray, norms: np.ndarray, cfg: DiverseGRPOConfig) -> ClusterResult:
+    # x: checked float64 (N, D) rows with non-zero norms (N,); the config is validated,
+    # so the unchecked helpers run (the public ones re-check every argument).
     n = x.shape[0]
-    d = cosine_distances(x)  # (N, N)
-    sig = select_sigma(d, cfg.sigma_mode, sigma=cfg.sigma, floor=cfg.sigma_floor)
-    m = normalized_affinity(gaussian_affinity(d, sig))
+    d = _cosine(x, norms)  # (N, N)
+    sig = _select_sigma(d, cfg.sigma_mode, cfg.sigma, cfg.sigma_floor)
+    m = _normalize(_gaussian(d, sig))  # (N, N)
     nev = _n_eigen(n, cfg)
     if n > _FULL_EIGH_MAX_N:
         # Only the leading nev eigenpairs are used: a subset solve is ~3-4x cheaper than
@@ -560,7 +587,7 @@ def spectral_cluster(
     """
     cfg = config if config is not None else DiverseGRPOConfig()
     x = check_embeddings(embeddings)
-    check_unit_normalisable(x)
+    norms = check_unit_normalisable(x)
     n = x.shape[0]
     if n == 1:
         sigma = cfg.sigma if cfg.sigma_mode == "fixed" and cfg.sigma else cfg.sigma_floor
@@ -573,4 +600,4 @@ def spectral_cluster(
         )
     if resolve_solver(n, cfg) == "approximate":
         return _spectral_approximate(x, cfg)
-    return _spectral_exact(x, cfg)
+    return _spectral_exact(x, norms, cfg)
