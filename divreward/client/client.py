@@ -160,8 +160,9 @@ _CLIENT_DOC = """
         image_format: ``PNG`` (lossless, default), ``JPEG`` or ``WEBP``.
         namespace: keeps this run's assembled groups apart from other runs' (submit with
             ``group_size``).
-        application: Ray Serve application name, sent as gRPC metadata (needed when the
-            cluster runs several applications).
+        application: Ray Serve application of the reward service (default ``reward``,
+            the name ``divreward serve`` deploys it under), sent as gRPC metadata: Serve's
+            gRPC proxy needs it when the cluster runs several applications.
         wire: HTTP body encoding, ``msgpack`` (binary, default) or ``json``.
         headers: extra HTTP headers / gRPC metadata (e.g. ``authorization``).
 """
@@ -183,7 +184,7 @@ class RewardClient:
         image_format: str = "PNG",
         image_quality: int = 95,
         namespace: str | None = None,
-        application: str | None = None,
+        application: str | None = "reward",
         wire: Wire = "msgpack",
         headers: Mapping[str, str] | None = None,
         max_in_flight: int = 16,
@@ -425,7 +426,7 @@ class AsyncRewardClient:
         image_format: str = "PNG",
         image_quality: int = 95,
         namespace: str | None = None,
-        application: str | None = None,
+        application: str | None = "reward",
         wire: Wire = "msgpack",
         headers: Mapping[str, str] | None = None,
         max_in_flight: int = 16,

@@ -1,13 +1,325 @@
-"""gRPC methods of the reward ingress (owned by issue #5).
+"""gRPC methods of the reward ingress: the servicer layer, mapping protobuf to the
+pydantic schema and back around the same serving layer as the HTTP routes.
 
-The reward ingress deployment inherits from :class:`RewardGrpcMethods`; the gRPC
-methods (unary and streaming) are added here by issue #5 and call the same serving
-layer as the HTTP routes (``self.serving``, a
-:class:`~divreward.services.reward_server.serving.RewardServing`).
+The reward ingress deployment inherits :class:`RewardGrpcMethods`; Ray Serve's gRPC
+proxy calls the ingress method named as the RPC (``divreward.v1.RewardService``, see
+``divreward/proto/divreward.proto``). Each unary method validates the request through
+its pydantic model (the checks of the HTTP path, with the same messages), answers a
+repeated ``request_id`` from the ingress's idempotency cache, calls ``self.serving`` with
+the ingress's call timeout, and converts the result back. A failure ends the call with a
+gRPC status mapped from the HTTP status, its details being the server's message.
+
+``RewardStream`` (bidirectional) reads the trainer's submissions in the background and
+answers each as soon as its group is rewarded, in completion order, tagged with its
+``group_id`` and ``request_id``. A failed submission is answered in-band
+(``GroupSubmissionResult.error``) so the stream and its other groups carry on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from pydantic import BaseModel
+
+from divreward.proto import divreward_pb2 as pb
+from divreward.proto.convert import from_proto, to_proto
+from divreward.schema import (
+    DiversityRequest,
+    EmbedRequest,
+    ErrorInfo,
+    HealthResponse,
+    MetricsRequest,
+    ReadyResponse,
+    RewardsRequest,
+    ScoreRequest,
+)
+from divreward.schema_stream import GroupSubmission, GroupSubmissionResult
+from divreward.services.errors import ServiceError
+from divreward.services.reward_server.assembler import GroupService
+
+__all__ = ["GRPC_SERVICER_FUNCTION", "RewardGrpcMethods", "grpc_code"]
+
+#: What ``gRPCOptions.grpc_servicer_functions`` must list for these methods to be served.
+GRPC_SERVICER_FUNCTION = "divreward.proto.divreward_pb2_grpc.add_RewardServiceServicer_to_server"
+
+#: Submissions of one stream computed at once; further messages wait (flow control).
+STREAM_MAX_IN_FLIGHT = 64
+
+_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    # 413: too big is the caller's to fix, not transient (RESOURCE_EXHAUSTED is retried)
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    """The gRPC status of an HTTP status (any other 5xx is INTERNAL, 4xx INVALID_ARGUMENT)."""
+    if status in _CODES:
+        return _CODES[status]
+    return grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _error_info(err: ServiceError) -> ErrorInfo:
+    return err.to_response().error
+
+
+def _to_service_error(exc: BaseException) -> ServiceError:
+    from divreward.services.http import to_service_error
+
+    return to_service_error(exc)
+
 
 class RewardGrpcMethods:
-    """Mixin of the reward ingress; the gRPC methods are added by issue #5."""
+    """Mixin of the reward ingress. Expects ``self.serving`` (RewardServing), ``self.api``
+    (the ingress's :class:`~divreward.services.http.Api`: limits, auth, metrics, the
+    idempotency cache) and, optionally, ``self.assembler`` (GroupAssembler handle)."""
+
+    serving: Any
+    api: Any
+
+    # ------------------------------------------------------------------ helpers
+    def _groups(self) -> GroupService:
+        service = getattr(self, "_group_service", None)
+        if service is None:
+            service = GroupService(self.serving, getattr(self, "assembler", None))
+            self._group_service = service
+        return service
+
+    def _check_auth(self, grpc_context: Any) -> None:
+        auth = self.api.auth
+        if not auth.enabled:
+            return
+        metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
+        header = metadata.get("authorization", "")
+        scheme, _, token = str(header).partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ServiceError(
+                401, "unauthorized", "missing 'authorization: Bearer <token>' metadata"
+            )
+        given = token.strip().encode()
+        ok = False
+        for t in auth._tokens:  # constant-time comparison against every token
+            ok |= hmac.compare_digest(given, t)
+        if not ok:
+            raise ServiceError(401, "unauthorized", "invalid bearer token")
+
+    def _fail(self, grpc_context: Any, err: ServiceError) -> ServiceError:
+        if grpc_context is not None:
+            grpc_context.set_code(grpc_code(err.status))
+            grpc_context.set_details(f"{err.kind}: {err.message}")
+        return err
+
+    def _count(self, rpc: str, status: int, t0: float, kind: str | None = None) -> None:
+        m = self.api.metrics
+        route = f"grpc:{rpc}"
+        m.requests.labels(m.app, route, str(status)).inc()
+        m.latency.labels(m.app, route).observe(time.perf_counter() - t0)
+        if kind is not None:
+            m.errors.labels(m.app, route, kind).inc()
+
+    async def _cached_call(
+        self,
+        rpc: str,
+        request: Message,
+        req: BaseModel,
+        call: Callable[[Any], Awaitable[BaseModel]],
+    ) -> Message:
+        """``call(req)`` with the ingress's timeout; a repeated request_id with the same
+        bytes is answered from the idempotency cache (a different body is a 409)."""
+        from divreward.services.http import _Cached
+
+        request_id = getattr(req, "request_id", None)
+        cache = self.api.cache
+        key: tuple[str, str] | None = None
+        digest = b""
+        if request_id is not None:
+            digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+            key = (f"grpc:{rpc}", request_id)
+            hit = await cache.lookup(key, digest)
+            if hit is not None:
+                self.api.metrics.replays.labels(self.api.metrics.app, f"grpc:{rpc}").inc()
+                reply = _REPLIES[rpc]()
+                reply.ParseFromString(hit.body)
+                return reply
+            cache.start(key, digest)
+        try:
+            result = await asyncio.wait_for(call(req), timeout=self.api.ingress.call_timeout_s)
+            reply = to_proto(result)
+            if key is not None:
+                cache.finish(
+                    key, _Cached(digest, 200, "application/x-protobuf", reply.SerializeToString())
+                )
+                key = None
+            return reply
+        finally:
+            if key is not None:
+                cache.finish(key, None)
+
+    async def _unary(
+        self,
+        rpc: str,
+        request: Message,
+        model: type[BaseModel],
+        call: Callable[[Any], Awaitable[BaseModel]],
+        grpc_context: Any,
+    ) -> Message:
+        t0 = time.perf_counter()
+        try:
+            self._check_auth(grpc_context)
+            req = from_proto(request, model)
+            reply = await self._cached_call(rpc, request, req, call)
+        except Exception as exc:
+            err = _to_service_error(exc)
+            self._count(rpc, err.status, t0, err.kind)
+            raise self._fail(grpc_context, err) from None
+        self._count(rpc, 200, t0)
+        return reply
+
+    async def _no_arg(
+        self, rpc: str, call: Callable[[], Awaitable[BaseModel]], grpc_context: Any, auth: bool
+    ) -> Message:
+        t0 = time.perf_counter()
+        try:
+            if auth:
+                self._check_auth(grpc_context)
+            result = await asyncio.wait_for(call(), timeout=self.api.ingress.call_timeout_s)
+        except Exception as exc:
+            err = _to_service_error(exc)
+            self._count(rpc, err.status, t0, err.kind)
+            raise self._fail(grpc_context, err) from None
+        self._count(rpc, 200, t0)
+        return to_proto(result)
+
+    # ------------------------------------------------------------------ unary RPCs
+    async def Health(self, request: pb.HealthRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        async def ok() -> HealthResponse:
+            return HealthResponse()
+
+        return await self._no_arg("Health", ok, grpc_context, auth=False)
+
+    async def Ready(self, request: pb.ReadyRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        async def ready() -> ReadyResponse:
+            states = await self.serving.ready()
+            ok = all(v == "ok" for v in states.values())
+            return ReadyResponse(status="ready" if ok else "not_ready", deployments=states)
+
+        return await self._no_arg("Ready", ready, grpc_context, auth=False)
+
+    async def Models(self, request: pb.ModelsRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        return await self._no_arg("Models", self.serving.models, grpc_context, auth=True)
+
+    async def Score(self, request: pb.ScoreRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        return await self._unary("Score", request, ScoreRequest, self.serving.score, grpc_context)
+
+    async def Embed(self, request: pb.EmbedRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        return await self._unary("Embed", request, EmbedRequest, self.serving.embed, grpc_context)
+
+    async def Diversity(self, request: pb.DiversityRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        return await self._unary(
+            "Diversity", request, DiversityRequest, self.serving.diversity, grpc_context
+        )
+
+    async def Metrics(self, request: pb.MetricsRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        return await self._unary(
+            "Metrics", request, MetricsRequest, self.serving.metrics, grpc_context
+        )
+
+    async def Rewards(self, request: pb.RewardsRequest, grpc_context: Any = None) -> Message:  # noqa: N802
+        return await self._unary(
+            "Rewards", request, RewardsRequest, self.serving.rewards, grpc_context
+        )
+
+    async def SubmitGroup(  # noqa: N802
+        self, request: pb.GroupSubmission, grpc_context: Any = None
+    ) -> Message:
+        return await self._unary(
+            "SubmitGroup", request, GroupSubmission, self._groups().submit, grpc_context
+        )
+
+    # ------------------------------------------------------------------ streaming
+    async def RewardStream(  # noqa: N802
+        self, request_stream: AsyncIterator[pb.GroupSubmission], grpc_context: Any = None
+    ) -> AsyncIterator[Message]:
+        """Answer every submission of the stream once, as soon as it is computed."""
+        self._check_auth(grpc_context)
+        answers: asyncio.Queue[Message | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(message: pb.GroupSubmission) -> None:
+            try:
+                answers.put_nowait(await self._stream_one(message))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for message in request_stream:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(message))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                # wait for every submission already read, then end the stream
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                reply = await answers.get()
+                if reply is None:
+                    break
+                yield reply
+            reader.result()  # an error reading the stream ends the call with it
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_one(self, message: pb.GroupSubmission) -> Message:
+        t0 = time.perf_counter()
+        group_id = message.group_id
+        request_id = message.request_id if message.HasField("request_id") else None
+        try:
+            sub = from_proto(message, GroupSubmission)
+            reply = await self._cached_call("RewardStream", message, sub, self._groups().submit)
+        except Exception as exc:
+            err = _to_service_error(exc)
+            self._count("RewardStream", err.status, t0, err.kind)
+            failed = GroupSubmissionResult(
+                group_id=group_id, request_id=request_id, error=_error_info(err)
+            )
+            return to_proto(failed)
+        self._count("RewardStream", 200, t0)
+        return reply
+
+
+# Reply classes by RPC, to parse cached replies.
+_REPLIES: dict[str, type[Message]] = {
+    "Score": pb.ScoreResponse,
+    "Embed": pb.EmbedResponse,
+    "Diversity": pb.DiversityResponse,
+    "Metrics": pb.MetricsResponse,
+    "Rewards": pb.RewardsResponse,
+    "SubmitGroup": pb.GroupSubmissionResult,
+    "RewardStream": pb.GroupSubmissionResult,
+}
