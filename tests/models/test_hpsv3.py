@@ -359,6 +359,29 @@ def test_missing_weights_name_the_files(tiny_zoo: TinyZoo, tmp_path: Path) -> No
     assert "huggingface-cli download Qwen/Qwen2-VL-7B-Instruct" in str(err.value)
 
 
+def _as_hf_cache(src: Path, cache: Path, repo_id: str, revision: str) -> None:
+    """Copy a directory into the hub cache layout (snapshots/<rev>, refs/main)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(src, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_hub_ids_resolve_through_the_hf_cache_offline(
+    tiny_zoo: TinyZoo, model: hpsv3.HPSv3, tmp_path: Path
+) -> None:
+    """The real profile's configuration: MizzenAI/HPSv3 and Qwen/Qwen2-VL-7B-Instruct
+    found by huggingface_hub in its cache with HF_HUB_OFFLINE=1."""
+    cache = tmp_path / "hub"
+    _as_hf_cache(tiny_zoo.root / hpsv3.REPO, cache, hpsv3.REPO, "a" * 40)
+    _as_hf_cache(tiny_zoo.root / hpsv3.BASE_REPO, cache, hpsv3.BASE_REPO, "b" * 40)
+    m = load_model("hpsv3", LoadOptions(cache_dir=str(cache)))
+    assert (m.info.source, m.info.revision, m.info.profile) == (hpsv3.REPO, "a" * 40, "real")
+    assert m.info.weights_hash == model.info.weights_hash
+    images = make_images(2, seed=15)
+    np.testing.assert_array_equal(m.score(images, PROMPTS[:2]), model.score(images, PROMPTS[:2]))
+
+
 def test_unknown_option_is_refused(tiny_zoo: TinyZoo) -> None:
     with pytest.raises(ValueError, match=r"hpsv3: unknown option\(s\) 'pixel'"):
         load_model("hpsv3", tiny_zoo.options("hpsv3", options={"pixel": 10}))
@@ -373,6 +396,9 @@ def test_tiny_build_is_deterministic(tiny_zoo: TinyZoo, tmp_path: Path) -> None:
         f"{hpsv3.BASE_REPO}/config.json",
     ):
         assert (tmp_path / rel).read_bytes() == (root / rel).read_bytes(), rel
+    hpsv3.build_tiny(tmp_path / "seed1", seed=1)
+    weights = f"{hpsv3.REPO}/{hpsv3.WEIGHTS_FILE}"
+    assert (tmp_path / "seed1" / weights).read_bytes() != (root / weights).read_bytes()
 
 
 # ---------------------------------------------------------------------------------------

@@ -291,6 +291,28 @@ def test_missing_weights_name_the_files(tiny_zoo: TinyZoo, tmp_path: Path) -> No
         load_model("imagereward", LoadOptions(weights_dir=str(empty)))
 
 
+def _as_hf_cache(src: Path, cache: Path, repo_id: str, revision: str) -> None:
+    """Copy a directory into the hub cache layout (snapshots/<rev>, refs/main)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(src, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_hub_ids_resolve_through_the_hf_cache_offline(
+    tiny_zoo: TinyZoo, model: ir.ImageReward, tmp_path: Path
+) -> None:
+    """The real profile's configuration: THUDM/ImageReward and
+    google-bert/bert-base-uncased found by huggingface_hub in its cache, offline."""
+    cache = tmp_path / "hub"
+    _as_hf_cache(tiny_zoo.root / ir.REPO, cache, ir.REPO, "c" * 40)
+    _as_hf_cache(tiny_zoo.root / ir.TOKENIZER_REPO, cache, ir.TOKENIZER_REPO, "d" * 40)
+    m = load_model("imagereward", LoadOptions(cache_dir=str(cache)))
+    assert (m.info.source, m.info.revision, m.info.profile) == (ir.REPO, "c" * 40, "real")
+    images = make_images(2, seed=26)
+    np.testing.assert_array_equal(m.score(images, PROMPTS[:2]), model.score(images, PROMPTS[:2]))
+
+
 def test_tokenizer_must_match_the_text_vocabulary(tiny_zoo: TinyZoo, tmp_path: Path) -> None:
     src = tmp_path / "ir"
     shutil.copytree(tiny_zoo.build("imagereward") / ir.REPO, src)
@@ -312,6 +334,10 @@ def test_tiny_build_is_deterministic(tiny_zoo: TinyZoo, tmp_path: Path) -> None:
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
     for rel in (f"{ir.REPO}/{ir.MED_CONFIG}", f"{ir.TOKENIZER_REPO}/vocab.txt"):
         assert (tmp_path / rel).read_bytes() == (root / rel).read_bytes(), rel
+    ir.build_tiny(tmp_path / "seed1", seed=1)
+    other = torch.load(str(tmp_path / "seed1" / ir.REPO / ir.WEIGHTS_FILE), weights_only=True)
+    key = "blip.visual_encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(other[key], ref[key]), "the tiny weights must depend on the seed"
 
 
 # ---------------------------------------------------------------------------------------
