@@ -77,17 +77,19 @@ def intra_group_diversity(embeddings: ArrayLike) -> np.ndarray:
 
 
 def intrinsic_reward(
-    diversity: ArrayLike,
+    d: ArrayLike,
     gamma: float = 1.0,
     num_steps: int = 50,
     sigma_clip: float = 1.0,
 ) -> np.ndarray:
     """Eqs. 9 and 13: ``R_int = clip(gamma^T * d, 0, sigma_clip)``; float64 (G,).
 
+    d: (G,) intra-group diversities (Eq. 11).
+
     Eq. 9 telescopes the potential-based shaping ``gamma d(s') - d(s)`` over the T
     denoising steps to ``gamma^T d(x_0) - d(x_T)``, with d(x_T) = 0 for pure noise.
     """
-    d = check_scores(diversity, "diversity")
+    div = check_scores(d, "d")
     gamma = check_real(gamma, "gamma")
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma: must be in (0, 1], got {gamma}")
@@ -95,19 +97,22 @@ def intrinsic_reward(
     sigma_clip = check_real(sigma_clip, "sigma_clip")
     if sigma_clip <= 0:
         raise ValueError(f"sigma_clip: must be > 0, got {sigma_clip}")
-    return np.clip(gamma**t * d, 0.0, sigma_clip)
+    return np.clip(gamma**t * div, 0.0, sigma_clip)
 
 
 def decoupled_advantages(
     quality: ArrayLike,
-    intrinsic: ArrayLike,
+    r_int: ArrayLike,
     lam: float = 0.5,
     eps: float = 1e-6,
 ) -> np.ndarray:
-    """Eq. 14: ``A~ = A(Q) + lambda * A(R_int)``, each term Eq. 3 within the group."""
+    """Eq. 14: ``A~ = A(Q) + lambda * A(R_int)``, each term Eq. 3 within the group.
+
+    quality: (G,) Q; r_int: (G,) intrinsic rewards. Returns float64 (G,).
+    """
     q = check_scores(quality, "quality")
-    r = check_scores(intrinsic, "intrinsic")
-    check_same_length(q, "quality", r, "intrinsic")
+    r = check_scores(r_int, "r_int")
+    check_same_length(q, "quality", r, "r_int")
     lam = check_real(lam, "lam")
     return group_advantages(q, eps) + lam * group_advantages(r, eps)
 

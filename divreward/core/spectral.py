@@ -451,7 +451,7 @@ def _spectral_exact(x: np.ndarray, norms: np.ndarray, cfg: DiverseGRPOConfig) ->
     )
 
 
-def knn_cosine(x: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+def _knn_cosine(x: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n_neighbors`` nearest other rows by cosine distance.
 
     x: (N, D) float; returns (indices (N, m) int64, distances (N, m) float64), ascending
@@ -530,7 +530,7 @@ def _spectral_approximate(x: np.ndarray, cfg: DiverseGRPOConfig) -> ClusterResul
             f"the exact solver; this group of {n} images uses the approximate one (set "
             "solver='exact' or k_mode='eigengap')"
         )
-    idx, dist = knn_cosine(x, cfg.approx_neighbors)  # (N, m)
+    idx, dist = _knn_cosine(x, cfg.approx_neighbors)  # (N, m)
     m = idx.shape[1]
     floor = cfg.sigma_floor
     rows = np.repeat(np.arange(n), m)

@@ -67,6 +67,18 @@ def test_intrinsic_reward_errors() -> None:
         intrinsic_reward([1.0], sigma_clip=0.0)
     with pytest.raises(ValueError, match="num_steps: expected an int"):
         intrinsic_reward([1.0], num_steps=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"d: expected a 1-D array .*shape \(1, 1\)"):
+        intrinsic_reward([[1.0]])
+
+
+def test_keyword_names_of_the_contract() -> None:
+    """Other areas call these with keywords: the names are part of the contract."""
+    np.testing.assert_array_equal(
+        intrinsic_reward(d=[0.5], gamma=1.0, num_steps=50, sigma_clip=1.0), [0.5]
+    )
+    np.testing.assert_allclose(
+        decoupled_advantages(quality=[0.0, 1.0], r_int=[0.0, 0.0], lam=0.5, eps=0.0), [-1, 1]
+    )
 
 
 def test_decoupled_advantages_hand_computed() -> None:
@@ -79,7 +91,7 @@ def test_decoupled_advantages_hand_computed() -> None:
     np.testing.assert_allclose(
         decoupled_advantages(q, [1.0, 1.0, 1.0], lam=0.5), group_advantages(q)
     )
-    with pytest.raises(ValueError, match="quality: has 3 values but intrinsic has 2 rows"):
+    with pytest.raises(ValueError, match="quality: has 3 values but r_int has 2 rows"):
         decoupled_advantages(q, [1.0, 2.0])
 
 
