@@ -310,7 +310,7 @@ def read_config(path: Path, vocab: int | None = None) -> Any:
     config: Any = Qwen2VLConfig(**{k: v for k, v in raw.items() if k not in ("architectures",)})
     if vocab is not None:
         config.text_config.vocab_size = vocab
-    # The reference (sdpa, no flash attention on the scoring path) and CPU tests alike.
+    # HPSv3's own config disables flash attention (disable_flash_attn2: True -> sdpa).
     config.text_config._attn_implementation = "sdpa"
     config.vision_config._attn_implementation = "sdpa"
     return config
