@@ -1,0 +1,105 @@
+"""TRL-style reward function backed by a divreward service.
+
+TRL's GRPO trainer calls each reward function as ``f(prompts, completions, **columns)``
+and expects ``list[float | None]``, one per completion; for text-to-image trainers built
+on that contract, the completions are the generated images (PIL images, arrays or a
+``(N, 3, H, W)`` tensor). The one-line change::
+
+    reward_funcs = [divreward.adapters.trl.reward_func("http://reward-host:8000")]
+
+A call sees a slice of the batch, not necessarily whole groups. With ``group_size`` set
+(TRL's ``num_generations``), each prompt's images are sent as parts that the service
+assembles into whole groups (see :mod:`divreward.adapters.flow_grpo`, mode (b)) and the
+function returns the diversity-aware rewards; without it, the quality of each image.
+Prompts given as chat messages (lists of ``{"role", "content"}`` dicts) are reduced to
+the text of their last user message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from divreward.adapters._common import (
+    LazyClient,
+    scaled_weights,
+    split_by_prompt,
+    submit_parts,
+)
+
+__all__ = ["prompt_text", "reward_func"]
+
+
+def prompt_text(prompt: Any, index: int) -> str:
+    """The prompt as text: a str as is, a chat conversation as its last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        for message in reversed(prompt):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, Sequence):  # multimodal content parts
+                    texts = [c.get("text") for c in content if isinstance(c, Mapping)]
+                    joined = " ".join(t for t in texts if isinstance(t, str))
+                    if joined:
+                        return joined
+        raise ValueError(f"prompts[{index}]: a conversation with no user text")
+    raise ValueError(
+        f"prompts[{index}]: expected a str or a list of chat messages, got {type(prompt).__name__}"
+    )
+
+
+def reward_func(
+    url: str,
+    *,
+    scorers: Mapping[str, float] | Sequence[str] | None = None,
+    scales: Mapping[str, float] | None = None,
+    group_size: int | None = None,
+    diversity: Mapping[str, Any] | None = None,
+    namespace: str | None = None,
+    assembly_timeout_s: float | None = None,
+    name: str = "divreward",
+    **client_kwargs: Any,
+) -> Callable[..., list[float | None]]:
+    """A TRL reward function ``f(prompts, completions, **columns) -> list[float]``.
+
+    Arguments as :func:`divreward.adapters.flow_grpo.reward_fn`; ``name`` is the
+    function's ``__name__`` (TRL logs each reward under it).
+    """
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be >= 1 (or None for quality only), got {group_size}")
+    weights = scaled_weights(scorers, scales)
+    lazy = LazyClient(url, {**client_kwargs, "namespace": namespace})
+    server_weights: dict[str, float] = {}
+
+    def f(prompts: Sequence[Any], completions: Any, **columns: Any) -> list[float | None]:
+        texts = [prompt_text(p, i) for i, p in enumerate(prompts)]
+        client = lazy.get()
+        arrays, parts = split_by_prompt(completions, texts)
+        if group_size is None:
+            res = client.score(arrays, texts, scorers=list(weights) if weights else None)
+            if weights is None and not server_weights:
+                server_weights.update(client.models().defaults.quality)
+            w = weights if weights is not None else server_weights
+            total = np.zeros(len(arrays), np.float64)
+            for s, wt in w.items():
+                total += wt * np.asarray(res.scores[s], np.float64)
+            return [float(v) for v in total]
+        rewards, _, _ = submit_parts(
+            client,
+            arrays,
+            parts,
+            group_size=group_size,
+            weights=weights,
+            diversity=diversity,
+            assembly_timeout_s=assembly_timeout_s,
+        )
+        return [float(v) for v in rewards]
+
+    f.__name__ = name
+    f.close = lazy.close  # type: ignore[attr-defined]
+    return f

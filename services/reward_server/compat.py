@@ -1,0 +1,280 @@
+"""Compatibility endpoints, so that existing trainers' reward clients work unmodified
+(only their URL changes). See docs/client.md and ../shared/design/PEERS.md.
+
+Pickle dialect (Flow-GRPO, ddpo-pytorch and their reference servers; verl-omni/deepgen):
+    ``POST /`` (or ``/compat/pickle``), body ``pickle.dumps({"images": [JPEG/PNG bytes],
+    "prompts": [str], "metadata": {...}})`` -> pickled ``{"scores": [float], "outputs":
+    [float]}`` (both keys: the DeQA-style clients read ``outputs``, verl-omni ``scores``).
+    The score is the server's quality ``Q = sum(weight * score)`` (``?scorers=a,b`` picks
+    scorers with weight 1 each). Bodies are decoded by the allow-list unpickler
+    (:mod:`divreward.safe_pickle`): a pickle naming any global is refused with a 400 and
+    never executed. Errors reply a pickled ``{"error": str}``: 4xx for a bad request
+    (these clients then stop, as they should), and **500 for anything transient**
+    (overload, timeout, internal) because 500 is the only status Flow-GRPO retries.
+
+Flow-Factory JSON dialect, at base URLs ``/compat/flow-factory/<mode>`` with ``mode`` =
+``pointwise``, ``groupwise`` (the server's default diversity method),
+``groupwise-diversegrpo`` or ``groupwise-drift``:
+    ``GET <base>/health`` -> ``{"status": "ok"}``; ``POST <base>/compute`` JSON
+    ``{"prompt": [str], "image": [base64 PNG], "video": null, "condition_images": null,
+    "condition_videos": null, "kwargs": {...}}`` -> ``{"rewards": [float]}``. Pointwise:
+    the quality Q of each image. Groupwise (one prompt group per request, as Flow-Factory
+    sends them): the diversity-aware rewards ``R_i`` of the group (Flow-Factory computes
+    advantages itself). ``kwargs`` is the trainer's own context and is not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from divreward.safe_pickle import PickleDecodeError, UnsafePickleError, safe_dumps, safe_loads
+from divreward.schema import (
+    ImageBytes,
+    RewardGroup,
+    RewardsRequest,
+    ScoreRequest,
+)
+from divreward.services.errors import ServiceError, from_validation_error
+from divreward.services.http import Api, error_body, to_service_error
+
+__all__ = ["FlowFactoryRequest", "compat_router"]
+
+compat_router = APIRouter(tags=["compatibility"])
+
+PICKLE_MEDIA_TYPE = "application/octet-stream"
+_PICKLE_KEYS = ("images", "prompts", "metadata")
+
+
+def _api(request: Request) -> Api:
+    return request.app.state.api  # type: ignore[no-any-return]
+
+
+async def _quality(
+    serving: Any, images: list[bytes], prompts: list[str], scorers: Sequence[str] | None
+) -> list[float]:
+    """Q = sum(weight * score) per image, over the server's default weights (or the named
+    scorers, weight 1 each), accumulated in weight order as /v1/rewards does."""
+    weights = {name: 1.0 for name in scorers} if scorers else dict(serving.default_quality)
+    resp = await serving.score(ScoreRequest(prompts=prompts, images=images, scorers=list(weights)))
+    total = np.zeros(len(images), dtype=np.float64)
+    for name, w in weights.items():
+        total += w * np.asarray(resp.scores[name], dtype=np.float64)
+    return [float(v) for v in total]
+
+
+# ------------------------------------------------------------------ pickle dialect
+def _pickle_reply(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(safe_dumps(payload), status_code=status, media_type=PICKLE_MEDIA_TYPE)
+
+
+def _pickle_error(err: ServiceError) -> Response:
+    # Flow-GRPO retries only 500 and crashes on anything else: transient errors become
+    # 500, a bad request keeps its 4xx so the trainer stops at the real cause.
+    transient = err.status >= 500 or err.status == 429
+    return _pickle_reply({"error": f"{err.kind}: {err.message}"}, 500 if transient else err.status)
+
+
+def _parse_pickle_body(data: Any) -> tuple[list[bytes], list[str]]:
+    if not isinstance(data, dict):
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"the pickled body must be a dict with {list(_PICKLE_KEYS)}, got {type(data).__name__}",
+        )
+    unknown = sorted(str(k) for k in data if k not in _PICKLE_KEYS)
+    if unknown:
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"unknown keys {unknown} in the pickled body; accepted: {list(_PICKLE_KEYS)}",
+            valid=list(_PICKLE_KEYS),
+        )
+    images = data.get("images")
+    if not isinstance(images, list | tuple) or not images:
+        raise ServiceError(
+            400, "invalid_request", "images: required, a non-empty list of JPEG/PNG/WebP bytes"
+        )
+    for i, img in enumerate(images):
+        if not isinstance(img, bytes | bytearray):
+            raise ServiceError(
+                400,
+                "invalid_image",
+                f"images[{i}]: expected encoded image bytes, got {type(img).__name__}",
+                image_index=i,
+            )
+    prompts = data.get("prompts")
+    if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
+        raise ServiceError(
+            400,
+            "invalid_request",
+            "prompts: required, a list of str, one per image (every scorer of this server "
+            "rates an image for its prompt)",
+        )
+    if len(prompts) != len(images):
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"prompts has {len(prompts)} entries but images has {len(images)}: give exactly "
+            "one prompt per image",
+        )
+    return [bytes(b) for b in images], list(prompts)
+
+
+async def _pickle_dialect(request: Request) -> Response:
+    api = _api(request)
+    route = "compat:pickle"
+    try:
+        body = await api.read_body(request)
+        data = safe_loads(body, what="request body")
+        images, prompts = _parse_pickle_body(data)
+        param = request.query_params.get("scorers")
+        scorers = [s for s in param.split(",") if s] if param else None
+        scores = await _quality(request.app.state.serving, images, prompts, scorers)
+    except UnsafePickleError as exc:
+        api.metrics.errors.labels(api.app_name, route, "invalid_request").inc()
+        return _pickle_error(ServiceError(400, "invalid_request", f"refused: {exc}"))
+    except PickleDecodeError as exc:
+        api.metrics.errors.labels(api.app_name, route, "invalid_request").inc()
+        return _pickle_error(ServiceError(400, "invalid_request", str(exc)))
+    except Exception as exc:
+        err = to_service_error(exc)
+        api.metrics.errors.labels(api.app_name, route, err.kind).inc()
+        return _pickle_error(err)
+    api.metrics.requests.labels(api.app_name, route, "200").inc()
+    return _pickle_reply({"scores": scores, "outputs": scores})
+
+
+compat_router.add_api_route(
+    "/",
+    _pickle_dialect,
+    methods=["POST"],
+    summary="Pickle dialect (Flow-GRPO, ddpo-pytorch, verl-omni, deepgen): quality per image.",
+    description=__doc__,
+    response_class=Response,
+)
+compat_router.add_api_route(
+    "/compat/pickle",
+    _pickle_dialect,
+    methods=["POST"],
+    summary="Pickle dialect at an explicit path (same as POST /).",
+    response_class=Response,
+)
+
+
+# ------------------------------------------------------------------ Flow-Factory
+Mode = Literal["pointwise", "groupwise", "groupwise-diversegrpo", "groupwise-drift"]
+
+
+class FlowFactoryRequest(BaseModel):
+    """The body Flow-Factory's RemoteRewardClient sends to ``/compute``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: list[str] = Field(min_length=1)
+    image: list[ImageBytes] | None = None
+    video: JsonValue = None
+    condition_images: JsonValue = None
+    condition_videos: JsonValue = None
+    kwargs: dict[str, JsonValue] | None = Field(
+        default=None, description="The trainer's own context; not used."
+    )
+
+
+def _ff_error(err: ServiceError) -> Response:
+    return error_body(err, None, binary=False)
+
+
+def _check_mode(mode: str) -> Mode:
+    valid = ["pointwise", "groupwise", "groupwise-diversegrpo", "groupwise-drift"]
+    if mode not in valid:
+        raise ServiceError(
+            404,
+            "unknown_name",
+            f"unknown Flow-Factory mode {mode!r}; valid: {', '.join(valid)}",
+            valid=valid,
+        )
+    return mode  # type: ignore[return-value]
+
+
+def _ff_parse(body: bytes) -> FlowFactoryRequest:
+    try:
+        req = FlowFactoryRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    for name in ("video", "condition_images", "condition_videos"):
+        if getattr(req, name) is not None:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                f"{name}: not supported by divreward (images only); send null",
+            )
+    if req.image is None:
+        raise ServiceError(422, "invalid_request", "image: required, a list of base64 PNGs")
+    if len(req.image) != len(req.prompt):
+        raise ServiceError(
+            422,
+            "invalid_request",
+            f"prompt has {len(req.prompt)} entries but image has {len(req.image)}: give one "
+            "prompt per image",
+        )
+    return req
+
+
+async def _groupwise(serving: Any, req: FlowFactoryRequest, mode: Mode) -> list[float]:
+    assert req.image is not None
+    for i, p in enumerate(req.prompt):
+        if p != req.prompt[0]:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                f"prompt[{i}] differs from prompt[0]: a groupwise request is one prompt's "
+                "group (Flow-Factory sends one group per call)",
+                image_index=i,
+            )
+    body: dict[str, Any] = {"groups": [RewardGroup(prompt=req.prompt[0], images=req.image)]}
+    if mode != "groupwise":
+        body["diversity"] = {"method": mode.removeprefix("groupwise-")}
+    resp = await serving.rewards(RewardsRequest.model_validate(body))
+    return list(resp.groups[0].rewards)
+
+
+@compat_router.get(
+    "/compat/flow-factory/{mode}/health",
+    summary="Flow-Factory health probe: {'status': 'ok'}.",
+)
+async def flow_factory_health(mode: str) -> Response:
+    try:
+        _check_mode(mode)
+    except ServiceError as err:
+        return _ff_error(err)
+    return JSONResponse({"status": "ok"})
+
+
+@compat_router.post(
+    "/compat/flow-factory/{mode}/compute",
+    summary="Flow-Factory compute: {'rewards': [...]} (quality, or group rewards).",
+)
+async def flow_factory_compute(mode: str, request: Request) -> Response:
+    api = _api(request)
+    route = f"compat:flow-factory:{mode}"
+    try:
+        m = _check_mode(mode)
+        req = _ff_parse(await api.read_body(request))
+        serving = request.app.state.serving
+        assert req.image is not None
+        if m == "pointwise":
+            rewards = await _quality(serving, list(req.image), list(req.prompt), None)
+        else:
+            rewards = await _groupwise(serving, req, m)
+    except Exception as exc:
+        err = to_service_error(exc)
+        api.metrics.errors.labels(api.app_name, route, err.kind).inc()
+        return _ff_error(err)
+    api.metrics.requests.labels(api.app_name, route, "200").inc()
+    return JSONResponse({"rewards": rewards})
