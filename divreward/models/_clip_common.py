@@ -102,7 +102,7 @@ def load_clip(opts: LoadOptions, processor_source: str | None) -> ClipBundle:
             f"tokenizer for {processor_source or opts.source!r} not found in {proc.path}: "
             "need tokenizer.json, or vocab.json and merges.txt"
         )
-    model = CLIPModel.from_pretrained(str(weights.path.parent), dtype=dtype)
+    model: Any = CLIPModel.from_pretrained(str(weights.path.parent), dtype=dtype)
     model = model.to(device).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(proc.path))
     processor = CLIPImageProcessorPil.from_pretrained(str(proc.path))
@@ -197,8 +197,9 @@ def write_processor(out: Path, side: int) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     vocab, merges = clip_bpe()
+    merge_pairs: Any = list(merges)  # tokenizers takes (a, b) pairs; the stub says str
     tokenizer = CLIPTokenizer(
-        vocab=dict(vocab), merges=list(merges), model_max_length=CONTEXT_LENGTH
+        vocab=dict(vocab), merges=merge_pairs, model_max_length=CONTEXT_LENGTH
     )
     tokenizer.save_pretrained(str(out))
     pre = {

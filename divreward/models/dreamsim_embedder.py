@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,10 +194,10 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
         raise WeightsNotFoundError(
             f"dreamsim ({dreamsim_type}) weights not found in {cache}: missing "
             + ", ".join(str(cache / f) for f in missing)
-            + ". Provide them by running `divreward score --model dreamsim` (or loading it) "
-            "once with internet access and a cache directory (LoadOptions.cache_dir), which "
-            "downloads dreamsim's release checkpoints and the DINO torch.hub files there; "
-            "then copy that directory to <weights_dir>/dreamsim or pass it as the source."
+            + ". Provide them by loading the model once with internet access and an "
+            "explicit cache directory (load_model('dreamsim', LoadOptions(cache_dir=DIR))), "
+            "which downloads dreamsim's release checkpoints and the DINO torch.hub files "
+            "into DIR; then copy DIR to <weights_dir>/dreamsim or pass it as the source."
         )
     image_size = IMAGE_SIZE
     if (cache / TINY_FILE).is_file():
@@ -206,9 +207,17 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
     # dreamsim and torch.hub print progress ("Using cached ...", "Using cache found in")
     # on stdout/stderr: keep it out of the caller's output (a CLI table, a service log)
     # and log it instead.
+    # Its known warnings (torch's deprecated weight_norm in the DINO head, peft's "Already
+    # found a peft_config" from dreamsim wrapping the model twice) are logged the same way.
     captured = io.StringIO()
+    caught: list[warnings.WarningMessage] = []
     try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        with (
+            contextlib.redirect_stdout(captured),
+            contextlib.redirect_stderr(captured),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
             model, _ = dreamsim(
                 pretrained=True,
                 device=device,
@@ -225,6 +234,8 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
         torch.hub.set_dir(previous_hub)
         if captured.getvalue().strip():
             log.info("dreamsim: %s", captured.getvalue().strip())
+        for w in caught:
+            log.info("dreamsim: %s: %s", w.category.__name__, w.message)
     model = model.to(device=device, dtype=dtype).eval()
     # The CLIP branches keep their projection as a plain tensor (not a parameter), so
     # .to(dtype) above does not reach it.
@@ -356,7 +367,10 @@ def build_tiny(out_dir: Path, seed: int) -> None:
                 seeded(seed * 1000 + 30 + offset),
                 contextlib.redirect_stdout(quiet),
                 contextlib.redirect_stderr(quiet),
+                warnings.catch_warnings(),
             ):
+                # dreamsim's DINO head uses torch's deprecated weight_norm: known, harmless.
+                warnings.filterwarnings("ignore", ".*weight_norm.*", FutureWarning)
                 base = PerceptualModel(
                     **dreamsim_args["model_config"][dreamsim_type],
                     device="cpu",
