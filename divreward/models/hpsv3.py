@@ -67,6 +67,7 @@ from divreward.models._checkpoint import (
 from divreward.models._common import canonical, check_options, iter_chunks, option, seeded
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
+    WeightsNotFoundError,
     check_device,
     dtype_name,
     file_sha256_prefix,
@@ -528,7 +529,15 @@ def load(opts: LoadOptions) -> HPSv3:
     dtype = resolve_dtype(opts, prefer_bf16=True)  # the model was trained in bf16
 
     main = resolve_file(opts.source or REPO, WEIGHTS_FILE, opts)
-    base = resolve_dir(base_source, opts, BASE_REQUIRED, BASE_OPTIONAL)
+    try:
+        base = resolve_dir(base_source, opts, BASE_REQUIRED, BASE_OPTIONAL)
+    except WeightsNotFoundError as exc:
+        files = " ".join((*BASE_REQUIRED, "chat_template.json"))
+        raise WeightsNotFoundError(
+            f"{exc} Only these small files of {base_source} are needed, never its 16 GB of "
+            f"weights: `huggingface-cli download {base_source} {files} --local-dir "
+            f"<weights_dir>/{base_source}`."
+        ) from exc
     profile = note_tiny("hpsv3", [main, base])
 
     processor = _load_processor(base.path)

@@ -356,7 +356,11 @@ def test_missing_weights_name_the_files(tiny_zoo: TinyZoo, tmp_path: Path) -> No
         WeightsNotFoundError, match=r"Qwen/Qwen2-VL-7B-Instruct.*config\.json"
     ) as err:
         load_model("hpsv3", LoadOptions(weights_dir=str(empty)))
-    assert "huggingface-cli download Qwen/Qwen2-VL-7B-Instruct" in str(err.value)
+    assert (
+        "huggingface-cli download Qwen/Qwen2-VL-7B-Instruct config.json "
+        "preprocessor_config.json tokenizer.json tokenizer_config.json chat_template.json"
+    ) in str(err.value)
+    assert "never its 16 GB of weights" in str(err.value)
 
 
 def _as_hf_cache(src: Path, cache: Path, repo_id: str, revision: str) -> None:
