@@ -59,7 +59,7 @@ class ClusterResult:
     sigma: the kernel width used (for 'local_scaling', the median of the per-image
         widths).
     eigenvalues: the leading eigenvalues of M, decreasing, that the k choice looked at
-        (min(N, max(k_max, k) + 1) of them; fewer with the approximate solver at tiny N).
+        (min(N, 2 k_max + 1) of them by default; see ``eigengap_k``).
     solver: 'exact' or 'approximate', the one that ran.
     """
 
@@ -235,21 +235,38 @@ def _normalize(a: np.ndarray, deg: np.ndarray | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------- choosing k
 
 
-def eigengap_k(eigenvalues: ArrayLike, k_max: int) -> int:
-    """``k = argmax_{i=1..k_max} (lambda_i - lambda_{i+1})`` over eigenvalues sorted
-    decreasing (ties: the smallest k).
+def eigengap_k(
+    eigenvalues: ArrayLike,
+    k_max: int,
+    *,
+    saturate: bool = True,
+    complete: bool = True,
+) -> int:
+    """The eigengap choice of k over eigenvalues of M sorted decreasing.
 
-    When ``k_max`` reaches the number of eigenvalues N, ``lambda_{N+1}`` is taken as 0,
-    so that N isolated images (M = I, all eigenvalues 1) give k = N rather than 1.
+    Literal rule (``saturate=False``): ``k = argmax_{i=1..k_max} (lambda_i -
+    lambda_{i+1})``, ties to the smallest k. With ``saturate=True`` (default) the argmax
+    runs over i = 1..2*k_max and k is then capped at k_max: the two agree whenever the
+    largest gap lies at i <= k_max; when it lies beyond (more well-separated modes than
+    k_max, so lambda_1..lambda_{k_max+1} are all ~1), the literal rule picks a gap of
+    round-off and returns k ~ 1, while the saturated one returns k_max.
+
+    ``complete``: ``eigenvalues`` is the whole spectrum (N values); then lambda_{N+1} is
+    taken as 0, so that N isolated images (M = I, all eigenvalues 1) give k = N (capped
+    at k_max) rather than 1. False: only the leading eigenvalues were computed.
     """
-    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1]
+    lam = np.asarray(eigenvalues, dtype=np.float64)
     k_max = check_positive_int(k_max, "k_max")
     if lam.ndim != 1 or lam.size == 0:
         raise ValueError("eigenvalues: expected a non-empty 1-D array")
-    k_max = min(k_max, lam.size)
-    padded = np.append(lam, 0.0) if k_max == lam.size else lam
-    gaps = padded[:k_max] - padded[1 : k_max + 1]
-    return int(np.argmax(gaps)) + 1
+    lam = np.sort(lam)[::-1]
+    if complete:
+        lam = np.append(lam, 0.0)  # lambda_{N+1} := 0
+    window = min(lam.size - 1, 2 * k_max if saturate else k_max)
+    if window < 1:  # a single leading eigenvalue and no more: nothing to compare
+        return 1
+    gaps = lam[:window] - lam[1 : window + 1]
+    return min(int(np.argmax(gaps)) + 1, k_max)
 
 
 def silhouette_score_precomputed(distances: ArrayLike, labels: ArrayLike) -> float:
@@ -402,7 +419,10 @@ def _choose_k_and_labels(
         assert cfg.k is not None  # enforced by DiverseGRPOConfig
         return cluster(min(cfg.k, n))
     if cfg.k_mode == "eigengap":
-        return cluster(eigengap_k(vals, k_max))
+        # vals holds the leading _n_eigen(n, cfg) eigenvalues: all of them when that is N
+        return cluster(
+            eigengap_k(vals, k_max, saturate=cfg.eigengap_saturate, complete=vals.size == n)
+        )
     # silhouette: best mean silhouette on the cosine distances over k = 2..min(k_max, N-1)
     assert distances is not None
     best_k, best_s, best_labels = 1, -np.inf, np.zeros(n, dtype=np.int64)
@@ -419,8 +439,10 @@ def _choose_k_and_labels(
 
 
 def _n_eigen(n: int, cfg: DiverseGRPOConfig) -> int:
+    """How many leading eigenpairs the k choice and the clustering need."""
+    window = 2 * cfg.k_max if cfg.eigengap_saturate else cfg.k_max
     k_need = cfg.k if cfg.k_mode == "fixed" and cfg.k is not None else 0
-    return min(n, max(cfg.k_max, k_need) + 1)
+    return min(n, max(window, k_need) + 1)
 
 
 def _spectral_exact(x: np.ndarray, norms: np.ndarray, cfg: DiverseGRPOConfig) -> ClusterResult:
@@ -439,14 +461,15 @@ def _spectral_exact(x: np.ndarray, norms: np.ndarray, cfg: DiverseGRPOConfig) ->
         vals, vecs = eigh(m, subset_by_index=[n - nev, n - 1], driver="evr")
     else:
         vals, vecs = np.linalg.eigh(m)  # ascending
-    vals, vecs = vals[::-1], vecs[:, ::-1]  # decreasing: clusters are the largest
+    # decreasing (clusters are the largest), the leading nev only
+    vals, vecs = vals[::-1][:nev], vecs[:, ::-1][:, :nev]
     labels = _choose_k_and_labels(vecs, vals, cfg, d if cfg.k_mode == "silhouette" else None)
     labels = canonical_labels(labels)
     return ClusterResult(
         labels=labels,
         k=int(np.unique(labels).size),
         sigma=float(np.median(sig)),
-        eigenvalues=vals[:nev].copy(),
+        eigenvalues=vals.copy(),
         solver="exact",
     )
 

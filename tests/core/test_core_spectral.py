@@ -134,10 +134,28 @@ def test_normalized_affinity_is_d_half_a_d_half() -> None:
         ([1.0, 1.0], 2, 2),  # two isolated images: lambda_3 := 0 -> gaps 0, 1
         ([1.0, 0.3], 8, 1),  # gaps 0.7, 0.3 (k_max capped at N = 2)
         ([1.0], 8, 1),
+        ([1.0] * 12 + [0.1] * 12, 8, 8),  # 12 separated modes, k_max 8: saturates at 8
+        ([1.0] * 12 + [0.1] * 12, 16, 12),
     ],
 )
 def test_eigengap_k(vals: list[float], k_max: int, k: int) -> None:
     assert eigengap_k(np.array(vals), k_max) == k
+
+
+def test_eigengap_literal_rule_and_partial_spectra() -> None:
+    twelve = np.array([1.0] * 12 + [0.1] * 12)
+    # the literal argmax over i = 1..k_max sees only zero gaps: k = 1
+    assert eigengap_k(twelve, 8, saturate=False) == 1
+    assert eigengap_k(twelve, 16, saturate=False) == 12
+    # a partial spectrum has no lambda_{N+1} := 0 to compare the last value with
+    assert eigengap_k(np.array([1.0, 1.0]), 2, complete=False) == 1
+    assert eigengap_k(np.array([1.0, 1.0]), 2, complete=True) == 2
+    assert eigengap_k(np.array([1.0, 0.9, 0.2]), 1, complete=False) == 1  # argmax 2, cap 1
+    assert eigengap_k(np.array([1.0]), 3, complete=False) == 1
+    with pytest.raises(ValueError, match="eigenvalues: expected a non-empty 1-D array"):
+        eigengap_k(np.array([]), 3)
+    with pytest.raises(ValueError, match="k_max: must be >= 1"):
+        eigengap_k(np.array([1.0]), 0)
 
 
 def test_silhouette_hand_computed_and_vs_sklearn() -> None:
@@ -242,7 +260,7 @@ def test_default_recovers_true_modes(sizes: tuple[int, ...], noise: float, seed:
     assert same_partition(res.labels, truth)
     np.testing.assert_array_equal(res.labels, canonical_labels(truth))  # canonical form
     assert res.solver == "exact"
-    assert res.eigenvalues.shape == (min(len(truth), 9),)
+    assert res.eigenvalues.shape == (min(len(truth), 17),)  # 2 k_max + 1
     assert (np.diff(res.eigenvalues) <= 1e-12).all()  # decreasing
     assert res.eigenvalues[0] == pytest.approx(1.0, abs=1e-10)
 
@@ -339,5 +357,19 @@ def test_exact_subset_eigensolver_matches_full_decomposition() -> None:
     d = cosine_distances(x)
     m = normalized_affinity(gaussian_affinity(d, select_sigma(d)))
     full = np.sort(np.linalg.eigvalsh(m))[::-1]
-    np.testing.assert_allclose(res.eigenvalues, full[:9], atol=1e-10)
+    np.testing.assert_allclose(res.eigenvalues, full[:17], atol=1e-10)
     assert res.k == 5 and same_partition(res.labels, truth)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_more_modes_than_k_max(seed: int) -> None:
+    """12 well-separated modes of 4 with k_max = 8: the saturated eigengap returns 8
+    clusters, each a union of whole modes; the literal rule collapses to k ~ 1."""
+    x, truth = modes((4,) * 12, noise=0.3, seed=seed)
+    res = spectral_cluster(x)
+    assert res.k == 8
+    for mode in range(12):  # no true mode is split
+        assert np.unique(res.labels[truth == mode]).size == 1
+    assert spectral_cluster(x, DiverseGRPOConfig(eigengap_saturate=False)).k <= 2
+    wide = spectral_cluster(x, DiverseGRPOConfig(k_max=16))
+    assert wide.k == 12 and same_partition(wide.labels, truth)
