@@ -41,6 +41,9 @@ class TinyZoo:
         if module not in self._built_modules:
             importlib.import_module(f"divreward.models.{module}").build_tiny(self.root, self.seed)
             self._built_modules.add(module)
+            # The marker lists what is built (the services' tiny profile reads it).
+            built = [n for n, s in REGISTRY.items() if s.module in self._built_modules]
+            write_tiny_marker(self.root, self.seed, built)
         return self.root
 
     def build_all(self) -> Path:
