@@ -72,7 +72,12 @@ class WeightsNotFoundError(FileNotFoundError):
     """A model's weights (or config/tokenizer files) could not be found.
 
     The message names the repository, every file looked for, where, and how to provide
-    them."""
+    them: ``detail`` (what was missing where) followed by ``remedy``."""
+
+    def __init__(self, detail: str, remedy: str = "") -> None:
+        self.detail = detail
+        self.remedy = remedy
+        super().__init__(f"{detail}. {remedy}" if remedy else detail)
 
 
 @dataclass(frozen=True)
@@ -114,8 +119,8 @@ def _check_files(
     if missing:
         looked = ", ".join(str(directory / f) for f in missing)
         raise WeightsNotFoundError(
-            f"weights for {repo_id!r} not found in {where}: missing {looked}. "
-            + _how_to_provide(repo_id, root)
+            f"weights for {repo_id!r} not found in {where}: missing {looked}",
+            _how_to_provide(repo_id, root),
         )
 
 
@@ -124,8 +129,8 @@ def _hub_error(repo_id: str, files: Sequence[str], exc: BaseException) -> Weight
     mode = "HF_HUB_OFFLINE is set and " if offline else ""
     return WeightsNotFoundError(
         f"weights for {repo_id!r} not found: {mode}the Hugging Face hub/cache could not "
-        f"provide {', '.join(files)} ({type(exc).__name__}: {exc}). "
-        + _how_to_provide(repo_id, None)
+        f"provide {', '.join(files)} ({type(exc).__name__}: {exc})",
+        _how_to_provide(repo_id, None),
     )
 
 
@@ -209,14 +214,17 @@ def resolve_file(repo_id: str, filename: str, opts: LoadOptions) -> Resolved:
 def resolve_first(repo_id: str, candidates: Sequence[str], opts: LoadOptions) -> Resolved:
     """Resolve the first of ``candidates`` (e.g. ``model.safetensors`` then
     ``pytorch_model.bin``) that ``repo_id`` provides; the error names all of them."""
-    errors: list[str] = []
+    errors: list[WeightsNotFoundError] = []
     for filename in candidates:
         try:
             return resolve_file(repo_id, filename, opts)
         except WeightsNotFoundError as exc:
-            errors.append(str(exc))
+            errors.append(exc)
     raise WeightsNotFoundError(
-        f"none of {', '.join(candidates)} found for {repo_id!r}: " + " | ".join(errors)
+        f"none of {', '.join(candidates)} found for {repo_id!r} ("
+        + "; ".join(e.detail for e in errors)
+        + ")",
+        errors[-1].remedy,
     )
 
 
