@@ -6,7 +6,8 @@ subsets and noise-conditioned prompting (Sec. 5, App. E-F), and the evaluation m
 of both papers. ``docs/algorithms.md`` gives every equation and pinned choice.
 
 Importing this package loads numpy and pydantic only (no torch, ray, fastapi or
-scikit-learn); scipy.sparse is loaded by the approximate solver when it runs.
+scikit-learn); scipy.linalg / scipy.sparse are loaded by the solvers that use them
+(exact above 128 images, approximate) when they run.
 """
 
 from divreward.core.advantages import group_advantages
