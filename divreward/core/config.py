@@ -71,16 +71,11 @@ class DiverseGRPOConfig(BaseModel):
         default="eigengap",
         description="How the number of clusters is chosen (the paper's open question 2). "
         "'eigengap': k = argmax_{i=1..k_max} (lambda_i - lambda_{i+1}) over the "
-        "eigenvalues of M sorted decreasing (default); 'fixed': the value of `k`; "
+        "eigenvalues of M sorted decreasing, searched over i = 1..2*k_max and capped at "
+        "k_max so that more separated modes than k_max give k_max (default); 'fixed': "
+        "the value of `k`; "
         "'silhouette': the k in 2..k_max with the best mean silhouette on the cosine "
         "distances, or 1 when that is below `silhouette_min`.",
-    )
-    eigengap_saturate: bool = Field(
-        default=True,
-        description="Eigengap over i = 1..2*k_max, then k capped at k_max (default): when "
-        "a group has more well-separated modes than k_max this gives k_max, where the "
-        "literal argmax over i = 1..k_max (False) picks a round-off gap and k ~ 1 "
-        "(measured: 12 modes of 4, k_max 8 -> k = 1 or 2). Both agree otherwise.",
     )
     k: int | None = Field(
         default=None,

@@ -420,9 +420,7 @@ def _choose_k_and_labels(
         return cluster(min(cfg.k, n))
     if cfg.k_mode == "eigengap":
         # vals holds the leading _n_eigen(n, cfg) eigenvalues: all of them when that is N
-        return cluster(
-            eigengap_k(vals, k_max, saturate=cfg.eigengap_saturate, complete=vals.size == n)
-        )
+        return cluster(eigengap_k(vals, k_max, saturate=True, complete=vals.size == n))
     # silhouette: best mean silhouette on the cosine distances over k = 2..min(k_max, N-1)
     assert distances is not None
     best_k, best_s, best_labels = 1, -np.inf, np.zeros(n, dtype=np.int64)
@@ -440,7 +438,7 @@ def _choose_k_and_labels(
 
 def _n_eigen(n: int, cfg: DiverseGRPOConfig) -> int:
     """How many leading eigenpairs the k choice and the clustering need."""
-    window = 2 * cfg.k_max if cfg.eigengap_saturate else cfg.k_max
+    window = 2 * cfg.k_max  # the saturated eigengap's search window
     k_need = cfg.k if cfg.k_mode == "fixed" and cfg.k is not None else 0
     return min(n, max(window, k_need) + 1)
 

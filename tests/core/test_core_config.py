@@ -23,7 +23,6 @@ def test_paper_defaults() -> None:
     assert dg["sigma_mode"] == "nn_median"
     assert dg["k_mode"] == "eigengap"
     assert dg["k_max"] == 8
-    assert dg["eigengap_saturate"] is True
     assert dg["sigma_floor"] == 1e-6
     assert dg["solver"] == "auto" and dg["approx_min_n"] == 512
     assert d["drift"] == {
