@@ -418,9 +418,10 @@ def _choose_k_and_labels(
     if cfg.k_mode == "fixed":
         assert cfg.k is not None  # enforced by DiverseGRPOConfig
         return cluster(min(cfg.k, n))
-    if cfg.k_mode == "eigengap":
+    if cfg.k_mode in ("eigengap", "eigengap_literal"):
         # vals holds the leading _n_eigen(n, cfg) eigenvalues: all of them when that is N
-        return cluster(eigengap_k(vals, k_max, saturate=True, complete=vals.size == n))
+        saturate = cfg.k_mode == "eigengap"
+        return cluster(eigengap_k(vals, k_max, saturate=saturate, complete=vals.size == n))
     # silhouette: best mean silhouette on the cosine distances over k = 2..min(k_max, N-1)
     assert distances is not None
     best_k, best_s, best_labels = 1, -np.inf, np.zeros(n, dtype=np.int64)

@@ -374,3 +374,6 @@ def test_more_modes_than_k_max(seed: int) -> None:
     assert eigengap_k(res.eigenvalues, 8, saturate=False, complete=False) <= 2
     wide = spectral_cluster(x, DiverseGRPOConfig(k_max=16))
     assert wide.k == 12 and same_partition(wide.labels, truth)
+    # ALGORITHMS.md's literal rule stays selectable as a named option
+    literal = spectral_cluster(x, DiverseGRPOConfig(k_mode="eigengap_literal"))
+    assert literal.k <= 2
