@@ -180,6 +180,10 @@ class _ModelServer:
     async def info(self) -> ModelCard:
         return self.card
 
+    async def max_resolution(self) -> int:
+        """Longest image side the model looks at (advertised so clients can downsize)."""
+        return int(self.model.max_resolution)
+
     # -- batching -----------------------------------------------------------------
     def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
         raise NotImplementedError

@@ -138,4 +138,8 @@ def build_app(args: DiversityAppArgs) -> Application:
     """Builder for ``import_path: divreward.services.diversity_server.app:build_app``;
     Serve validates the config file's ``args`` into DiversityAppArgs (unknown keys are
     errors)."""
-    return build_diversity_app(args)
+    # Serve converts the args only when the annotation is a class; under
+    # ``from __future__ import annotations`` it is a string, so a dict arrives.
+    return build_diversity_app(
+        DiversityAppArgs.model_validate(args) if isinstance(args, dict) else args
+    )

@@ -93,4 +93,6 @@ def build_app(args: RewardAppArgs) -> Application:
     """Builder for ``import_path: divreward.services.reward_server.app:build_app``;
     Serve validates the config file's ``args`` into RewardAppArgs (unknown keys are
     errors)."""
-    return build_reward_app(args)
+    # Serve converts the args only when the annotation is a class; under
+    # ``from __future__ import annotations`` it is a string, so a dict arrives.
+    return build_reward_app(RewardAppArgs.model_validate(args) if isinstance(args, dict) else args)

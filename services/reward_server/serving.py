@@ -246,6 +246,11 @@ class RewardServing:
         names = list(self.scorers)
         cards = await asyncio.gather(*(self.scorers[n].info.remote() for n in names))
         embedder = await self.link.embedder.info.remote()
+        # The largest input any model looks at: clients downsize images to it (issue #5).
+        sides = await asyncio.gather(
+            *(self.scorers[n].max_resolution.remote() for n in names),
+            self.link.embedder.max_resolution.remote(),
+        )
         return ModelsResponse(
             **response_meta(self.args, [*cards, embedder], None),
             scorers=dict(zip(names, cards, strict=True)),
@@ -255,7 +260,7 @@ class RewardServing:
                 diversity=resolve_diversity(None, self.args.core, self.args.default_diversity),
                 advantage=self.args.core.advantage,
             ),
-            limits=self.args.limits.model_dump(),
+            limits={**self.args.limits.model_dump(), "max_resolution": max(sides)},
         )
 
     async def ready(self, timeout_s: float = 30.0) -> dict[str, str]:
