@@ -64,10 +64,22 @@ def grpc_error(exc: grpc.RpcError, target: str, request_id: str, attempts: int) 
     return RewardRequestError(name, details, request_id=request_id, attempts=attempts)
 
 
+def proxy_app_missing(exc: grpc.RpcError) -> bool:
+    """Ray Serve's gRPC proxy is up but the application is not deployed (yet), as during
+    a restart: NOT_FOUND pointing to ListApplications."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or ""
+    return code == grpc.StatusCode.NOT_FOUND and "not found. Ping" in details
+
+
 def _retryable(exc: grpc.RpcError, retry: RetryPolicy) -> bool:
     code = exc.code() if hasattr(exc, "code") else None
     name = code.name if code is not None else "UNKNOWN"
-    return name in RETRYABLE_GRPC_CODES or (name == "DEADLINE_EXCEEDED" and retry.retry_timeouts)
+    return (
+        name in RETRYABLE_GRPC_CODES
+        or proxy_app_missing(exc)
+        or (name == "DEADLINE_EXCEEDED" and retry.retry_timeouts)
+    )
 
 
 class _Base:

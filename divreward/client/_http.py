@@ -102,6 +102,13 @@ def _error_detail(response: httpx.Response) -> str:
     return text.strip()[:2000] or response.reason_phrase
 
 
+def _proxy_route_missing(response: httpx.Response) -> bool:
+    """Ray Serve's proxy (not the application) answered 404: it is up but the reward
+    application is not deployed (yet), as during a restart. Its plain-text body points
+    to ``/-/routes``; the application's own 404s are ErrorResponse JSON."""
+    return response.status_code == 404 and "/-/routes" in response.text
+
+
 def _raise_for(response: httpx.Response, request_id: str, attempts: int) -> None:
     status = response.status_code
     if status < 400:
@@ -167,6 +174,14 @@ class _Base:
                 status, _error_detail(response), request_id=request_id, attempts=attempt
             )
             return True, retry_after, err
+        if _proxy_route_missing(response):
+            err = RewardServiceError(
+                status,
+                f"{_error_detail(response)} (the reward application is not deployed yet?)",
+                request_id=request_id,
+                attempts=attempt,
+            )
+            return True, None, err
         if status == 408 and self.retry.retry_timeouts:
             return True, None, RewardTimeoutError(_error_detail(response), request_id=request_id)
         return False, None, None

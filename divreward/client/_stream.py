@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import grpc
 
-from divreward.client._grpc import AsyncGrpcTransport, grpc_error
+from divreward.client._grpc import AsyncGrpcTransport, grpc_error, proxy_app_missing
 from divreward.client.errors import ServiceUnavailableError
 from divreward.client.retry import RETRYABLE_GRPC_CODES, new_request_id
 from divreward.proto.convert import to_proto
@@ -107,7 +107,7 @@ class StreamSession:
                 continue
             except grpc.RpcError as exc:
                 code = exc.code().name if exc.code() is not None else "UNKNOWN"
-                if code not in _STREAM_RETRYABLE:
+                if code not in _STREAM_RETRYABLE and not proxy_app_missing(exc):
                     self._fail_all(grpc_error(exc, self._transport.target, "stream", 1))
                     return
                 failures = 0 if answered else failures + 1

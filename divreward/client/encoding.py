@@ -11,8 +11,9 @@ the most demanding ones (CLIP-style centre crop, DreamSim's squash to a square) 
 that many pixels along the *shorter* side. So an image whose shorter side exceeds
 ``max_side`` is scaled (aspect ratio kept, bicubic with antialiasing) until its shorter
 side equals ``max_side``; smaller images are never upsampled. This is not bit-exact:
-the model then resizes an already resized image, which moves scores by a small amount
-(measured in the tests); pass ``max_side=None`` to send full resolution.
+the model then resizes an already resized image (two resamplings instead of one), which
+moves scores slightly; pass ``max_side=None`` (client ``downsize=False``) to send full
+resolution.
 """
 
 from __future__ import annotations

@@ -265,6 +265,24 @@ def test_client_errors_are_raised_at_once_with_the_server_message(status: int, k
     assert isinstance(err, ValueError)
 
 
+def test_a_serve_proxy_404_during_a_restart_is_retried_an_app_404_is_not() -> None:
+    # Serve's proxy is up before the application is deployed again; it answers 404 in
+    # plain text pointing to /-/routes. The application's own 404s are ErrorResponse JSON.
+    proxy_404 = httpx.Response(
+        404, text="Path '/v1/rewards' not found. Ping http://127.0.0.1:8000/-/routes for routes."
+    )
+    script = Script([proxy_404, proxy_404, _ok()])
+    assert _transport(script).call(ROUTE, _request(), HealthResponse, "r").status == "ok"
+    assert len(script.seen) == 3
+    script = Script([_error(404, "unknown_name", "unknown Flow-Factory mode 'x'")])
+    with pytest.raises(RewardRequestError, match="unknown Flow-Factory mode"):
+        _transport(script).call(ROUTE, _request(), HealthResponse, "r")
+    assert len(script.seen) == 1
+    script = Script([proxy_404])
+    with pytest.raises(RewardServiceError, match=r"404 after 4 attempts.*not deployed yet\?"):
+        _transport(script).call(ROUTE, _request(), HealthResponse, "r")
+
+
 def test_5xx_until_the_budget_runs_out_raises_the_last_server_message() -> None:
     script = Script([_error(502, "internal", "bad gateway")])
     with pytest.raises(
@@ -331,8 +349,9 @@ def test_async_transport_retries_the_same_way() -> None:
 class _ScriptedServicer(pb_grpc.RewardServiceServicer):
     """Answers Health with the scripted status codes, then OK; records the metadata."""
 
-    def __init__(self, codes: list[grpc.StatusCode]) -> None:
+    def __init__(self, codes: list[grpc.StatusCode], details: str = "scripted failure") -> None:
         self.codes = codes
+        self.details = details
         self.calls: list[dict[str, str]] = []
 
     def Health(  # noqa: N802 - the RPC's name
@@ -340,7 +359,7 @@ class _ScriptedServicer(pb_grpc.RewardServiceServicer):
     ) -> pb.HealthResponse:
         self.calls.append(dict(context.invocation_metadata()))
         if len(self.calls) <= len(self.codes):
-            context.abort(self.codes[len(self.calls) - 1], f"scripted failure {len(self.calls)}")
+            context.abort(self.codes[len(self.calls) - 1], f"{self.details} {len(self.calls)}")
         return pb.HealthResponse(status="ok")
 
 
@@ -348,8 +367,8 @@ class _ScriptedServicer(pb_grpc.RewardServiceServicer):
 def scripted_grpc() -> Any:
     servers: list[grpc.Server] = []
 
-    def start(codes: list[grpc.StatusCode]) -> tuple[str, _ScriptedServicer]:
-        servicer = _ScriptedServicer(codes)
+    def start(codes: list[grpc.StatusCode], details: str = "scripted failure") -> Any:
+        servicer = _ScriptedServicer(codes, details)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         pb_grpc.add_RewardServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -383,6 +402,27 @@ def test_grpc_invalid_argument_is_raised_at_once_with_the_details(scripted_grpc:
         with pytest.raises(
             RewardRequestError, match=r"server answered INVALID_ARGUMENT: scripted failure 1"
         ):
+            t.call("Health", None, HealthResponse, "r")
+    finally:
+        t.close()
+    assert len(servicer.calls) == 1
+
+
+def test_grpc_proxy_not_found_during_a_restart_is_retried(scripted_grpc: Any) -> None:
+    url, servicer = scripted_grpc(
+        [grpc.StatusCode.NOT_FOUND] * 2,
+        "Application 'reward' not found. Ping /ray.serve.RayServeAPIService/ListApplications",
+    )
+    t = GrpcTransport(url, timeout_s=5, retry=FAST)
+    try:
+        assert t.call("Health", None, HealthResponse, "r").status == "ok"
+    finally:
+        t.close()
+    assert len(servicer.calls) == 3
+    url, servicer = scripted_grpc([grpc.StatusCode.NOT_FOUND], "Application metadata not set.")
+    t = GrpcTransport(url, timeout_s=5, retry=FAST)
+    try:
+        with pytest.raises(RewardRequestError, match="NOT_FOUND: Application metadata not set"):
             t.call("Health", None, HealthResponse, "r")
     finally:
         t.close()

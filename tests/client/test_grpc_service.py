@@ -106,6 +106,26 @@ def test_grpc_score_embed_models_health(http: Any, grpc_client: Any) -> None:
     assert grpc_client.health().status == "ok"
 
 
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_client_downsizes_to_the_advertised_resolution(service: Service, kind: str) -> None:
+    """The server advertises the largest side its models look at; the client shrinks
+    larger images to it, so 300x308 images pass a 256x256-pixel limit they exceed."""
+    url = service.http_url if kind == "http" else service.grpc_url
+    big = make_images(2, 7, size=300)  # (2, 300, 308, 3): 92400 pixels > 65536
+    with RewardClient(url) as c:
+        side = c.models().limits["max_resolution"]
+        assert 1 <= side <= 256  # the tiny models look at 32 px
+        res = c.score(big, ["a", "b"])
+        assert len(res.scores["pickscore"]) == 2
+    with (
+        RewardClient(url, downsize=False) as c,
+        pytest.raises(
+            RewardRequestError, match=r"payload_too_large: images\[0\]: 308x300 = 92400 pixels"
+        ),
+    ):
+        c.score(big, ["a", "b"])
+
+
 def test_reflection_lists_the_service(service: Service) -> None:
     with grpc.insecure_channel(service.grpc_target) as channel:
         db = ProtoReflectionDescriptorDatabase(channel)

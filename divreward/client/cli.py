@@ -1,0 +1,73 @@
+"""``divreward rewards``: ask a running service for one group's rewards.
+
+    divreward rewards --url http://127.0.0.1:8000 --prompt "a red bicycle" img1.png img2.png ...
+
+The image files form one group (one prompt); the service scores them, computes the
+group's diversity (``--method``, default the server's) and the rewards and advantages.
+Prints one line per image (or the whole response with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "rewards",
+        help="rewards of one group of image files from a running service (HTTP or gRPC)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/WebP files of one group")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="http://... or grpc://...")
+    p.add_argument("--prompt", required=True, help="the prompt the images were made from")
+    p.add_argument("--method", choices=["diversegrpo", "drift", "none"], help="diversity method")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per attempt")
+    p.add_argument("--no-downsize", action="store_true", help="send full-resolution images")
+    p.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    p.set_defaults(func=run_rewards)
+
+
+def run_rewards(args: argparse.Namespace) -> int:
+    from divreward.client import Group, RewardClient, RewardClientError
+    from divreward.images import ImageError
+
+    try:
+        with RewardClient(
+            args.url, timeout_s=args.timeout, downsize=not args.no_downsize
+        ) as client:
+            res = client.rewards(
+                [Group(args.prompt, [str(p) for p in args.images])],
+                diversity={"method": args.method} if args.method else None,
+            )
+    except (RewardClientError, ImageError, ValueError) as exc:
+        print(f"divreward rewards: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(res.model_dump_json(indent=2))
+        return 0
+    group = res.groups[0]
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    names = [n for n in group.quality if n != "total"]
+    print("\t".join(["image", *names, "quality", "reward", "advantage", "cluster"]))
+    labels = group.diversity.labels
+    for i, path in enumerate(args.images):
+        row = [str(path)]
+        row += [f"{group.quality[n][i]:.4f}" for n in names]
+        row += [
+            f"{group.quality['total'][i]:.4f}",
+            f"{group.rewards[i]:.4f}",
+            f"{group.advantages[i]:+.4f}",
+            str(labels[i]) if labels is not None else "-",
+        ]
+        print("\t".join(row))
+    params = res.params.model_dump(mode="json", exclude_none=True)
+    print(json.dumps({"params": params}), file=sys.stderr)
+    return 0
