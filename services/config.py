@@ -117,6 +117,16 @@ class ModelDeploymentArgs(_Args):
     def _auto(self) -> ModelDeploymentArgs:
         if self.num_replicas == "auto" and not self.autoscaling:
             raise ValueError("autoscaling: required when num_replicas is 'auto'")
+        if self.autoscaling is not None:
+            from ray.serve.config import AutoscalingConfig
+
+            unknown = sorted(set(self.autoscaling) - set(AutoscalingConfig.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"autoscaling: unknown keys {unknown}; valid: "
+                    f"{sorted(AutoscalingConfig.model_fields)}"
+                )
+            AutoscalingConfig.model_validate(self.autoscaling)
         return self
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "serve_start_options",
     "shutdown",
     "start",
+    "wait_running",
 ]
 
 log = logging.getLogger("divreward.services")
@@ -99,7 +100,12 @@ def deploy(
         wait_for_ingress_deployment_creation=False,
         wait_for_applications_running=False,
     )
-    names = [name for _, name, _ in targets]
+    wait_running([name for _, name, _ in targets], timeout_s, poll_s)
+
+
+def wait_running(names: list[str], timeout_s: float = 300.0, poll_s: float = 0.5) -> None:
+    """Poll ``serve.status()`` until every named application is RUNNING; raise
+    DeployError as soon as one is DEPLOY_FAILED, or at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
         status = serve.status()
