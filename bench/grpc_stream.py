@@ -33,6 +33,7 @@ import platform
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,13 @@ def bench_stream(url: str, groups: list[np.ndarray], in_flight: int) -> dict[str
     return {"groups": n, "seconds": dt, "groups_per_s": n / dt, "in_flight": in_flight}
 
 
+def _record_latency(latencies: list[float], t0: float) -> Callable[[Future[Any]], None]:
+    def done(_: Future[Any]) -> None:
+        latencies.append((time.perf_counter() - t0) * 1e3)
+
+    return done
+
+
 def simulated_trainer(
     url: str,
     groups: list[np.ndarray],
@@ -124,7 +132,10 @@ def simulated_trainer(
     update_ms: float,
 ) -> dict[str, Any]:
     """Generate (sleep) -> submit, per group; then wait for the step's rewards; update."""
-    waits, step_times, submit_ms, latencies = [], [], [], []
+    waits: list[float] = []
+    step_times: list[float] = []
+    submit_ms: list[float] = []
+    latencies: list[float] = []
     with RewardClient(url, downsize=False) as c:
         c.submit(Group("warm-up", groups[0], group_id="warm")).result()
         k = 0
@@ -138,9 +149,7 @@ def simulated_trainer(
                 fut = c.submit(Group(f"prompt {k}", g, group_id=f"s{step}-{k}"))
                 submit_ms.append((time.perf_counter() - t0) * 1e3)
                 # submit -> answer, measured when the answer arrives (in the client's loop)
-                fut.add_done_callback(
-                    lambda _f, t0=t0: latencies.append((time.perf_counter() - t0) * 1e3)
-                )
+                fut.add_done_callback(_record_latency(latencies, t0))
                 futures.append((t0, fut))
                 k += 1
             t_wait = time.perf_counter()

@@ -342,16 +342,14 @@ class GroupAssembler:
 def assembler_deployment(args: AssemblyArgs | None = None) -> Any:
     """The bound assembler deployment of a reward application (one replica; a high
     ``max_ongoing_requests`` because waiting parts hold a call open each)."""
-    return (
-        serve.deployment(GroupAssembler)
-        .options(
-            name=ASSEMBLER,
-            num_replicas=1,
-            max_ongoing_requests=100_000,
-            ray_actor_options={"num_cpus": 0},
-        )
-        .bind(args or AssemblyArgs())
+    deployment: Any = serve.deployment(
+        GroupAssembler,
+        name=ASSEMBLER,
+        num_replicas=1,
+        max_ongoing_requests=100_000,
+        ray_actor_options={"num_cpus": 0},
     )
+    return deployment.bind(args or AssemblyArgs())
 
 
 # --------------------------------------------------------------------- the service

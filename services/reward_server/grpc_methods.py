@@ -258,7 +258,10 @@ class RewardGrpcMethods:
         self, request_stream: AsyncIterator[pb.GroupSubmission], grpc_context: Any = None
     ) -> AsyncIterator[Message]:
         """Answer every submission of the stream once, as soon as it is computed."""
-        self._check_auth(grpc_context)
+        try:
+            self._check_auth(grpc_context)
+        except ServiceError as err:
+            raise self._fail(grpc_context, err) from None
         answers: asyncio.Queue[Message | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()

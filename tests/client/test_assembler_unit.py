@@ -1,0 +1,198 @@
+"""The group assembler's bookkeeping and the gRPC servicer's status mapping and auth,
+in-process (no Serve): the Serve-level behaviour is in test_grpc_service.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from divreward.services.errors import ServiceError
+from divreward.services.reward_server.assembler import AssemblyArgs, GroupAssembler
+from divreward.services.reward_server.grpc_methods import RewardGrpcMethods, grpc_code
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _add(asm: GroupAssembler, part: str, n: int, **kw: Any) -> Any:
+    args = {
+        "namespace": "ns",
+        "group_id": "g",
+        "part_id": part,
+        "prompt": "p",
+        "images": [f"{part}-{i}".encode() for i in range(n)],
+        "group_size": 4,
+        "params_key": "k",
+        "timeout_s": 5.0,
+    }
+    args.update(kw)
+    return asm.add(**args)
+
+
+def test_parts_fill_a_group_and_the_completing_part_leads() -> None:
+    async def scenario() -> None:
+        asm = GroupAssembler()
+        (s1,) = await _add(asm, "a", 1)
+        (s2,) = await _add(asm, "b", 2)
+        assert s1.leader_images is None and s2.leader_images is None
+        assert (await asm.stats())["pending_images"] == 3
+        (s3,) = await _add(asm, "c", 1)
+        assert s3.leader_images == [b"a-0", b"b-0", b"b-1", b"c-0"]  # arrival order
+        assert [s.group_positions for s in (s1, s2, s3)] == [[0], [1, 2], [3]]
+        assert s1.token == s2.token == s3.token and s3.sequence == 0
+        assert (await asm.stats())["pending_images"] == 0
+        waiter = asyncio.ensure_future(asm.wait(s1.token))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        await asm.resolve(s3.token, ("ok", "the rewards"))
+        assert await waiter == ("ok", "the rewards")
+
+    _run(scenario())
+
+
+def test_overflow_spills_into_the_next_group_and_retries_do_not_count_twice() -> None:
+    async def scenario() -> None:
+        asm = GroupAssembler()
+        segs = await _add(asm, "a", 6)
+        assert [(s.sequence, s.positions, s.group_positions) for s in segs] == [
+            (0, [0, 1, 2, 3], [0, 1, 2, 3]),
+            (1, [4, 5], [0, 1]),
+        ]
+        assert segs[0].leader_images is not None and segs[1].leader_images is None
+        again = await _add(asm, "a", 6)  # the same part retried (same request id)
+        assert [(s.token, s.leader_images) for s in again] == [(s.token, None) for s in segs]
+        assert (await asm.stats())["pending_images"] == 2
+
+    _run(scenario())
+
+
+def test_an_incomplete_group_expires_for_every_waiting_part() -> None:
+    async def scenario() -> tuple[Any, Any]:
+        asm = GroupAssembler()
+        (s1,) = await _add(asm, "a", 1, timeout_s=0.05)
+        (s2,) = await _add(asm, "b", 1)
+        outs = await asyncio.gather(asm.wait(s1.token), asm.wait(s2.token))
+        assert (await asm.stats())["pending_images"] == 0
+        return outs
+
+    (st1, e1), (st2, e2) = _run(scenario())
+    assert st1 == st2 == "error" and e1 is e2
+    assert isinstance(e1, ServiceError) and e1.status == 408
+    assert e1.message.startswith(
+        "group 'g' (namespace 'ns', #0) is incomplete: 2 of 4 images arrived from 2 part(s) "
+        "within 0.05 s"
+    )
+
+
+@pytest.mark.parametrize(
+    "kw, status, message",
+    [
+        ({"prompt": "q"}, 422, "being assembled for the prompt 'p', this part has 'q'"),
+        ({"group_size": 5}, 422, "being assembled with group_size 4, this part says 5"),
+        ({"params_key": "other"}, 409, "parameters differ from its first part's"),
+    ],
+)
+def test_parts_that_do_not_fit_are_refused(kw: dict[str, Any], status: int, message: str) -> None:
+    async def scenario() -> None:
+        asm = GroupAssembler()
+        await _add(asm, "a", 1)
+        with pytest.raises(ServiceError, match=message) as info:
+            await _add(asm, "b", 1, **kw)
+        assert info.value.status == status
+        assert (await asm.stats())["pending_images"] == 1  # nothing half-added
+
+    _run(scenario())
+
+
+def test_the_pending_image_limit_is_a_503() -> None:
+    async def scenario() -> None:
+        asm = GroupAssembler(AssemblyArgs(max_pending_images=3))
+        await _add(asm, "a", 3)
+        with pytest.raises(ServiceError, match=r"holds 3 images .* \(limit 3\); retry later") as e:
+            await _add(asm, "b", 1, group_id="other")
+        assert e.value.status == 503 and e.value.retry_after_s == 1.0
+
+    _run(scenario())
+
+
+def test_a_leader_that_never_resolves_times_the_group_out() -> None:
+    async def scenario() -> Any:
+        asm = GroupAssembler(AssemblyArgs(compute_timeout_s=0.05))
+        (s,) = await _add(asm, "a", 4)
+        return await asm.wait(s.token)
+
+    status, err = _run(scenario())
+    assert status == "error" and err.status == 504
+    assert "was complete but its rewards did not arrive within 0.05 s" in err.message
+
+
+# ------------------------------------------------------------------ servicer helpers
+@pytest.mark.parametrize(
+    "status, code",
+    [
+        (400, grpc.StatusCode.INVALID_ARGUMENT),
+        (401, grpc.StatusCode.UNAUTHENTICATED),
+        (408, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (409, grpc.StatusCode.ALREADY_EXISTS),
+        (413, grpc.StatusCode.INVALID_ARGUMENT),
+        (422, grpc.StatusCode.INVALID_ARGUMENT),
+        (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (500, grpc.StatusCode.INTERNAL),
+        (502, grpc.StatusCode.INTERNAL),
+        (503, grpc.StatusCode.UNAVAILABLE),
+        (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (418, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_http_statuses_map_to_grpc_codes(status: int, code: grpc.StatusCode) -> None:
+    assert grpc_code(status) == code
+
+
+class _Ctx:
+    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+        self.metadata = metadata
+        self.code: Any = None
+        self.details: Any = None
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self.metadata
+
+    def set_code(self, code: Any) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+def _servicer(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> RewardGrpcMethods:
+    from divreward.services.config import AuthArgs
+    from divreward.services.http import TokenAuth
+
+    monkeypatch.setenv("DIVREWARD_TEST_GRPC_TOKENS", "s3cret")
+    auth = TokenAuth(AuthArgs(enabled=enabled, tokens_env="DIVREWARD_TEST_GRPC_TOKENS"))
+
+    class _Api:
+        pass
+
+    m = RewardGrpcMethods()
+    m.api = _Api()
+    m.api.auth = auth
+    return m
+
+
+def test_grpc_auth_reads_the_authorization_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _servicer(False, monkeypatch)._check_auth(_Ctx([])) is None
+    m = _servicer(True, monkeypatch)
+    m._check_auth(_Ctx([("authorization", "Bearer s3cret")]))
+    with pytest.raises(ServiceError, match="missing 'authorization: Bearer <token>' metadata"):
+        m._check_auth(_Ctx([]))
+    with pytest.raises(ServiceError, match="invalid bearer token") as info:
+        m._check_auth(_Ctx([("authorization", "Bearer nope")]))
+    ctx = _Ctx([])
+    m._fail(ctx, info.value)
+    assert ctx.code == grpc.StatusCode.UNAUTHENTICATED
+    assert ctx.details == "unauthorized: invalid bearer token"
