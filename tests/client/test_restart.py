@@ -132,8 +132,8 @@ def server(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     config = tmp / "serve.yaml"
     config.write_text(yaml.safe_dump(_config(tiny_zoo.root)))
     srv = Server(config, _free_port(), _free_port(), tmp / "server.log")
-    srv.start()
     try:
+        srv.start()  # inside the try: a server that fails to get ready is stopped too
         yield srv
     finally:
         srv.stop()
