@@ -89,6 +89,11 @@ class ModelDeploymentArgs(_Args):
         description="Logical GPU fraction per replica (0.5 = two replicas share a GPU, with "
         "no memory isolation). > 0 loads the model on cuda.",
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {'divreward_scorer': 0.01} to "
+        "pin replicas to the worker group that advertises that resource (deploy/k8s).",
+    )
     max_ongoing_requests: int = Field(
         default=64,
         ge=1,

@@ -277,7 +277,11 @@ def model_deployment_options(name: str, args: ModelDeploymentArgs) -> dict[str, 
     """Serve options of a model deployment from its args (resources, scaling, batching)."""
     opts: dict[str, Any] = {
         "name": name,
-        "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": args.num_cpus,
+            "num_gpus": args.num_gpus,
+            **({"resources": dict(args.resources)} if args.resources else {}),
+        },
         "max_ongoing_requests": args.max_ongoing_requests,
         "max_queued_requests": args.max_queued_requests,
         "max_constructor_retry_count": args.max_constructor_retry_count,
