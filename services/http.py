@@ -258,13 +258,21 @@ def _conflict(request_id: str) -> ServiceError:
 
 
 # ---------------------------------------------------------------------- auth
+def _app_path(request: Request) -> str:
+    """The path inside the application: Serve mounts an app at its route prefix, which
+    arrives as the ASGI root_path and is part of the full path."""
+    path = request.url.path
+    root = str(request.scope.get("root_path", "") or "") if hasattr(request, "scope") else ""
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class TokenAuth:
     def __init__(self, args: AuthArgs) -> None:
         self.enabled = args.enabled
         self._tokens = [t.encode() for t in sorted(args.load_tokens())]
 
     def check(self, request: Request) -> None:
-        if not self.enabled or request.url.path in PUBLIC_PATHS:
+        if not self.enabled or _app_path(request) in PUBLIC_PATHS:
             return
         header = request.headers.get("authorization")
         if not header:

@@ -1,0 +1,290 @@
+"""Service pieces that need no Ray: batching plans, error messages, image decoding with
+limits, the request_id cache, auth, parameter resolution and the schema's image type."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from divreward.core import CoreConfig, DiverseGRPOConfig, DRIFTConfig
+from divreward.images import encode_image
+from divreward.schema import (
+    DiverseGRPOParams,
+    DiversityRequest,
+    DriftParams,
+    NoDiversityParams,
+    RewardsRequest,
+    ScoreRequest,
+)
+from divreward.services.config import AuthArgs, BatchArgs
+from divreward.services.decode import decode_group
+from divreward.services.diversity_server.serving import (
+    check_counts,
+    resolve_advantage,
+    resolve_diversity,
+)
+from divreward.services.errors import ServiceError, format_loc, from_validation_error
+from divreward.services.http import IdempotencyCache, TokenAuth, _Cached
+from divreward.services.model_deployments import plan_chunks
+
+# ------------------------------------------------------------------ batching plans
+
+
+def _imgs(shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    return [np.zeros((h, w, 3), np.uint8) for h, w in shapes]
+
+
+def test_chunks_respect_image_and_pixel_budgets() -> None:
+    batch = BatchArgs(max_batch_images=4, max_batch_pixels=4 * 100 * 100)
+    # 10 small images: chunks of 4, 4, 2 (count-bound), in order.
+    imgs = _imgs([(10, 10)] * 10)
+    chunks = plan_chunks(imgs, [f"p{i}" for i in range(10)], batch)
+    assert [len(c.images) for c in chunks] == [4, 4, 2]
+    assert [c.cost for c in chunks] == [4, 4, 2]
+    assert [p for c in chunks for p in c.prompts or []] == [f"p{i}" for i in range(10)]
+    # Large images: 2 of 200x100 = the pixels of 4 slots, so 2 per chunk (pixel-bound).
+    chunks = plan_chunks(_imgs([(200, 100)] * 5), None, batch)
+    assert [len(c.images) for c in chunks] == [2, 2, 1]
+    assert [c.cost for c in chunks] == [4, 4, 2]
+    # An image larger than a whole batch runs alone, its cost capped at a full batch.
+    chunks = plan_chunks(_imgs([(10, 10), (1000, 1000), (10, 10)]), None, batch)
+    assert [len(c.images) for c in chunks] == [1, 1, 1]
+    assert chunks[1].cost == 4
+    # Every batch assembled from chunk costs <= max holds <= max images and pixels.
+    for c in plan_chunks(_imgs([(64, 64), (300, 20), (100, 100), (5, 5)] * 7), None, batch):
+        pixels = sum(i.shape[0] * i.shape[1] for i in c.images)
+        assert len(c.images) <= c.cost <= 4
+        assert (
+            pixels <= c.cost * batch.max_batch_pixels / batch.max_batch_images or len(c.images) == 1
+        )
+
+
+# ------------------------------------------------------------------ error messages
+
+
+def test_validation_errors_name_field_group_and_image() -> None:
+    with pytest.raises(ValidationError) as info:
+        RewardsRequest.model_validate(
+            {
+                "groups": [
+                    {"prompt": "a", "images": ["aGk="]},
+                    {"prompt": "b", "images": ["aGk=", "@@"]},
+                ]
+            }
+        )
+    err = from_validation_error(info.value)
+    assert err.status == 422 and err.kind == "invalid_request"
+    assert err.group_index == 1 and err.image_index == 1
+    assert "groups[1].images[1]: Value error, is not valid base64" in err.message
+    assert format_loc(["groups", 2, "images", 5]) == "groups[2].images[5]"
+
+
+def test_unknown_field_and_missing_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        RewardsRequest.model_validate({"groups": [{"prompt": "a", "images": ["aGk="], "imgs": []}]})
+    err = from_validation_error(info.value)
+    assert err.status == 422 and "groups[0].imgs: Extra inputs are not permitted" in err.message
+    with pytest.raises(ValidationError) as info:
+        RewardsRequest.model_validate({"groups": [{"images": ["aGk="]}]})
+    assert "groups[0].prompt: Field required" in from_validation_error(info.value).message
+
+
+def test_unknown_method_is_a_400_listing_the_valid_ones() -> None:
+    with pytest.raises(ValidationError) as info:
+        RewardsRequest.model_validate(
+            {"groups": [{"prompt": "a", "images": ["aGk="]}], "diversity": {"method": "dpp"}}
+        )
+    err = from_validation_error(info.value)
+    assert err.status == 400 and err.kind == "unknown_name"
+    assert err.valid == ["diversegrpo", "drift", "none"]
+    assert err.message == "diversity.method: unknown method 'dpp'; valid: diversegrpo, drift, none"
+
+
+def test_parameter_errors_drop_the_union_tag_from_the_path() -> None:
+    with pytest.raises(ValidationError) as info:
+        RewardsRequest.model_validate(
+            {
+                "groups": [{"prompt": "a", "images": ["aGk="]}],
+                "diversity": {"method": "drift", "lam": -1},
+            }
+        )
+    err = from_validation_error(info.value)
+    assert "diversity.lam: Input should be greater than or equal to 0" in err.message
+    with pytest.raises(ValidationError) as info:
+        DiversityRequest.model_validate(
+            {"groups": [{"embeddings": [[1.0]]}], "method": "diversegrpo", "sigma_mode": "fixed"}
+        )
+    assert (
+        "sigma: required (a positive float) when sigma_mode='fixed'"
+        in from_validation_error(info.value).message
+    )
+
+
+def test_service_error_survives_a_copy_with_every_field() -> None:
+    # Ray moves exceptions between processes through __reduce__; copy uses it too.
+    err = ServiceError(400, "invalid_image", "m", group_index=2, image_index=3, retry_after_s=1.5)
+    clone = copy.deepcopy(err)
+    assert (clone.status, clone.kind, clone.message, clone.group_index, clone.image_index) == (
+        400,
+        "invalid_image",
+        "m",
+        2,
+        3,
+    )
+    assert clone.retry_after_s == 1.5
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _png(h: int, w: int) -> bytes:
+    return encode_image(np.full((h, w, 3), 7, np.uint8))
+
+
+def test_decode_group_errors_name_group_and_image() -> None:
+    good = _png(8, 8)
+    out = decode_group([good, good], 0, max_pixels=100)
+    assert [a.shape for a in out] == [(8, 8, 3), (8, 8, 3)]
+    with pytest.raises(ServiceError) as info:
+        decode_group([good, b"not an image"], 3, max_pixels=100)
+    e = info.value
+    assert (e.status, e.kind, e.group_index, e.image_index) == (400, "invalid_image", 3, 1)
+    assert e.message == (
+        "groups[3].images[1]: cannot be decoded as PNG, JPEG or WebP (not a recognised image file)"
+    )
+    gif = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(gif, format="GIF")
+    with pytest.raises(ServiceError, match=r"images\[0\]: format 'GIF' is not accepted"):
+        decode_group([gif.getvalue()], None, max_pixels=100)
+    with pytest.raises(ServiceError) as info:
+        decode_group([good, _png(20, 10)], 1, max_pixels=100)
+    e = info.value
+    assert (e.status, e.kind, e.image_index) == (413, "payload_too_large", 1)
+    assert "groups[1].images[1]: 10x20 = 200 pixels exceeds the limit of 100" in e.message
+    with pytest.raises(ServiceError, match=r"groups\[0\]\.images\[0\]: is empty \(0 bytes\)"):
+        decode_group([b""], 0, max_pixels=100)
+    truncated = _png(8, 8)[:40]
+    with pytest.raises(ServiceError, match=r"reference\[2\]\.images\[0\]: "):
+        decode_group([truncated], 2, max_pixels=100, field="reference")
+
+
+def test_count_limits_are_413s() -> None:
+    from divreward.services.config import LimitsArgs
+
+    limits = LimitsArgs(max_images_per_request=10, max_images_per_group=4, max_groups_per_request=2)
+    check_counts([4, 4], limits)
+    with pytest.raises(ServiceError, match=r"groups: 3 groups exceed the limit of 2"):
+        check_counts([1, 1, 1], limits)
+    with pytest.raises(
+        ServiceError, match=r"groups\[1\]: 5 images exceed the limit of 4 per group"
+    ):
+        check_counts([1, 5], limits)
+    with pytest.raises(ServiceError, match="11 images exceed the limit of 10 per request"):
+        check_counts([11], limits, grouped=False)
+
+
+# ------------------------------------------------------------------ request_id cache
+
+
+def test_idempotency_cache_replays_and_refuses_other_bodies() -> None:
+    async def run() -> None:
+        cache = IdempotencyCache(size=2)
+        key = ("/v1/rewards", "id-1")
+        assert await cache.lookup(key, b"d1") is None
+        cache.start(key, b"d1")
+        # A concurrent duplicate waits for the first, then replays it.
+        waiter = asyncio.create_task(cache.lookup(key, b"d1"))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        entry = _Cached(b"d1", 200, "application/json", b"{}")
+        cache.finish(key, entry)
+        assert await waiter is entry
+        with pytest.raises(ServiceError) as info:
+            await cache.lookup(key, b"d2")
+        assert info.value.status == 409 and "id-1" in info.value.message
+        # A failed first attempt caches nothing: the retry computes again.
+        key2 = ("/v1/rewards", "id-2")
+        cache.start(key2, b"x")
+        cache.finish(key2, None)
+        assert await cache.lookup(key2, b"x") is None
+        # LRU bound.
+        for i in range(3):
+            k = ("/v1/score", f"k{i}")
+            cache.start(k, b"y")
+            cache.finish(k, _Cached(b"y", 200, "application/json", b"[]"))
+        assert await cache.lookup(("/v1/score", "k0"), b"y") is None
+        assert await cache.lookup(("/v1/score", "k2"), b"y") is not None
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------------ auth
+
+
+class _Req:
+    def __init__(self, path: str, headers: dict[str, str]) -> None:
+        self.url = type("U", (), {"path": path})()
+        self.headers = headers
+
+
+def test_token_auth(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIVREWARD_API_TOKENS", "tok-a, tok-b")
+    auth = TokenAuth(AuthArgs(enabled=True))
+    auth.check(_Req("/v1/rewards", {"authorization": "Bearer tok-b"}))  # type: ignore[arg-type]
+    auth.check(_Req("/healthz", {}))  # type: ignore[arg-type]
+    auth.check(_Req("/readyz", {}))  # type: ignore[arg-type]
+    for headers, msg in [
+        ({}, "missing 'Authorization: Bearer <token>'"),
+        ({"authorization": "Basic tok-a"}, "must be 'Bearer <token>'"),
+        ({"authorization": "Bearer tok-c"}, "invalid bearer token"),
+    ]:
+        with pytest.raises(ServiceError) as info:
+            auth.check(_Req("/v1/score", headers))  # type: ignore[arg-type]
+        assert info.value.status == 401 and msg in info.value.message
+    off = TokenAuth(AuthArgs(enabled=False))
+    off.check(_Req("/v1/score", {}))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def test_unset_parameters_take_the_server_config_not_the_class_defaults() -> None:
+    server = CoreConfig(
+        diversegrpo=DiverseGRPOConfig(beta=0.5, k_max=5), drift=DRIFTConfig(lam=0.1)
+    )
+    only_method = DiverseGRPOParams.model_validate({"method": "diversegrpo"})
+    p = resolve_diversity(only_method, server, "drift")
+    assert isinstance(p, DiverseGRPOParams) and p.beta == 0.5 and p.k_max == 5
+    p = resolve_diversity(DiverseGRPOParams.model_validate({"beta": 0.9}), server, "drift")
+    assert p.beta == 0.9 and p.k_max == 5
+    p = resolve_diversity(None, server, "drift")
+    assert isinstance(p, DriftParams) and p.lam == 0.1 and p.gamma == 1.0
+    assert isinstance(resolve_diversity(None, server, "none"), NoDiversityParams)
+    assert resolve_advantage(None, server).eps == 1e-6
+
+
+# ------------------------------------------------------------------ schema images
+
+
+def test_image_bytes_accepts_base64_data_urls_and_raw_bytes() -> None:
+    raw = b"\x89PNG\r\n"
+    text = base64.b64encode(raw).decode()
+    for value in (text, f"data:image/png;base64,{text}", raw, bytearray(raw)):
+        req = ScoreRequest.model_validate({"prompts": ["p"], "images": [value]})
+        assert req.images[0] == raw
+    dumped = ScoreRequest(prompts=["p"], images=[raw]).model_dump(mode="json")
+    assert dumped["images"] == [text]
+    with pytest.raises(ValidationError, match="data URL image must be"):
+        ScoreRequest.model_validate({"prompts": ["p"], "images": ["data:image/png,abc"]})
+    with pytest.raises(ValidationError, match=r"must be a base64 string .* got int"):
+        ScoreRequest.model_validate({"prompts": ["p"], "images": [3]})
+    with pytest.raises(ValidationError, match="prompts has 2 entries but images has 1"):
+        ScoreRequest.model_validate({"prompts": ["p", "q"], "images": [raw]})
