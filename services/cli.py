@@ -143,12 +143,10 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
 def explain_failure(message: str) -> str:
     """The lines of a deployment failure a user needs first (missing weights, etc.)."""
     wanted = re.compile(r"(WeightsNotFoundError|FileNotFoundError|ValueError|ImportError)[:]")
-    lines = [ln.strip() for ln in message.splitlines() if wanted.search(ln)]
-    seen: list[str] = []
-    for ln in lines:
-        if ln not in seen:
-            seen.append(ln)
-    return "\n".join(seen)
+    lines = list(dict.fromkeys(ln.strip() for ln in message.splitlines() if wanted.search(ln)))
+    # Serve's status message repeats the error, sometimes cut short: keep the full copy.
+    full = [ln for ln in lines if not any(o != ln and o.startswith(ln.rstrip(":")) for o in lines)]
+    return "\n".join(full)
 
 
 class _StopRequestedError(Exception):

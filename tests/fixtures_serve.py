@@ -65,7 +65,7 @@ class ServeApp:
     extra: dict[str, Any] = field(default_factory=dict)  # room for issue #5 (gRPC port...)
 
 
-def _mark_built(root: Path, names: list[str]) -> None:
+def mark_built(root: Path, names: list[str]) -> None:
     """Record the built models in the tiny marker (keeping what it already lists), so
     the service's builders find them and do not build them again."""
     from divreward.models.weights import TINY_MARKER, write_tiny_marker
@@ -112,7 +112,7 @@ def serve_app(tiny_zoo: Any) -> Iterator[ServeApp]:
     names = [*SERVE_SCORERS, SERVE_EMBEDDER]
     for name in names:
         tiny_zoo.build(name)
-    _mark_built(tiny_zoo.root, names)
+    mark_built(tiny_zoo.root, names)
     reward, diversity = serve_app_args(tiny_zoo.root)
     port = free_port()
     grpc_port = free_port()
