@@ -59,6 +59,9 @@ def grpc_error(exc: grpc.RpcError, target: str, request_id: str, attempts: int) 
             request_id=request_id,
             attempts=attempts,
         )
+    if name == "ABORTED" and details.startswith("timeout:"):
+        # an assembled group that never completed (HTTP 408)
+        return RewardTimeoutError(f"{target}: ABORTED: {details}", request_id=request_id)
     if name in RETRYABLE_GRPC_CODES:
         return RewardServiceError(name, details, request_id=request_id, attempts=attempts)
     return RewardRequestError(name, details, request_id=request_id, attempts=attempts)

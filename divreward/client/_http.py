@@ -182,8 +182,6 @@ class _Base:
                 attempts=attempt,
             )
             return True, None, err
-        if status == 408 and self.retry.retry_timeouts:
-            return True, None, RewardTimeoutError(_error_detail(response), request_id=request_id)
         return False, None, None
 
 

@@ -2,9 +2,13 @@
 
 What is retried (and nothing else): connection-level failures (refused, reset, broken
 pipe, protocol errors before a response), HTTP 429 and every 5xx (gRPC UNAVAILABLE,
-RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN), and optionally timeouts. Each logical request
-keeps one request id across its attempts; the server uses it to answer a repeated id
-from its cache instead of scoring the images a second time.
+RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN), Serve's "application not deployed (yet)" answers
+during a restart, and - unless ``retry_timeouts=False`` - the client's own timeouts (a
+request in flight when a server stops can hang until then). Each logical request keeps
+one request id across its attempts; the server uses it to answer a repeated id from its
+cache (or to wait for the first attempt still running) instead of scoring the images a
+second time, which is what makes retrying a timed-out request safe. A 408 sent by the
+server (an assembled group that never completed) is not retried.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ class RetryPolicy:
     backoff_s: float = 0.25
     max_backoff_s: float = 8.0
     jitter: float = 0.2
-    retry_timeouts: bool = False  # a timed-out request may still be running server-side
+    # Retry the client's own timeouts too (safe: the request id deduplicates); False
+    # fails at the first timeout instead.
+    retry_timeouts: bool = True
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -64,7 +70,7 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 def retryable_http_status(status: int) -> bool:
-    """429 (too many requests) and every 5xx; 408 is left to ``retry_timeouts``."""
+    """429 (too many requests) and every 5xx (a server's 408 is not retried)."""
     return status == 429 or 500 <= status <= 599
 
 

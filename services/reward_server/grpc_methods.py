@@ -57,7 +57,9 @@ _CODES: dict[int, grpc.StatusCode] = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    # 408 is an assembled group that never completed: not a transient timeout (clients
+    # retry DEADLINE_EXCEEDED), the caller's parts are missing.
+    408: grpc.StatusCode.ABORTED,
     409: grpc.StatusCode.ALREADY_EXISTS,
     # 413: too big is the caller's to fix, not transient (RESOURCE_EXHAUSTED is retried)
     413: grpc.StatusCode.INVALID_ARGUMENT,

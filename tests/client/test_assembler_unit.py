@@ -136,7 +136,7 @@ def test_a_leader_that_never_resolves_times_the_group_out() -> None:
     [
         (400, grpc.StatusCode.INVALID_ARGUMENT),
         (401, grpc.StatusCode.UNAUTHENTICATED),
-        (408, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (408, grpc.StatusCode.ABORTED),
         (409, grpc.StatusCode.ALREADY_EXISTS),
         (413, grpc.StatusCode.INVALID_ARGUMENT),
         (422, grpc.StatusCode.INVALID_ARGUMENT),

@@ -311,14 +311,29 @@ def test_retry_after_sets_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     assert waits == [1.5]
 
 
-def test_timeouts_are_not_retried_unless_asked() -> None:
+def test_timeouts_are_retried_with_the_same_id_unless_told_not_to() -> None:
+    # A request in flight when a server stops can hang until the client's timeout; the
+    # request id makes the retry safe (the server answers a repeated id from its cache).
     script = Script([httpx.ReadTimeout("read timed out"), _ok()])
+    assert _transport(script).call(ROUTE, _request(), HealthResponse, "rid-t").status == "ok"
+    assert [r.headers["x-request-id"] for r in script.seen] == ["rid-t", "rid-t"]
+    script = Script([httpx.ReadTimeout("read timed out"), _ok()])
+    no = RetryPolicy(max_attempts=4, backoff_s=0, jitter=0, retry_timeouts=False)
     with pytest.raises(RewardTimeoutError, match=r"no answer from http://reward\.test within 5 s"):
+        _transport(script, no).call(ROUTE, _request(), HealthResponse, "r")
+    assert len(script.seen) == 1
+    script = Script([httpx.ReadTimeout("read timed out")])
+    with pytest.raises(RewardTimeoutError, match="within 5 s"):  # bounded like the rest
+        _transport(script).call(ROUTE, _request(), HealthResponse, "r")
+    assert len(script.seen) == 4
+
+
+def test_a_server_408_is_not_retried() -> None:
+    # the server's 408: an assembled group whose other parts never came
+    script = Script([_error(408, "timeout", "group 'g' is incomplete: 2 of 4 images"), _ok()])
+    with pytest.raises(RewardTimeoutError, match=r"\(408\): timeout: group 'g' is incomplete"):
         _transport(script).call(ROUTE, _request(), HealthResponse, "r")
     assert len(script.seen) == 1
-    script = Script([httpx.ReadTimeout("read timed out"), _ok()])
-    retrying = RetryPolicy(max_attempts=2, backoff_s=0, jitter=0, retry_timeouts=True)
-    assert _transport(script, retrying).call(ROUTE, _request(), HealthResponse, "r").status == "ok"
 
 
 def test_json_wire_sends_base64_images() -> None:

@@ -6,6 +6,7 @@ once their bounded retries are spent."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -102,6 +103,19 @@ class Server:
         self.proc = None
 
 
+def _mark_built(root: Path, name: str) -> None:
+    """Add ``name`` to the tiny marker, keeping the models other fixtures recorded, so
+    the server's builder finds it built."""
+    from divreward.models.weights import TINY_MARKER, write_tiny_marker
+
+    try:
+        body = json.loads((root / TINY_MARKER).read_text())
+    except (OSError, ValueError):
+        body = {}
+    names = list(dict.fromkeys([*body.get("models", []), name]))
+    write_tiny_marker(root, int(body.get("seed", 0)), names)
+
+
 def _config(tiny_dir: Path) -> dict[str, Any]:
     """One application: the reward service, quality only (no diversity app needed)."""
     return {
@@ -124,10 +138,8 @@ def _config(tiny_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from fixtures_serve import _mark_built  # keeps the models other fixtures built
-
     tiny_zoo.build("pickscore")
-    _mark_built(tiny_zoo.root, ["pickscore"])
+    _mark_built(tiny_zoo.root, "pickscore")
     tmp = tmp_path_factory.mktemp("restart")
     config = tmp / "serve.yaml"
     config.write_text(yaml.safe_dump(_config(tiny_zoo.root)))
