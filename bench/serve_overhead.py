@@ -52,20 +52,21 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 GROUP = 24
 SIDE = 512
+SMALL_SIDE = 64  # a second throughput series, where per-call costs weigh more
 SCORERS = {"pickscore": 1.0, "clipscore": 0.5}
 EMBEDDER = "dreamsim"
 EMBEDDER_OPTIONS = {"dreamsim_type": "dino_vitb16"}
 TARGET_BINARY_MS = 15.0
 
 
-def make_images(n: int, seed: int) -> list[np.ndarray]:
-    """Smooth, photo-like 512 x 512 images (gradients and discs): JPEG sizes like real
-    renders (tens of kB), unlike noise."""
+def make_images(n: int, seed: int, side: int = SIDE) -> list[np.ndarray]:
+    """Smooth, photo-like side x side images (gradients and discs): JPEG sizes like real
+    renders (tens of kB at 512), unlike noise."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
     out = []
     for _ in range(n):
-        img = np.zeros((SIDE, SIDE, 3), np.float32)
+        img = np.zeros((side, side, 3), np.float32)
         for c in range(3):
             a, b, d = rng.uniform(-1, 1, 3)
             img[..., c] = 0.5 + 0.25 * (a * x + b * y) + 0.1 * np.sin(6.28 * (d * x + a * y))
@@ -138,7 +139,12 @@ def start_service(tiny_dir: Path) -> str:
     from divreward.services import launch
     from divreward.services.config import DiversityAppArgs, RewardAppArgs
 
-    model = {"num_cpus": 0.2, "batch": {"max_batch_images": 64, "batch_wait_timeout_s": 0.005}}
+    # Up to 4 groups of 24 per forward pass (the pixel budget, 64 Mpx, holds 256 of 512^2).
+    model = {
+        "num_cpus": 0.2,
+        "max_ongoing_requests": 128,
+        "batch": {"max_batch_images": 96, "batch_wait_timeout_s": 0.005},
+    }
     common: dict[str, Any] = {
         "profile": "tiny",
         "tiny_models_dir": str(tiny_dir),
@@ -179,28 +185,9 @@ def post(client: httpx.Client, body: bytes, binary: bool) -> float:
     return dt
 
 
-def throughput(base: str, bodies: list[bytes], clients: int, per_client: int) -> dict[str, float]:
-    def run(c: int) -> int:
-        with httpx.Client(base_url=base, timeout=300) as client:
-            for k in range(per_client):
-                post(client, bodies[(c + k) % len(bodies)], True)
-        return per_client * GROUP
-
-    t0 = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        images = sum(pool.map(run, range(clients)))
-    wall = time.perf_counter() - t0
-    return {
-        "clients": clients,
-        "requests": clients * per_client,
-        "images": images,
-        "wall_s": wall,
-        "images_per_s": images / wall,
-    }
-
-
-def batch_means(base: str) -> dict[str, float]:
-    """Mean images per forward pass of each model, from the ingress's histogram."""
+def batch_totals(base: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each model's forward-pass batch sizes, from the ingress's /metrics
+    (one observation per call: the size of the batch that call's images went in)."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
     out = {}
     for model in [*SCORERS, EMBEDDER]:
@@ -210,9 +197,46 @@ def batch_means(base: str) -> dict[str, float]:
         n = re.search(
             rf'divreward_batch_images_count{{app="reward",model="{model}"}} ([0-9.e+]+)', text
         )
-        if s and n and float(n.group(1)) > 0:
-            out[model] = float(s.group(1)) / float(n.group(1))
+        out[model] = (float(s.group(1)) if s else 0.0, float(n.group(1)) if n else 0.0)
     return out
+
+
+def throughput(base: str, bodies: list[bytes], clients: int, per_client: int) -> dict[str, Any]:
+    """images/s with ``clients`` concurrent clients, each sending ``per_client`` groups;
+    plus the machine's CPU use and the mean batch per model during the run."""
+    import psutil
+
+    def run(c: int) -> int:
+        with httpx.Client(base_url=base, timeout=300) as client:
+            for k in range(per_client):
+                post(client, bodies[(c + k) % len(bodies)], True)
+        return per_client * GROUP
+
+    before = batch_totals(base)
+    psutil.cpu_percent(None)
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        images = sum(pool.map(run, range(clients)))
+    wall = time.perf_counter() - t0
+    cpu = psutil.cpu_percent(None)
+    after = batch_totals(base)
+    batches = {
+        m: (after[m][0] - before[m][0]) / max(1.0, after[m][1] - before[m][1]) for m in after
+    }
+    return {
+        "clients": clients,
+        "requests": clients * per_client,
+        "images": images,
+        "wall_s": wall,
+        "images_per_s": images / wall,
+        "cpu_percent": cpu,
+        "mean_batch": batches,
+    }
+
+
+def throughput_series(base: str, bodies: list[bytes], quick: bool) -> list[dict[str, Any]]:
+    levels = ((1, 4, 16), (4, 2, 6), (16, 1, 3))  # (clients, per client quick, per client)
+    return [throughput(base, bodies, c, q if quick else per) for c, q, per in levels]
 
 
 # ----------------------------------------------------------------------- report
@@ -265,27 +289,27 @@ def write_report(res: dict[str, Any]) -> None:
             f"| {form} | {o['ms']:.1f} | {o['ratio']:.2f} | {o['ms_vs_arrays']:.1f} | "
             f"{o['ratio_vs_arrays']:.2f} | {o['target']} -> {o['verdict']} |"
         )
+    for key, side in (("throughput", SIDE), ("throughput_small", SMALL_SIDE)):
+        series = res[key]
+        base_ips = series[0]["images_per_s"]
+        lines += [
+            "",
+            f"## Throughput (msgpack form, groups of {GROUP} images of {side}x{side})",
+            "",
+            "| clients | requests | images/s | x vs 1 client | machine CPU % | mean images per "
+            "forward pass (" + ", ".join([*SCORERS, EMBEDDER]) + ") |",
+            "|---:|---:|---:|---:|---:|---|",
+        ]
+        for t in series:
+            mb = ", ".join(f"{t['mean_batch'][m]:.1f}" for m in [*SCORERS, EMBEDDER])
+            lines.append(
+                f"| {t['clients']} | {t['requests']} | {t['images_per_s']:.1f} | "
+                f"{t['images_per_s'] / base_ips:.2f} | {t['cpu_percent']:.0f} | {mb} |"
+            )
     lines += [
         "",
-        "## Throughput (msgpack form, groups of 24)",
-        "",
-        "| clients | requests | images/s | x vs 1 client |",
-        "|---:|---:|---:|---:|",
-    ]
-    base_ips = res["throughput"][0]["images_per_s"]
-    for t in res["throughput"]:
-        lines.append(
-            f"| {t['clients']} | {t['requests']} | {t['images_per_s']:.1f} | "
-            f"{t['images_per_s'] / base_ips:.2f} |"
-        )
-    lines += [
-        "",
-        f"Target: 16 clients >= 1.5x one client -> {res['throughput_verdict']}.",
-        "",
-        "Mean images per forward pass over the whole run (cross-request batching; one "
-        f"group is {GROUP}): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in res["batch_means"].items())
-        + ".",
+        f"Target: 16 clients >= 1.5x one client (groups of {SIDE}^2) -> "
+        f"{res['throughput_verdict']}.",
         "",
         "## Notes",
         "",
@@ -340,15 +364,12 @@ def main() -> int:
                 for form in ("binary", "json"):
                     e2e[form].append(post(client, bodies[form][k % 4], form == "binary"))
         # 4. throughput at 1, 4, 16 clients (same total work per level)
-        tp = [
-            throughput(base, bodies["binary"], c, per)
-            for c, per in (
-                (1, 16 if not opts.quick else 4),
-                (4, 6 if not opts.quick else 2),
-                (16, 3 if not opts.quick else 1),
-            )
+        tp = throughput_series(base, bodies["binary"], opts.quick)
+        small = [make_images(GROUP, seed=10 + k, side=SMALL_SIDE) for k in range(4)]
+        small_bodies = [
+            binary_body([encode_image(i, "JPEG", quality=90) for i in g]) for g in small
         ]
-        batches = batch_means(base)
+        tp_small = throughput_series(base, small_bodies, opts.quick)
     finally:
         launch.shutdown()
 
@@ -365,7 +386,7 @@ def main() -> int:
         "in_process_arrays": ipa,
         "end_to_end": {form: summary(t) for form, t in e2e.items()},
         "throughput": tp,
-        "batch_means": batches,
+        "throughput_small": tp_small,
     }
     overhead = {}
     for form, limit in (("binary", TARGET_BINARY_MS), ("json", 2 * TARGET_BINARY_MS)):
@@ -386,11 +407,22 @@ def main() -> int:
         "Overhead 'vs decode+models' compares with doing the same work in-process from the "
         "same files; 'vs arrays' with a trainer that scores its arrays in-process (no "
         "encode/decode at all).",
-        "In-process runs the models one after the other in one process; the service runs "
-        "the two scorers and the embedder concurrently in their own processes, which on 2 "
-        "shared cores helps little.",
+        "In-process runs the models one after the other in one process and decodes "
+        "sequentially; the service decodes a group's files in parallel threads and runs the "
+        "two scorers and the embedder concurrently in their own processes. That is why the "
+        "end-to-end time can be below the in-process time.",
         "Each request is one group; the ingress decodes it once and puts the pixels in "
         "Ray's object store once (24 x 512^2 x 3 B = 18.9 MB), read by the three models.",
+        "Throughput: 'machine CPU %' is the whole machine's over the run (2 cores, other "
+        "engineers' jobs included). With tiny models one client already keeps both cores "
+        "busy (parallel decode + three model processes), so more clients have no idle "
+        "CPU to use; cross-request batching does merge groups (mean images per forward "
+        "pass above the group size) but on a CPU a tiny model's cost is per image "
+        "(preprocessing), so merging saves little. The throughput target is about batching "
+        "amortising a GPU's per-batch cost; it cannot show on this machine.",
+        "Ray Serve 2.60's batcher forms a batch from the calls that arrive within "
+        "batch_wait_timeout_s of its first call (here 5 ms) and then queues it; a batch does "
+        "not keep growing while the previous one runs.",
         f"{repeats} sequential requests per form, interleaved; medians reported.",
     ]
     write_report(res)

@@ -58,10 +58,12 @@ class BatchArgs(_Args):
         default=32, ge=1, description="Most images in one forward pass (across requests)."
     )
     max_batch_pixels: int = Field(
-        default=32 * 512 * 512,
+        default=64 * 1024 * 1024,
         ge=1,
-        description="Most input pixels (H*W summed) in one forward pass, so a batch of large "
-        "images cannot exhaust memory. A single larger image still runs, alone.",
+        description="Most input pixels (H*W summed) in one forward pass. The models resize "
+        "to 224-448 px themselves, so this bounds the decoded inputs a batch holds (64 Mpx "
+        "= 192 MB of uint8, 256 images of 512^2), not the forward pass. A single larger "
+        "image still runs, alone.",
     )
     batch_wait_timeout_s: float = Field(
         default=0.005,

@@ -136,7 +136,7 @@ def build_diversity_app(args: DiversityAppArgs) -> Application:
 
 def build_app(args: DiversityAppArgs) -> Application:
     """Builder for ``import_path: divreward.services.diversity_server.app:build_app``;
-    Serve validates the config file's ``args`` into DiversityAppArgs (unknown keys are
+    the config file's ``args`` are validated into DiversityAppArgs here (unknown keys are
     errors)."""
     # Serve converts the args only when the annotation is a class; under
     # ``from __future__ import annotations`` it is a string, so a dict arrives.

@@ -47,7 +47,7 @@ from divreward.schema import (
     RewardParams,
 )
 from divreward.services.config import DiversityAppArgs, LimitsArgs, ServiceArgs
-from divreward.services.decode import decode_group
+from divreward.services.decode import decode_and_put
 from divreward.services.errors import ServiceError
 from divreward.services.model_deployments import ModelOutput
 
@@ -235,23 +235,21 @@ class DiversityServing:
         """Embed one group of canonical images (one call: one replica, one model)."""
         # One object-store put per group, passed by reference: several MB of pixels are
         # copied once instead of once per hop.
-        ref = ray.put(images)
-        out: ModelOutput = await self.embedder.embed.remote(ref)
-        self.observe(out.card.name, len(images), out.batch_images, out.model_s)
-        return out
+        ref = await asyncio.to_thread(ray.put, images)
+        return await self._embed_ref(ref, len(images))
 
-    async def decode(
-        self, images: Sequence[bytes], group_index: int | None, field: str = "groups"
-    ) -> list[np.ndarray]:
-        return await asyncio.to_thread(
-            decode_group, images, group_index, self.limits.max_pixels_per_image, field
-        )
+    async def _embed_ref(self, ref: Any, n: int) -> ModelOutput:
+        out: ModelOutput = await self.embedder.embed.remote(ref)
+        self.observe(out.card.name, n, out.batch_images, out.model_s)
+        return out
 
     async def _embed_group(
         self, images: Sequence[bytes], group_index: int | None, field: str = "groups"
     ) -> ModelOutput:
-        arrays = await self.decode(images, group_index, field)
-        return await self.embed_arrays(arrays)
+        ref, n = await asyncio.to_thread(
+            decode_and_put, images, group_index, self.limits.max_pixels_per_image, field
+        )
+        return await self._embed_ref(ref, n)
 
     # -- /v1/embed ---------------------------------------------------------------
     async def embed(self, req: EmbedRequest) -> EmbedResponse:

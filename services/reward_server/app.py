@@ -91,7 +91,7 @@ def build_reward_app(args: RewardAppArgs) -> Application:
 
 def build_app(args: RewardAppArgs) -> Application:
     """Builder for ``import_path: divreward.services.reward_server.app:build_app``;
-    Serve validates the config file's ``args`` into RewardAppArgs (unknown keys are
+    the config file's ``args`` are validated into RewardAppArgs here (unknown keys are
     errors)."""
     # Serve converts the args only when the annotation is a class; under
     # ``from __future__ import annotations`` it is a string, so a dict arrives.

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-import ray
 
 from divreward.schema import (
     DiversityRequest,
@@ -38,7 +37,7 @@ from divreward.schema import (
     ScoreResponse,
 )
 from divreward.services.config import RewardAppArgs
-from divreward.services.decode import decode_group
+from divreward.services.decode import decode_and_put
 from divreward.services.diversity_server.serving import (
     check_counts,
     core_error,
@@ -131,9 +130,10 @@ class RewardServing:
                 group_index=group,
             )
 
-    async def _decode(self, images: Sequence[bytes], group: int | None) -> list[np.ndarray]:
+    async def _decode_put(self, images: Sequence[bytes], group: int | None) -> tuple[Any, int]:
+        """Decode a group and put its pixels in the object store once (in a thread)."""
         return await asyncio.to_thread(
-            decode_group, images, group, self.limits.max_pixels_per_image
+            decode_and_put, images, group, self.limits.max_pixels_per_image
         )
 
     async def _score(self, name: str, ref: Any, prompts: list[str], n: int) -> ModelOutput:
@@ -153,11 +153,8 @@ class RewardServing:
         check_counts([len(req.images)], self.limits, grouped=False)
         for i, p in enumerate(req.prompts):
             self._check_prompt(p, f"prompts[{i}]", None)
-        arrays = await self._decode(req.images, None)
-        ref = ray.put(arrays)
-        outs = await asyncio.gather(
-            *(self._score(n, ref, list(req.prompts), len(arrays)) for n in names)
-        )
+        ref, count = await self._decode_put(req.images, None)
+        outs = await asyncio.gather(*(self._score(n, ref, list(req.prompts), count) for n in names))
         cards = [o.card for o in outs]
         return ScoreResponse(
             **response_meta(self.args, cards, req.request_id),
@@ -179,10 +176,8 @@ class RewardServing:
 
         async def one(g: int) -> tuple[RewardGroupResult, list[ModelCard]]:
             group = req.groups[g]
-            arrays = await self._decode(group.images, g)
-            n = len(arrays)
             # One put per group: every model reads the same pixels from the object store.
-            ref = ray.put(arrays)
+            ref, n = await self._decode_put(group.images, g)
             prompts = [group.prompt] * n
             calls = [self._score(name, ref, prompts, n) for name in weights]
             if needs_embeddings:
