@@ -65,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--tiny-dir", type=Path, help="where the tiny models are (built if missing)")
     p.add_argument("--weights-dir", type=Path, help="root of local real weights")
-    p.add_argument("--num-cpus", type=float, help="logical CPUs for the local Ray instance")
-    p.add_argument("--num-gpus", type=float, help="GPUs for the local Ray instance")
+    p.add_argument("--num-cpus", type=int, help="logical CPUs for the local Ray instance")
+    p.add_argument("--num-gpus", type=int, help="GPUs for the local Ray instance")
     p.add_argument(
         "--deploy-timeout",
         type=float,
@@ -201,7 +201,10 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         # What `serve run config.yaml` does: the controller builds each application from
         # its import_path and args and applies the file's deployment overrides.
-        _get_global_client().deploy_apps(schema, _blocking=False)
+        client = _get_global_client()
+        if client is None:
+            raise RuntimeError("Serve did not start (no controller client)")
+        client.deploy_apps(schema, _blocking=False)
         wait_running(names, timeout_s=args.deploy_timeout)
         print(
             f"divreward: serving {names} on http://{host}:{port} (profile "

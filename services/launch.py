@@ -71,8 +71,8 @@ def _grpc_options(port: int) -> Any:
 
 def start(
     start_options: dict[str, Any],
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
     ray_init_kwargs: dict[str, Any] | None = None,
 ) -> None:
     """A new local Ray instance (never someone else's cluster) and Serve on it."""

@@ -174,8 +174,9 @@ class _ModelServer:
         self._apply_batch(self.batch)
 
     def _apply_batch(self, batch: BatchArgs) -> None:
-        self._batched.set_max_batch_size(batch.max_batch_images)
-        self._batched.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+        # @serve.batch adds these setters to the wrapped method at run time.
+        self._batched.set_max_batch_size(batch.max_batch_images)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def info(self) -> ModelCard:
         return self.card

@@ -128,7 +128,7 @@ def build_diversity_app(args: DiversityAppArgs) -> Application:
         args.weights_dir,
         str(tiny_dir) if tiny_dir is not None else None,
     )
-    ingress = serve.deployment(DiversityIngress).options(
+    ingress = serve.deployment()(DiversityIngress).options(
         **ingress_options(DIVERSITY_INGRESS, args.ingress)
     )
     return ingress.bind(embedder, args)

@@ -83,7 +83,7 @@ def build_reward_app(args: RewardAppArgs) -> Application:
         )
         for name, s in args.scorers.items()
     }
-    ingress = serve.deployment(RewardIngress).options(
+    ingress = serve.deployment()(RewardIngress).options(
         **ingress_options(REWARD_INGRESS, args.ingress)
     )
     return ingress.bind(scorers, args, assembler_deployment())
