@@ -45,7 +45,6 @@ class ImageError(ValueError):
         super().__init__(prefix + message)
 
 
-
 def pil_to_array(img: Image.Image, index: int | None = None) -> np.ndarray:
     """Convert a PIL image of any mode to the canonical ``(H, W, 3) uint8`` array."""
     if img.width == 0 or img.height == 0:

@@ -14,5 +14,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Shared fixtures live in plugin modules beside this file, one per area, so that each
 # area's fixtures have one owner: models (tiny model directory), serve (one Ray
 # instance and the Serve applications per test session).
-pytest_plugins = [p for p in ("fixtures_models", "fixtures_serve")
-                  if os.path.exists(os.path.join(os.path.dirname(__file__), p + ".py"))]
+pytest_plugins = [
+    p
+    for p in ("fixtures_models", "fixtures_serve")
+    if os.path.exists(os.path.join(os.path.dirname(__file__), p + ".py"))
+]
