@@ -189,6 +189,9 @@ class _ModelServer:
     def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
         raise NotImplementedError
 
+    # Serve keeps one batch queue per decorated function per process; a Serve replica
+    # is its own actor process holding one deployment instance, so the queue is that
+    # replica's.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_batch_cost)
     async def _batched(self, chunks: list[Chunk]) -> list[tuple[np.ndarray, int, float]]:
         images = [img for c in chunks for img in c.images]

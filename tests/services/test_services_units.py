@@ -33,7 +33,7 @@ from divreward.services.diversity_server.serving import (
 )
 from divreward.services.errors import ServiceError, format_loc, from_validation_error
 from divreward.services.http import IdempotencyCache, TokenAuth, _Cached
-from divreward.services.model_deployments import plan_chunks
+from divreward.services.model_deployments import ScorerServer, plan_chunks
 
 # ------------------------------------------------------------------ batching plans
 
@@ -65,6 +65,20 @@ def test_chunks_respect_image_and_pixel_budgets() -> None:
         assert (
             pixels <= c.cost * batch.max_batch_pixels / batch.max_batch_images or len(c.images) == 1
         )
+
+
+def test_batch_limits_are_retuned_by_user_config() -> None:
+    # What Serve calls with the deployment's user_config (no model needed for this).
+    server = object.__new__(ScorerServer)
+    server.batch = BatchArgs()
+    server.reconfigure({"max_batch_images": 7, "batch_wait_timeout_s": 0.02})
+    assert server.batch == BatchArgs(max_batch_images=7, batch_wait_timeout_s=0.02)
+    assert ScorerServer._batched._get_max_batch_size() == 7  # type: ignore[attr-defined]
+    assert ScorerServer._batched._get_batch_wait_timeout_s() == 0.02  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError, match="max_batch_image"):
+        server.reconfigure({"max_batch_image": 8})
+    server.reconfigure(BatchArgs().model_dump())  # back to the defaults for other tests
+    assert ScorerServer._batched._get_max_batch_size() == 32  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ error messages
