@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from divreward.models.weights import TINY_MARKER, TINY_WARNING, write_tiny_marker
+from divreward.models.weights import TINY_MARKER, TINY_WARNING
 from divreward.services.config import ServiceArgs
 
 __all__ = ["ensure_tiny_models", "prepare_profile", "tiny_banner"]
@@ -53,10 +53,7 @@ def ensure_tiny_models(directory: Path, names: Sequence[str]) -> Path:
             missing = [n for n in names if n not in before]
             if missing:
                 log.warning("building tiny random models %s under %s", missing, directory)
-                build_all(directory, seed=TINY_SEED, names=missing)
-                # Keep the marker listing everything built so far, not only this batch.
-                done = list(dict.fromkeys([*before, *_built(directory), *missing]))
-                write_tiny_marker(directory, TINY_SEED, done)
+                build_all(directory, seed=TINY_SEED, names=missing)  # keeps earlier names
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return directory

@@ -38,7 +38,8 @@ def build_all(out_dir: str | Path, seed: int = 0, names: Sequence[str] | None = 
         get_spec(name)  # ValueError naming the unknown model and the valid ones
     out.mkdir(parents=True, exist_ok=True)
     # The marker goes first, so even a half-built directory can never pass for real
-    # weights; it is rewritten with the final list at the end.
+    # weights; it is rewritten with the final list (earlier builds + these) at the end.
+    previous = _names_in_marker(out)
     write_tiny_marker(out, seed, wanted)
     done_modules: set[str] = set()
     for name in wanted:
@@ -48,7 +49,6 @@ def build_all(out_dir: str | Path, seed: int = 0, names: Sequence[str] | None = 
         log.info("building tiny %s under %s (seed %d)", name, out, seed)
         importlib.import_module(f"divreward.models.{module}").build_tiny(out, seed)
         done_modules.add(module)
-    previous = _names_in_marker(out)
     write_tiny_marker(out, seed, sorted(set(previous) | set(wanted), key=_registry_order))
     return wanted
 

@@ -43,6 +43,14 @@ def test_build_is_deterministic_per_seed(tmp_path: Path) -> None:
     assert "meaningless" in marker["warning"]
 
 
+def test_marker_lists_every_model_built_into_a_directory(tmp_path: Path) -> None:
+    """Building more models into an existing tiny directory adds to the marker's list."""
+    build_all(tmp_path, seed=0, names=["clipscore"])
+    build_all(tmp_path, seed=0, names=["clip_embedder"])
+    marker = json.loads((tmp_path / TINY_MARKER).read_text())
+    assert marker["models"] == ["clipscore", "clip_embedder"]
+
+
 def test_unknown_name_is_rejected_before_building(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model 'pickscor'; registered models: "):
         build_all(tmp_path / "x", names=["pickscore", "pickscor"])
