@@ -22,6 +22,7 @@ from divreward.models.registry import REGISTRY
 
 __all__ = [
     "DEFAULT_TINY_DIR",
+    "AssemblyArgs",
     "AuthArgs",
     "BatchArgs",
     "DiversityAppArgs",
@@ -274,6 +275,38 @@ class DiversityAppArgs(ServiceArgs):
     default_method: Literal["diversegrpo", "drift"] = "diversegrpo"
 
 
+class AssemblyArgs(_Args):
+    """Settings of group assembly."""
+
+    default_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long an incomplete group waits for its remaining parts after its "
+        "first part arrived, unless a part asks for less (assembly_timeout_s).",
+    )
+    max_timeout_s: float = Field(
+        default=110.0,
+        gt=0,
+        description="Upper bound on a part's assembly_timeout_s; keep it below the "
+        "ingress call_timeout_s (default 120 s) so parts fail with the assembly error.",
+    )
+    compute_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long waiting parts wait for the rewards of a completed group.",
+    )
+    keep_resolved_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a resolved group is kept for retried parts to find it.",
+    )
+    max_pending_images: int = Field(
+        default=100_000,
+        ge=1,
+        description="Images held in incomplete groups at most; beyond it parts get a 503.",
+    )
+
+
 class RewardAppArgs(ServiceArgs):
     scorers: dict[str, ScorerArgs] = Field(
         default_factory=lambda: {"pickscore": ScorerArgs()},
@@ -281,6 +314,11 @@ class RewardAppArgs(ServiceArgs):
     )
     default_diversity: Literal["diversegrpo", "drift", "none"] = "diversegrpo"
     grpc: GrpcArgs = Field(default_factory=GrpcArgs)
+    assembly: AssemblyArgs = Field(
+        default_factory=AssemblyArgs,
+        description="Group assembly: parts of a group (tagged with group_id and group_size) "
+        "held until the group is complete.",
+    )
 
     @model_validator(mode="after")
     def _scorers(self) -> RewardAppArgs:

@@ -86,7 +86,7 @@ def build_reward_app(args: RewardAppArgs) -> Application:
     ingress = serve.deployment()(RewardIngress).options(
         **ingress_options(REWARD_INGRESS, args.ingress)
     )
-    return ingress.bind(scorers, args, assembler_deployment())
+    return ingress.bind(scorers, args, assembler_deployment(args.assembly))
 
 
 def build_app(args: RewardAppArgs) -> Application:

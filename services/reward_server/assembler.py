@@ -37,11 +37,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from divreward.schema import RewardGroup, RewardsRequest, RewardsResponse
 from divreward.schema_stream import AssembledGroup, GroupSubmission, GroupSubmissionResult
+from divreward.services.config import AssemblyArgs
 from divreward.services.errors import ServiceError
 from divreward.services.http import Api, body_doc, error_responses
 
@@ -58,40 +58,6 @@ log = logging.getLogger("ray.serve")
 
 #: Deployment name of the assembler inside the reward application.
 ASSEMBLER = "GroupAssembler"
-
-
-class AssemblyArgs(BaseModel):
-    """Settings of group assembly."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    default_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="How long an incomplete group waits for its remaining parts after its "
-        "first part arrived, unless a part asks for less (assembly_timeout_s).",
-    )
-    max_timeout_s: float = Field(
-        default=110.0,
-        gt=0,
-        description="Upper bound on a part's assembly_timeout_s; keep it below the "
-        "ingress call_timeout_s (default 120 s) so parts fail with the assembly error.",
-    )
-    compute_timeout_s: float = Field(
-        default=120.0,
-        gt=0,
-        description="How long waiting parts wait for the rewards of a completed group.",
-    )
-    keep_resolved_s: float = Field(
-        default=300.0,
-        ge=0,
-        description="How long a resolved group is kept for retried parts to find it.",
-    )
-    max_pending_images: int = Field(
-        default=100_000,
-        ge=1,
-        description="Images held in incomplete groups at most; beyond it parts get a 503.",
-    )
 
 
 # --------------------------------------------------------------------- the deployment
@@ -386,7 +352,8 @@ class GroupService:
     def __init__(self, serving: Any, assembler: Any = None, args: AssemblyArgs | None = None):
         self.serving = serving
         self._assembler = assembler
-        self.args = args or AssemblyArgs()
+        # the reward app's configured settings (RewardAppArgs.assembly) unless given
+        self.args = args or getattr(getattr(serving, "args", None), "assembly", AssemblyArgs())
 
     @property
     def assembler(self) -> Any:

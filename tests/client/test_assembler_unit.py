@@ -196,3 +196,21 @@ def test_grpc_auth_reads_the_authorization_metadata(monkeypatch: pytest.MonkeyPa
     m._fail(ctx, info.value)
     assert ctx.code == grpc.StatusCode.UNAUTHENTICATED
     assert ctx.details == "unauthorized: invalid bearer token"
+
+
+def test_assembly_settings_come_from_the_reward_app_config() -> None:
+    """RewardAppArgs.assembly reaches the GroupService of the HTTP route and the gRPC
+    methods (both build it over the serving layer), and a misspelt key is refused."""
+    from types import SimpleNamespace
+
+    from pydantic import ValidationError
+
+    from divreward.services.config import RewardAppArgs
+    from divreward.services.reward_server.assembler import GroupService
+
+    args = RewardAppArgs(assembly={"default_timeout_s": 7.5, "max_pending_images": 64})
+    service = GroupService(SimpleNamespace(args=args))
+    assert service.args.default_timeout_s == 7.5 and service.args.max_pending_images == 64
+    assert GroupService(SimpleNamespace(args=args), args=AssemblyArgs()).args == AssemblyArgs()
+    with pytest.raises(ValidationError, match="default_timeout"):
+        RewardAppArgs(assembly={"default_timeout": 7.5})
