@@ -55,7 +55,8 @@ def run_rewards(args: argparse.Namespace) -> int:
     group = res.groups[0]
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    names = [n for n in group.quality if n != "total"]
+    # sorted: over gRPC the quality map arrives in no particular order (protobuf maps)
+    names = sorted(n for n in group.quality if n != "total")
     print("\t".join(["image", *names, "quality", "reward", "advantage", "cluster"]))
     labels = group.diversity.labels
     for i, path in enumerate(args.images):
