@@ -116,7 +116,12 @@ def serve_app(tiny_zoo: Any) -> Iterator[ServeApp]:
     reward, diversity = serve_app_args(tiny_zoo.root)
     port = free_port()
     grpc_port = free_port()
-    launch.start(serve_start_options(port, grpc_port), num_cpus=RAY_NUM_CPUS)
+    # replicas log every call; keep them in the Ray session logs, out of pytest output
+    launch.start(
+        serve_start_options(port, grpc_port),
+        num_cpus=RAY_NUM_CPUS,
+        ray_init_kwargs={"log_to_driver": False},
+    )
     try:
         launch.deploy_services(reward, diversity, timeout_s=DEPLOY_TIMEOUT_S)
         yield ServeApp(
