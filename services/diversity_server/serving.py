@@ -216,6 +216,14 @@ def _no_observer(name: str, n: int, batches: list[int], seconds: float) -> None:
     return None
 
 
+def limit_blas_threads(n: int | None) -> None:
+    """Cap BLAS threads for this whole process (an ingress replica); None leaves them."""
+    if n is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n, user_api="blas")
+
+
 class DiversityServing:
     """The diversity service's logic over an embedder deployment handle.
 
@@ -227,6 +235,7 @@ class DiversityServing:
         self.embedder = embedder
         self.args = args
         self.limits = args.limits
+        limit_blas_threads(args.ingress.blas_threads)
         # Called as observe(model_name, n_images, batch_sizes, model_seconds) after every
         # model call; the ingress points it at its Prometheus metrics.
         self.observe: Callable[[str, int, list[int], float], None] = _no_observer

@@ -42,6 +42,7 @@ from divreward.services.diversity_server.serving import (
     check_counts,
     core_error,
     group_diversity,
+    limit_blas_threads,
     resolve_advantage,
     resolve_diversity,
     response_meta,
@@ -104,6 +105,7 @@ class RewardServing:
         self.scorers = dict(scorers)
         self.link = diversity
         self.args = args
+        limit_blas_threads(args.ingress.blas_threads)
         self.limits = args.limits
         self.default_quality = args.default_quality()
         self.observe: Callable[[str, int, list[int], float], None] = _no_observer

@@ -302,3 +302,26 @@ def test_image_bytes_accepts_base64_data_urls_and_raw_bytes() -> None:
         ScoreRequest.model_validate({"prompts": ["p"], "images": [3]})
     with pytest.raises(ValidationError, match="prompts has 2 entries but images has 1"):
         ScoreRequest.model_validate({"prompts": ["p", "q"], "images": [raw]})
+
+
+def test_ingress_serving_caps_blas_threads() -> None:
+    """Both serving layers cap BLAS threads in their (ingress) process to
+    ``ingress.blas_threads``; checked in a fresh interpreter so this one is untouched."""
+    import subprocess
+    import sys
+
+    code = (
+        "from threadpoolctl import threadpool_info as ti\n"
+        "from divreward.services.config import RewardAppArgs, DiversityAppArgs\n"
+        "from divreward.services.reward_server.serving import RewardServing, DiversityLink\n"
+        "from divreward.services.diversity_server.serving import DiversityServing\n"
+        "n = lambda: sorted({i['num_threads'] for i in ti() if i['user_api'] == 'blas'})\n"
+        "DiversityServing(None, DiversityAppArgs(ingress={'blas_threads': 2}))\n"
+        "a = n()\n"
+        "RewardServing({}, DiversityLink('d', 'i', 'e'), RewardAppArgs())\n"
+        "print(a, n())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["[2]", "[1]"]
