@@ -221,5 +221,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print("divreward: shutting down", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # A second Ctrl-C (impatient user, or a wrapper forwarding the signal) must not
+        # abort the shutdown halfway and leave Ray processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutdown()

@@ -132,7 +132,10 @@ def test_serve_tiny_answers_then_ctrl_c_leaves_no_ray_process(
         names = {p.name() for p in tree if p.is_running()}
         assert {"raylet", "gcs_server"} <= names, names  # we do watch the Ray processes
         proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # a second Ctrl-C must not abort the shutdown
         assert proc.wait(timeout=120) == 0, _tail(log)
+        assert "KeyboardInterrupt" not in log.read_text(errors="replace"), _tail(log)
         assert "divreward: shutting down" in log.read_text(errors="replace")
         left = _wait_gone(tree, timeout_s=20)
         assert not left, "stray processes after Ctrl-C:\n" + "\n".join(left)
