@@ -32,8 +32,6 @@ from divreward.models.weights import (
     Resolved,
     WeightsNotFoundError,
     check_device,
-    dtype_name,
-    file_sha256_prefix,
     resolve_dir,
     resolve_dtype,
     resolve_file,
@@ -61,22 +59,6 @@ class ClipBundle:
     dtype: torch.dtype
     resolved: list[Resolved]  # model weights file first, then config, processor dir
     max_resolution: int  # the processor's crop side
-
-    @property
-    def weights_hash(self) -> str:
-        return file_sha256_prefix(self.resolved[0].path)
-
-    @property
-    def source(self) -> str:
-        return self.resolved[0].source
-
-    @property
-    def revision(self) -> str | None:
-        return self.resolved[0].revision
-
-    @property
-    def dtype_name(self) -> str:
-        return dtype_name(self.dtype)
 
 
 def load_clip(opts: LoadOptions, processor_source: str | None) -> ClipBundle:

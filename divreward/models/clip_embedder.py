@@ -16,7 +16,7 @@ import numpy as np
 from divreward.models import _clip_common as clip
 from divreward.models._common import canonical, check_options, option
 from divreward.models.base import Embedder, LoadOptions, ModelInfo
-from divreward.models.weights import note_tiny
+from divreward.models.weights import model_info
 
 OPTIONS = ("processor_source",)
 DEFAULT_SOURCE = "openai/clip-vit-base-patch32"
@@ -37,16 +37,8 @@ class CLIPEmbedder(Embedder):
 def load(opts: LoadOptions) -> CLIPEmbedder:
     check_options("clip_embedder", opts.options, OPTIONS)
     bundle = clip.load_clip(opts, option(opts.options, "processor_source", str, None))
-    info = ModelInfo(
-        name="clip_embedder",
-        kind="embedder",
-        source=bundle.source,
-        revision=bundle.revision,
-        weights_hash=bundle.weights_hash,
-        profile="tiny" if note_tiny("clip_embedder", bundle.resolved) == "tiny" else "real",
-        device=bundle.device,
-        dtype=bundle.dtype_name,
-        options=dict(opts.options),
+    info = model_info(
+        "clip_embedder", "embedder", opts, bundle.resolved, bundle.device, bundle.dtype
     )
     return CLIPEmbedder(bundle, info)
 

@@ -22,7 +22,7 @@ import numpy as np
 from divreward.models import _clip_common as clip
 from divreward.models._common import canonical, check_options, option
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
-from divreward.models.weights import note_tiny
+from divreward.models.weights import model_info
 
 FORMS: dict[str, tuple[float, str]] = {  # form -> (weight, caption prefix)
     "hessel": (2.5, "A photo depicts "),
@@ -57,17 +57,7 @@ def load(opts: LoadOptions) -> CLIPScore:
     weight = option(opts.options, "weight", float, FORMS[form][0])
     prefix = option(opts.options, "prefix", str, FORMS[form][1])
     bundle = clip.load_clip(opts, option(opts.options, "processor_source", str, None))
-    info = ModelInfo(
-        name="clipscore",
-        kind="scorer",
-        source=bundle.source,
-        revision=bundle.revision,
-        weights_hash=bundle.weights_hash,
-        profile="tiny" if note_tiny("clipscore", bundle.resolved) == "tiny" else "real",
-        device=bundle.device,
-        dtype=bundle.dtype_name,
-        options=dict(opts.options),
-    )
+    info = model_info("clipscore", "scorer", opts, bundle.resolved, bundle.device, bundle.dtype)
     return CLIPScore(bundle, weight, prefix, info)
 
 

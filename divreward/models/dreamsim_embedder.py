@@ -59,10 +59,8 @@ from divreward.models.weights import (
     Resolved,
     WeightsNotFoundError,
     check_device,
-    dtype_name,
-    file_sha256_prefix,
     find_tiny_root,
-    note_tiny,
+    model_info,
     resolve_dtype,
     weights_root,
 )
@@ -247,17 +245,7 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
         probe = torch.zeros((1, 3, image_size, image_size), device=device, dtype=dtype)
         dim = int(model.embed(probe).shape[-1])
     resolved = Resolved(adapter, str(cache), None, find_tiny_root(cache) is not None)
-    info = ModelInfo(
-        name="dreamsim",
-        kind="embedder",
-        source=str(cache),
-        revision=None,
-        weights_hash=file_sha256_prefix(adapter),
-        profile="tiny" if note_tiny("dreamsim", resolved) == "tiny" else "real",
-        device=device,
-        dtype=dtype_name(dtype),
-        options=dict(opts.options),
-    )
+    info = model_info("dreamsim", "embedder", opts, [resolved], device, dtype)
     return DreamSimEmbedder(model, image_size, dim, device, dtype, info)
 
 

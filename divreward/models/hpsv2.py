@@ -53,9 +53,7 @@ from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     WeightsNotFoundError,
     check_device,
-    dtype_name,
-    file_sha256_prefix,
-    note_tiny,
+    model_info,
     resolve_dtype,
     resolve_file,
 )
@@ -214,17 +212,7 @@ def load(opts: LoadOptions) -> HPSv2:
     model = model.to(device=device, dtype=dtype).eval()
     tokenizer = SimpleTokenizer(context_length=int(cfg["text_cfg"].get("context_length", 77)))
     image_size = int(cfg["vision_cfg"]["image_size"])
-    info = ModelInfo(
-        name=name,
-        kind="scorer",
-        source=resolved.source,
-        revision=resolved.revision,
-        weights_hash=file_sha256_prefix(resolved.path),
-        profile="tiny" if note_tiny(name, resolved) == "tiny" else "real",
-        device=device,
-        dtype=dtype_name(dtype),
-        options=dict(opts.options),
-    )
+    info = model_info(name, "scorer", opts, [resolved], device, dtype)
     return HPSv2(model, tokenizer, image_size, device, dtype, info)
 
 

@@ -69,8 +69,7 @@ from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     WeightsNotFoundError,
     check_device,
-    dtype_name,
-    file_sha256_prefix,
+    model_info,
     note_tiny,
     resolve_dir,
     resolve_dtype,
@@ -569,17 +568,7 @@ def load(opts: LoadOptions) -> HPSv3:
             f"{base.path / 'config.json'} says image_token_id={model.image_token_id} but the "
             f"tokenizer maps {IMAGE_TOKEN} to {image_id}"
         )
-    info = ModelInfo(
-        name="hpsv3",
-        kind="scorer",
-        source=main.source,
-        revision=main.revision,
-        weights_hash=file_sha256_prefix(main.path),
-        profile="tiny" if profile == "tiny" else "real",
-        device=device,
-        dtype=dtype_name(dtype),
-        options=dict(opts.options),
-    )
+    info = model_info("hpsv3", "scorer", opts, [main, base], device, dtype, profile)
     return HPSv3(model, processor, reward_id, pixels, max_batch, max_batch_pixels, device, info)
 
 

@@ -66,8 +66,7 @@ from divreward.models._common import (
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     check_device,
-    dtype_name,
-    file_sha256_prefix,
+    model_info,
     note_tiny,
     resolve_dir,
     resolve_dtype,
@@ -444,17 +443,7 @@ def load(opts: LoadOptions) -> ImageReward:
             f"[ENC] but {med.path} says vocab_size={tcfg.vocab_size}"
         )
     model = load_checkpoint(read_state_dict(main.path), vcfg, tcfg, device, dtype, str(main.path))
-    info = ModelInfo(
-        name="imagereward",
-        kind="scorer",
-        source=main.source,
-        revision=main.revision,
-        weights_hash=file_sha256_prefix(main.path),
-        profile="tiny" if profile == "tiny" else "real",
-        device=device,
-        dtype=dtype_name(dtype),
-        options=dict(opts.options),
-    )
+    info = model_info("imagereward", "scorer", opts, [main, med, tok_dir], device, dtype, profile)
     return ImageReward(model, tokenizer, max_batch, max_batch_pixels, device, info)
 
 

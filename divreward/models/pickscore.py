@@ -20,7 +20,7 @@ import numpy as np
 from divreward.models import _clip_common as clip
 from divreward.models._common import canonical, check_options, option
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
-from divreward.models.weights import note_tiny
+from divreward.models.weights import model_info
 
 PROCESSOR_SOURCE = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 OPTIONS = ("scale_divisor", "processor_source")
@@ -47,17 +47,7 @@ def load(opts: LoadOptions) -> PickScore:
         raise ValueError(f"pickscore: option 'scale_divisor' must be > 0, got {divisor}")
     proc_src = option(opts.options, "processor_source", str, PROCESSOR_SOURCE)
     bundle = clip.load_clip(opts, proc_src)
-    info = ModelInfo(
-        name="pickscore",
-        kind="scorer",
-        source=bundle.source,
-        revision=bundle.revision,
-        weights_hash=bundle.weights_hash,
-        profile="tiny" if note_tiny("pickscore", bundle.resolved) == "tiny" else "real",
-        device=bundle.device,
-        dtype=bundle.dtype_name,
-        options=dict(opts.options),
-    )
+    info = model_info("pickscore", "scorer", opts, bundle.resolved, bundle.device, bundle.dtype)
     return PickScore(bundle, divisor, info)
 
 

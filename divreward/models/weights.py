@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from divreward.models.base import LoadOptions
+from divreward.models.base import LoadOptions, ModelInfo, ModelKind
 
 if TYPE_CHECKING:
     import torch
@@ -335,3 +335,30 @@ def resolve_dtype(opts: LoadOptions, prefer_bf16: bool = False) -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float16`` -> ``"float16"`` (for ModelInfo)."""
     return str(dtype).removeprefix("torch.")
+
+
+def model_info(
+    name: str,
+    kind: ModelKind,
+    opts: LoadOptions,
+    files: Sequence[Resolved],
+    device: str,
+    dtype: torch.dtype,
+    profile: str | None = None,
+) -> ModelInfo:
+    """The ModelInfo of a loaded model. ``files``: what the loader used, the main weights
+    file first (its source, revision and hash are reported); ``profile``: when the loader
+    already asked :func:`note_tiny` (which logs), else asked here."""
+    main = files[0]
+    tiny = (profile or note_tiny(name, files)) == "tiny"
+    return ModelInfo(
+        name=name,
+        kind=kind,
+        source=main.source,
+        revision=main.revision,
+        weights_hash=file_sha256_prefix(main.path),
+        profile="tiny" if tiny else "real",
+        device=device,
+        dtype=dtype_name(dtype),
+        options=dict(opts.options),
+    )
