@@ -7,6 +7,16 @@
   ``max(100 * cos, 0)`` (torchmetrics' default model is ``openai/clip-vit-large-patch14``:
   pass it as the source for parity).
 
+  Prompts longer than 77 tokens: this form differs from torchmetrics on purpose. Both
+  forms truncate a prompt as CLIP was trained (OpenAI's and open_clip's tokenize): the
+  first 75 word tokens, then the end-of-text token, where the text model pools.
+  torchmetrics tokenises without truncation and then cuts the token ids at 77, which
+  drops the end-of-text token, so the text model pools a token that is not the end of
+  any text (with transformers 5, position 0 or the largest id, depending on the
+  checkpoint's ``eos_token_id``). Up to 77 tokens (with the start and end tokens) the
+  two agree. torchmetrics also averages a batch before clamping at 0; this form clamps
+  each image (one image per torchmetrics call gives the same number).
+
 Options ``weight`` and ``prefix`` override the form's values; ``processor_source``
 takes the processor/tokenizer from another repository (default: the model's own).
 """

@@ -207,3 +207,56 @@ def test_pickscore_vit_h14_key_set_on_meta() -> None:
     assert shapes["text_projection.weight"] == (1024, 1024)
     assert shapes["vision_model.encoder.layers.31.mlp.fc1.weight"] == (5120, 1280)
     assert shapes["logit_scale"] == ()
+
+
+def _torchmetrics_text_features(bundle: clip.ClipBundle, texts: list[str]) -> torch.Tensor:
+    """torchmetrics' text path (``functional/multimodal/clip_score.py``, ``_get_features``):
+    tokenise with padding and no truncation, then cut ``input_ids`` and ``attention_mask``
+    to ``max_position_embeddings`` (77): a longer caption loses its end-of-text token."""
+    tok = bundle.tokenizer(texts, padding=True, return_tensors="pt")
+    n = bundle.model.config.text_config.max_position_embeddings
+    with torch.no_grad():
+        emb = bundle.model.get_text_features(
+            input_ids=tok["input_ids"][..., :n], attention_mask=tok["attention_mask"][..., :n]
+        ).pooler_output
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
+def test_clipscore_torchmetrics_form_keeps_the_end_token_past_77_tokens(
+    tiny_zoo: TinyZoo,
+) -> None:
+    """The documented divergence from torchmetrics: equal up to 77 tokens; beyond, the
+    prompt is truncated as CLIP was trained (75 tokens + <eot>, open_clip's tokenize),
+    where torchmetrics pools a token-cut sequence that has no <eot>."""
+    import open_clip
+
+    model = load_model("clipscore", tiny_zoo.options("clipscore", options={"form": "torchmetrics"}))
+    assert isinstance(model, CLIPScore)
+    bundle = model.bundle
+    short = "a red bicycle"
+    long = "a red bicycle " * 30  # 90 word tokens
+    assert (
+        len(bundle.tokenizer(short)["input_ids"]) <= 77 < len(bundle.tokenizer(long)["input_ids"])
+    )
+    images = make_images(2, seed=1)
+    img = clip.image_features(bundle, images)
+    ours = model.score(images, [short, long])
+
+    torchmetrics = (
+        100 * (img * _torchmetrics_text_features(bundle, [short, long])).sum(-1)
+    ).double()
+    torchmetrics = np.maximum(torchmetrics.numpy(), 0.0)  # one image per call: max(mean, 0)
+    # up to 77 tokens the two agree
+    np.testing.assert_allclose(ours[0], torchmetrics[0], rtol=1e-5, atol=1e-5)
+
+    # beyond: divreward scores the prompt truncated to 77 tokens ending with <eot>...
+    ids = open_clip.tokenize([long])  # (1, 77), OpenAI CLIP's truncation
+    assert int(ids[0, -1]) == 49407
+    with torch.no_grad():
+        txt = bundle.model.get_text_features(input_ids=ids).pooler_output
+    txt = txt / txt.norm(dim=-1, keepdim=True)
+    expected = 100 * max(float((img[1] * txt[0]).sum()), 0.0)
+    assert expected > 1.0  # not clamped: the comparison below means something
+    np.testing.assert_allclose(ours[1], expected, rtol=1e-5, atol=1e-5)
+    # ...which is not torchmetrics' number for it
+    assert abs(ours[1] - torchmetrics[1]) > 1.0
