@@ -1,0 +1,381 @@
+"""The trainer's one typed configuration, its presets and ``--set`` overrides.
+
+:class:`TrainConfig` documents every field with the paper's value (Flow-GRPO's SD3.5-M
+PickScore setting unless said otherwise; TRAINER.md, ALGORITHMS.md §3-4). It forbids
+unknown keys, so a misspelt option fails at start-up naming the field.
+:meth:`TrainConfig.derived` computes every derived number in one place.
+
+Presets are YAML files in ``trainer/presets/`` (``NAME.yaml``): a preset sets only what
+differs from these defaults. ``load_config("tiny-cpu", ["group_size=8",
+"diversity_params.beta=1.0"])`` applies ``--set`` overrides on top (values parsed as
+YAML; dotted keys reach into dict fields).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from divreward.core.config import NoisePromptConfig
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+
+Regulariser = Literal["none", "kl", "sa_reg"]
+DiversityMethod = Literal["none", "diversegrpo", "drift"]
+RewardBackend = Literal["service", "inprocess"]
+Subset = Literal["none", "concentrated", "contrast"]
+Precision = Literal["auto", "bf16", "fp16", "no"]
+
+__all__ = ["Derived", "TrainConfig", "list_presets", "load_config", "read_prompts"]
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs. Paper values in each description."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # ------------------------------------------------------------------ model
+    model: str = Field(
+        default="stabilityai/stable-diffusion-3.5-medium",
+        description="Hub id or local diffusers pipeline directory; 'tiny-sd3' / 'tiny-flux' "
+        "build a tiny random pipeline into tiny_models_dir (tests, demo). Paper: SD3.5-M.",
+    )
+    family: str = Field(
+        default="sd3",
+        description="Adapter family in divreward.trainer.models' registry ('sd3', 'flux').",
+    )
+    tiny_models_dir: str = Field(
+        default=".cache/tiny-models",
+        description="Where model 'tiny-<family>' is built (<dir>/<family>) when missing.",
+    )
+    model_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments of the adapter's from_pretrained (e.g. SD3's "
+        "text_encoder_3: false, gradient_checkpointing: true).",
+    )
+    height: int = Field(default=512, ge=8, description="Image height. Paper: 512.")
+    width: int = Field(default=512, ge=8, description="Image width. Paper: 512.")
+    num_steps: int = Field(
+        default=10,
+        ge=2,
+        description="Denoising steps of training rollouts. Flow-GRPO SD3.5: 10; Flux: 6.",
+    )
+    eval_num_steps: int = Field(
+        default=40, ge=1, description="ODE steps at evaluation. SD3.5: 40; Flux: 28."
+    )
+    guidance: float = Field(
+        default=4.5,
+        ge=0.0,
+        description="CFG scale (SD3) or embedded guidance (Flux). SD3.5: 4.5; Flux: 3.5; "
+        "DRIFT: 5.",
+    )
+    noise_level: float = Field(
+        default=0.7, ge=0.0, description="SDE noise level a. Flow-GRPO SD3.5: 0.7; Flux: 0.9."
+    )
+    timestep_fraction: float = Field(
+        default=0.99,
+        gt=0.0,
+        le=1.0,
+        description="Trained timesteps = int(num_steps * fraction), in order, from the first "
+        "(never the last, an ODE step). Flow-GRPO: 0.99 (10 -> 9).",
+    )
+    lora_rank: int = Field(default=32, ge=1, description="LoRA r. DiverseGRPO: 32; DRIFT: 8.")
+    lora_alpha: int = Field(default=64, ge=1, description="LoRA alpha. DiverseGRPO: 64; DRIFT: 16.")
+    lora_targets: list[str] | None = Field(
+        default=None,
+        description="Module names given the LoRA; None: the adapter's reference targets "
+        "(attention projections for SD3, plus feed-forwards for Flux).",
+    )
+    mixed_precision: Precision = Field(
+        default="auto",
+        description="'auto': bf16 autocast on CUDA, fp32 on CPU. The SDE step is fp32 always.",
+    )
+
+    # ------------------------------------------------------------------ data
+    prompts_file: str | None = Field(
+        default=None,
+        description="Training prompts, one per line ('#' comments and blank lines skipped); "
+        "None: the shipped trainer/prompts/train.txt.",
+    )
+    eval_prompts_file: str | None = Field(
+        default=None,
+        description="Held-out evaluation prompts; None: the shipped trainer/prompts/eval.txt.",
+    )
+    group_size: int = Field(
+        default=24,
+        ge=1,
+        description="G, images per prompt that are trained on. Flow-GRPO: 24; DRIFT: 8.",
+    )
+    prompts_per_step: int = Field(
+        default=2,
+        ge=1,
+        description="Prompts (groups) each process generates per training step.",
+    )
+    sample_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Images generated in one forward batch (memory knob; no effect on results "
+        "other than round-off).",
+    )
+
+    # ------------------------------------------------------------------ optimisation
+    learning_rate: float = Field(
+        default=3e-4, gt=0.0, description="AdamW lr. Flow-GRPO / DiverseGRPO: 3e-4; DRIFT: 1e-4."
+    )
+    adam_betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
+    adam_weight_decay: float = Field(default=1e-4, ge=0.0, description="Flow-GRPO: 1e-4.")
+    adam_eps: float = Field(default=1e-8, gt=0.0, description="AdamW epsilon.")
+    train_batch_size: int = Field(
+        default=2,
+        ge=1,
+        description="Samples per loss minibatch (per GPU). DiverseGRPO: 2; Flow-GRPO: 9.",
+    )
+    gradient_accumulation_steps: int = Field(
+        default=12,
+        ge=1,
+        description="Minibatches per optimiser step; each minibatch backpropagates once per "
+        "trained timestep. DiverseGRPO: 12; Flow-GRPO SD3.5: 2. A step's last optimiser "
+        "step takes what is left.",
+    )
+    num_inner_epochs: int = Field(default=1, ge=1, description="PPO epochs per batch. 1.")
+    clip_range: float = Field(default=1e-4, gt=0.0, description="PPO clip eps. Paper: 1e-4.")
+    adv_clip_max: float = Field(default=5.0, gt=0.0, description="Advantages clamped to ±5.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Grad-norm clip. 1.0.")
+    regulariser: Regulariser = Field(
+        default="none",
+        description="'kl': Eq. 6 at every trained step (Flow-GRPO's baseline); 'sa_reg': "
+        "DiverseGRPO's W2 on the first sa_reg_k steps (Eqs. 13-14); 'none'.",
+    )
+    reg_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Weight of the regulariser (beta). Flow-GRPO SD3.5 KL: 0.01; DRIFT's "
+        "GRPO-KL baseline: 0.001. DiverseGRPO does not state SA-Reg's weight: its presets "
+        "use Flow-GRPO's 0.01.",
+    )
+    kl_form: Literal["eq6", "reference"] = Field(
+        default="eq6",
+        description="'eq6': ||mu - mu_ref||^2 / (2 sigma_t^2 |dt|); 'reference': Flow-GRPO's "
+        "code, mean(...) / (2 sigma_t^2).",
+    )
+    sa_reg_k: int = Field(default=4, ge=0, description="SA-Reg's K (steps from noise). Paper: 4.")
+
+    # ------------------------------------------------------------------ rewards
+    reward_backend: RewardBackend = Field(
+        default="service",
+        description="'service': divreward.client to reward_url; 'inprocess': the registry's "
+        "models in this process (one GPU, no service).",
+    )
+    reward_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The reward service: http://host:8000 or grpc://host:9000.",
+    )
+    reward_timeout_s: float = Field(default=300.0, gt=0.0, description="Per attempt.")
+    reward_retries: int = Field(
+        default=5,
+        ge=1,
+        description="Attempts per group before the run stops with an error (the client "
+        "retries connection errors, 429 and 5xx with backoff).",
+    )
+    quality: dict[str, float] = Field(
+        default_factory=lambda: {"pickscore": 1.0},
+        description="Scorer -> weight; Q = sum(weight * score). Papers: PickScore or HPSv3.",
+    )
+    diversity: DiversityMethod = Field(
+        default="none",
+        description="'diversegrpo' (R = Q + beta E, Eq. 12), 'drift' (Eq. 14 decoupled "
+        "advantages) or 'none' (Flow-GRPO), sent per request.",
+    )
+    diversity_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The method's parameters (divreward.core's DiverseGRPOConfig / "
+        "DRIFTConfig fields); unset ones take the service's defaults (beta 0.7; lam 0.5).",
+    )
+    advantage_eps: float = Field(default=1e-6, ge=0.0, description="Eq. 3's eps. 1e-6.")
+    inprocess_profile: Literal["real", "tiny"] = Field(
+        default="real",
+        description="In-process rewards: 'real' weights (hub / DIVREWARD_WEIGHTS_DIR) or "
+        "'tiny' random models built into tiny_models_dir.",
+    )
+    inprocess_embedder: str = Field(default="dreamsim", description="Registry embedder.")
+    inprocess_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-model load options for in-process rewards."
+    )
+
+    # ------------------------------------------------------------------ DRIFT, trainer side
+    subset: Subset = Field(
+        default="none",
+        description="DRIFT's reward-based selection: generate pool_factor*G, train on the G "
+        "that divreward.core selects ('concentrated', the paper's; 'contrast', its ablation).",
+    )
+    pool_factor: int = Field(default=2, ge=1, description="Candidates per kept image. DRIFT: 2.")
+    prompt_noise: bool = Field(
+        default=False, description="DRIFT's noise-conditioned prompting in training rollouts."
+    )
+    prompt_noise_params: dict[str, float] = Field(
+        default_factory=dict,
+        description="NoisePromptConfig fields (s 0.05, tau1 0.4, tau2 1.0, psi 1.0).",
+    )
+
+    # ------------------------------------------------------------------ EMA
+    ema: bool = Field(default=True, description="EMA of the LoRA, for evaluation and saving.")
+    ema_decay: float = Field(default=0.9, ge=0.0, le=1.0, description="Flow-GRPO: 0.9.")
+    ema_every: int = Field(default=8, ge=1, description="EMA update period. Flow-GRPO: 8.")
+
+    # ------------------------------------------------------------------ run
+    seed: int = Field(default=0, ge=0, description="Seeds everything (per process rank).")
+    max_steps: int = Field(default=1000, ge=1, description="Training steps (sample+update).")
+    output_dir: str = Field(default="runs/divreward", description="Logs, checkpoints, samples.")
+    save_every: int = Field(default=50, ge=0, description="Checkpoint period (0: never).")
+    eval_every: int = Field(default=50, ge=0, description="Evaluation period (0: never).")
+    eval_prompts: int = Field(default=8, ge=1, description="Held-out prompts per evaluation.")
+    eval_images_per_prompt: int = Field(default=4, ge=1, description="Grid size per prompt.")
+    eval_seed: int = Field(default=1234, ge=0, description="Same noise at every evaluation.")
+    eval_metrics: bool = Field(
+        default=True, description="Ask the service's /v1/metrics for diversity at evaluation."
+    )
+    tensorboard: bool = Field(default=True, description="Also write TensorBoard events.")
+    progress: bool = Field(default=True, description="Show the tqdm progress bar.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        NoisePromptConfig(**self.prompt_noise_params)  # names the bad field if any
+        if self.regulariser != "none" and self.reg_weight == 0.0:
+            raise ValueError(f"reg_weight: regulariser {self.regulariser!r} needs reg_weight > 0")
+        if self.subset != "none" and self.pool_factor < 2:
+            raise ValueError(f"pool_factor: subset {self.subset!r} needs a pool of >= 2G")
+        if not self.quality:
+            raise ValueError("quality: name at least one scorer, e.g. {pickscore: 1.0}")
+        if self.reward_backend == "service" and not self.reward_url.startswith(
+            ("http://", "https://", "grpc://", "grpcs://")
+        ):
+            raise ValueError(
+                f"reward_url: {self.reward_url!r} must start with http:// or grpc://"
+            )
+        if self.derived().num_train_timesteps < 1:
+            raise ValueError("timestep_fraction: trains no timestep; raise it or num_steps")
+        return self
+
+    def derived(self) -> Derived:
+        """Every derived value, computed here only."""
+        n_train = min(int(self.num_steps * self.timestep_fraction), self.num_steps - 1)
+        if self.mixed_precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() else "no"
+        else:
+            precision = self.mixed_precision
+        pool = self.group_size * (self.pool_factor if self.subset != "none" else 1)
+        return Derived(
+            num_train_timesteps=n_train,
+            train_timesteps=tuple(range(n_train)),
+            pool_size=pool,
+            images_generated_per_step=pool * self.prompts_per_step,
+            images_trained_per_step=self.group_size * self.prompts_per_step,
+            backward_per_optimizer_step=self.gradient_accumulation_steps * n_train,
+            precision=precision,
+            autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
+            noise_prompt=NoisePromptConfig(**self.prompt_noise_params),
+        )
+
+    def diversity_request(self) -> dict[str, Any] | None:
+        """The per-run diversity parameters as the service's request field."""
+        return {"method": self.diversity, **self.diversity_params}
+
+    def prompts_path(self) -> Path:
+        return Path(self.prompts_file) if self.prompts_file else PROMPTS_DIR / "train.txt"
+
+    def eval_prompts_path(self) -> Path:
+        return Path(self.eval_prompts_file) if self.eval_prompts_file else PROMPTS_DIR / "eval.txt"
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values computed from a :class:`TrainConfig` (see ``TrainConfig.derived``)."""
+
+    num_train_timesteps: int  # int(num_steps * timestep_fraction), < num_steps
+    train_timesteps: tuple[int, ...]  # the step indices trained, from pure noise
+    pool_size: int  # images generated per prompt (pool_factor * G with a DRIFT subset)
+    images_generated_per_step: int
+    images_trained_per_step: int
+    backward_per_optimizer_step: int  # gradient_accumulation_steps x trained timesteps
+    precision: str  # 'bf16' / 'fp16' / 'no'
+    autocast_dtype: torch.dtype | None
+    noise_prompt: NoisePromptConfig
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _parse_set(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected key=value, e.g. --set group_size=8")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {item!r}: cannot parse the value: {exc}") from None
+    return key.split("."), value
+
+
+def load_config(
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    file: str | Path | None = None,
+) -> TrainConfig:
+    """A config from a preset name (or a YAML file), then ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if preset is not None and file is not None:
+        raise ValueError("give a preset or a config file, not both")
+    path: Path | None = None
+    if preset is not None:
+        path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(list_presets())}")
+    elif file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+    if path is not None:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields")
+        data.update(loaded)
+    for item in overrides or []:
+        keys, value = _parse_set(item)
+        if keys[0] not in TrainConfig.model_fields:
+            raise ValueError(
+                f"--set {item!r}: unknown field {keys[0]!r}; see `divreward train --help-config`"
+            )
+        target = data
+        for k in keys[:-1]:
+            nested = target.get(k)
+            if nested is None:
+                default = TrainConfig.model_fields[k].get_default(call_default_factory=True)
+                nested = dict(default) if isinstance(default, dict) else {}
+            if not isinstance(nested, dict):
+                raise ValueError(f"--set {item!r}: {k!r} is not a mapping field")
+            target[k] = dict(nested)
+            target = target[k]
+        target[keys[-1]] = value
+    return TrainConfig.model_validate(data)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file: one per line; blank lines and '#' comments skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"prompts file {str(p)!r} does not exist")
+    prompts = [ln.strip() for ln in p.read_text().splitlines()]
+    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    if not prompts:
+        raise ValueError(f"prompts file {str(p)!r} holds no prompt")
+    return prompts
