@@ -72,8 +72,7 @@ class TrainConfig(BaseModel):
     guidance: float = Field(
         default=4.5,
         ge=0.0,
-        description="CFG scale (SD3) or embedded guidance (Flux). SD3.5: 4.5; Flux: 3.5; "
-        "DRIFT: 5.",
+        description="CFG scale (SD3) or embedded guidance (Flux). SD3.5: 4.5; Flux: 3.5; DRIFT: 5.",
     )
     noise_level: float = Field(
         default=0.7, ge=0.0, description="SDE noise level a. Flow-GRPO SD3.5: 0.7; Flux: 0.9."
@@ -255,9 +254,7 @@ class TrainConfig(BaseModel):
         if self.reward_backend == "service" and not self.reward_url.startswith(
             ("http://", "https://", "grpc://", "grpcs://")
         ):
-            raise ValueError(
-                f"reward_url: {self.reward_url!r} must start with http:// or grpc://"
-            )
+            raise ValueError(f"reward_url: {self.reward_url!r} must start with http:// or grpc://")
         if self.derived().num_train_timesteps < 1:
             raise ValueError("timestep_fraction: trains no timestep; raise it or num_steps")
         return self
