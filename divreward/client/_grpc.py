@@ -1,4 +1,4 @@
-"""gRPC transport (grpcio), sync and asyncio, with the retry policy of :mod:`.retry`.
+"""gRPC transport (grpcio, asyncio), with the retry policy of :mod:`.retry`.
 
 Every call carries the request id twice: in the message's ``request_id`` field (the
 server's idempotency key) and as ``request_id`` metadata (Ray Serve's own request id,
@@ -9,8 +9,7 @@ metadata routes the call to the reward application.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -28,7 +27,7 @@ from divreward.client.retry import RETRYABLE_GRPC_CODES, RetryPolicy
 from divreward.proto import divreward_pb2_grpc as pb_grpc
 from divreward.proto.convert import from_proto, to_proto
 
-__all__ = ["AsyncGrpcTransport", "GrpcTransport", "grpc_error"]
+__all__ = ["AsyncGrpcTransport", "grpc_error", "proxy_app_missing"]
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -85,7 +84,10 @@ def _retryable(exc: grpc.RpcError, retry: RetryPolicy) -> bool:
     )
 
 
-class _Base:
+class AsyncGrpcTransport:
+    """asyncio transport over one ``grpc.aio`` channel (create it inside the event loop:
+    a ``grpc.aio`` channel belongs to the loop that creates it)."""
+
     def __init__(
         self,
         url: str,
@@ -100,6 +102,8 @@ class _Base:
         self.retry = retry
         self.application = application
         self.extra_metadata = list(metadata)
+        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.RewardServiceStub(self._channel)
 
     def metadata(self, request_id: str) -> list[tuple[str, str]]:
         md = [("request_id", request_id), *self.extra_metadata]
@@ -107,7 +111,8 @@ class _Base:
             md.append(("application", self.application))
         return md
 
-    def _result(self, reply: Any, model: type[R], rpc: str, request_id: str) -> R:
+    def parse(self, reply: Any, model: type[R], rpc: str, request_id: str) -> R:
+        """The pydantic model of a protobuf reply; a malformed one is a client error."""
         try:
             return from_proto(reply, model)
         except ValidationError as exc:
@@ -115,47 +120,6 @@ class _Base:
                 f"the server's answer to {rpc} is not a valid {model.__name__}: {exc}",
                 request_id=request_id,
             ) from exc
-
-
-class GrpcTransport(_Base):
-    """Blocking transport over one channel (thread-safe)."""
-
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
-        self._stub = pb_grpc.RewardServiceStub(self._channel)
-
-    def call(self, rpc: str, request: BaseModel | None, model: type[R], request_id: str) -> R:
-        message = to_proto(request) if request is not None else _empty_request(rpc)
-        method = getattr(self._stub, rpc)
-        for attempt in range(1, self.retry.max_attempts + 1):
-            try:
-                reply = method(message, timeout=self.timeout_s, metadata=self.metadata(request_id))
-                return self._result(reply, model, rpc, request_id)
-            except grpc.RpcError as exc:
-                if not _retryable(exc, self.retry) or attempt == self.retry.max_attempts:
-                    raise grpc_error(exc, self.target, request_id, attempt) from None
-            time.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
-
-    def stream(
-        self, requests: Iterator[BaseModel], model: type[R], request_id: str
-    ) -> Iterator[Any]:
-        """Raw bidirectional ``RewardStream``: yields protobuf replies (no retry here)."""
-        messages = (to_proto(r) for r in requests)
-        return self._stub.RewardStream(messages, metadata=self.metadata(request_id))
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-class AsyncGrpcTransport(_Base):
-    """asyncio transport over one ``grpc.aio`` channel (create it inside the event loop)."""
-
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
-        self._stub = pb_grpc.RewardServiceStub(self._channel)
 
     async def call(self, rpc: str, request: BaseModel | None, model: type[R], request_id: str) -> R:
         message = to_proto(request) if request is not None else _empty_request(rpc)
@@ -165,7 +129,7 @@ class AsyncGrpcTransport(_Base):
                 reply = await method(
                     message, timeout=self.timeout_s, metadata=self.metadata(request_id)
                 )
-                return self._result(reply, model, rpc, request_id)
+                return self.parse(reply, model, rpc, request_id)
             except grpc.RpcError as exc:
                 if not _retryable(exc, self.retry) or attempt == self.retry.max_attempts:
                     raise grpc_error(exc, self.target, request_id, attempt) from None
@@ -175,9 +139,6 @@ class AsyncGrpcTransport(_Base):
     def open_stream(self, request_id: str) -> grpc.aio.StreamStreamCall:
         """A raw bidirectional ``RewardStream`` call (write/read/done_writing)."""
         return self._stub.RewardStream(metadata=self.metadata(request_id))
-
-    def parse(self, reply: Any, model: type[R], request_id: str) -> R:
-        return self._result(reply, model, "RewardStream", request_id)
 
     async def aclose(self) -> None:
         await self._channel.close()

@@ -1,4 +1,4 @@
-"""HTTP transport (httpx), sync and async, with the retry policy of :mod:`.retry`.
+"""HTTP transport (httpx, asyncio), with the retry policy of :mod:`.retry`.
 
 Requests use the API's binary form (msgpack, images as raw bytes) unless ``wire="json"``
 is asked for (images in base64, ~33% larger). Only the fields a request has *set* are
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -31,10 +31,11 @@ from divreward.client.retry import (
 )
 from divreward.schema import BINARY_MEDIA_TYPE
 
-__all__ = ["AsyncHttpTransport", "HttpRoute", "HttpTransport"]
+__all__ = ["WIRES", "AsyncHttpTransport", "HttpRoute", "Wire"]
 
 R = TypeVar("R", bound=BaseModel)
 Wire = Literal["msgpack", "json"]
+WIRES: tuple[Wire, ...] = ("msgpack", "json")
 
 # Errors that mean "no response came back": the request may not have reached the
 # server (or the server died with it). Safe to retry because of the request id.
@@ -123,7 +124,12 @@ def _raise_for(response: httpx.Response, request_id: str, attempts: int) -> None
     raise RewardRequestError(status, detail, request_id=request_id, attempts=attempts)
 
 
-class _Base:
+class AsyncHttpTransport:
+    """asyncio transport over one ``httpx.AsyncClient``.
+
+    ``transport`` replaces httpx's network layer (e.g. ``httpx.MockTransport`` in tests).
+    """
+
     def __init__(
         self,
         base_url: str,
@@ -131,15 +137,19 @@ class _Base:
         timeout_s: float,
         retry: RetryPolicy,
         wire: Wire = "msgpack",
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if wire not in ("msgpack", "json"):
+        if wire not in WIRES:
             raise ValueError(f"wire must be 'msgpack' or 'json', got {wire!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.retry = retry
         self.wire = wire
         self.headers = dict(headers or {})
+        self._client = httpx.AsyncClient(
+            timeout=self.timeout_s, limits=httpx.Limits(max_connections=64), transport=transport
+        )
 
     def _prepare(
         self, request: BaseModel | None, request_id: str
@@ -183,60 +193,6 @@ class _Base:
             )
             return True, None, err
         return False, None, None
-
-
-class HttpTransport(_Base):
-    """Blocking transport over one pooled ``httpx.Client`` (thread-safe).
-
-    ``transport`` replaces httpx's network layer (e.g. ``httpx.MockTransport`` in tests).
-    """
-
-    def __init__(
-        self, base_url: str, *, transport: httpx.BaseTransport | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(base_url, **kwargs)
-        self._client = httpx.Client(
-            timeout=self.timeout_s, limits=httpx.Limits(max_connections=64), transport=transport
-        )
-
-    def call(
-        self, route: HttpRoute, request: BaseModel | None, model: type[R], request_id: str
-    ) -> R:
-        body, headers = self._prepare(request, request_id)
-        url = self.base_url + route.path
-        for attempt in range(1, self.retry.max_attempts + 1):
-            response: httpx.Response | None = None
-            exc: Exception | None = None
-            try:
-                response = self._client.request(route.method, url, content=body, headers=headers)
-            except (*_CONNECTION_ERRORS, *_TIMEOUTS) as e:
-                exc = e
-            retry, retry_after, err = self._outcome(response, exc, request_id, attempt)
-            if not retry or err is None:
-                break
-            if attempt == self.retry.max_attempts:
-                raise err from exc
-            time.sleep(self.retry.delay(attempt, retry_after))
-        if err is not None and response is None:
-            raise err from exc
-        assert response is not None
-        _raise_for(response, request_id, attempt)
-        return _decode(response, model, request_id)
-
-    def close(self) -> None:
-        self._client.close()
-
-
-class AsyncHttpTransport(_Base):
-    """asyncio transport over one ``httpx.AsyncClient``."""
-
-    def __init__(
-        self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(base_url, **kwargs)
-        self._client = httpx.AsyncClient(
-            timeout=self.timeout_s, limits=httpx.Limits(max_connections=64), transport=transport
-        )
 
     async def call(
         self, route: HttpRoute, request: BaseModel | None, model: type[R], request_id: str

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from divreward.client.encoding import encode_images, prepare_images
+from divreward.client.retry import new_request_id
 from divreward.schema import (
     AdvantageConfig,
     DiverseGRPOParams,
@@ -87,6 +88,25 @@ def _params(model: type[BaseModel], value: Any, name: str) -> Any:
     raise TypeError(f"{name} must be a dict or a {model.__name__}, got {type(value).__name__}")
 
 
+def _reward_params(
+    quality: Mapping[str, float] | None,
+    diversity: DiversityArg,
+    advantage: AdvantageArg,
+    return_embeddings: bool,
+) -> dict[str, Any]:
+    """The reward parameters the caller set (the rest takes the server's defaults)."""
+    body: dict[str, Any] = {}
+    if quality is not None:
+        body["quality"] = dict(quality)
+    if diversity is not None:
+        body["diversity"] = _params(DiverseGRPOParams, diversity, "diversity")
+    if advantage is not None:
+        body["advantage"] = _params(AdvantageConfig, advantage, "advantage")
+    if return_embeddings:
+        body["return_embeddings"] = True
+    return body
+
+
 def score_request(
     images: Any,
     prompts: Sequence[str],
@@ -136,15 +156,8 @@ def rewards_request(
             for g in (_as_group(x, i) for i, x in enumerate(groups))
         ],
         "request_id": request_id,
+        **_reward_params(quality, diversity, advantage, return_embeddings),
     }
-    if quality is not None:
-        body["quality"] = dict(quality)
-    if diversity is not None:
-        body["diversity"] = _params(DiverseGRPOParams, diversity, "diversity")
-    if advantage is not None:
-        body["advantage"] = _params(AdvantageConfig, advantage, "advantage")
-    if return_embeddings:
-        body["return_embeddings"] = True
     return RewardsRequest.model_validate(body)
 
 
@@ -152,34 +165,28 @@ def group_submission(
     group: Group,
     *,
     namespace: str | None,
-    quality: Mapping[str, float] | None,
-    diversity: DiversityArg,
-    advantage: AdvantageArg,
-    return_embeddings: bool,
-    assembly_timeout_s: float | None,
-    request_id: str,
     opts: ImageOptions,
+    quality: Mapping[str, float] | None = None,
+    diversity: DiversityArg = None,
+    advantage: AdvantageArg = None,
+    return_embeddings: bool = False,
+    assembly_timeout_s: float | None = None,
+    request_id: str | None = None,
 ) -> GroupSubmission:
+    """The submission of one group (or part); a fresh request id unless one is given."""
     if group.group_id is None:
         raise ValueError("group.group_id is required for submit/stream: answers are tagged by it")
     body: dict[str, Any] = {
         "group_id": group.group_id,
         "prompt": group.prompt,
         "images": opts.encode(group.images),
-        "request_id": request_id,
+        "request_id": request_id or new_request_id(),
     }
     if group.group_size is not None:
         body["group_size"] = group.group_size
     if namespace is not None:
         body["namespace"] = namespace
-    if quality is not None:
-        body["quality"] = dict(quality)
-    if diversity is not None:
-        body["diversity"] = _params(DiverseGRPOParams, diversity, "diversity")
-    if advantage is not None:
-        body["advantage"] = _params(AdvantageConfig, advantage, "advantage")
-    if return_embeddings:
-        body["return_embeddings"] = True
+    body.update(_reward_params(quality, diversity, advantage, return_embeddings))
     if assembly_timeout_s is not None:
         body["assembly_timeout_s"] = assembly_timeout_s
     return GroupSubmission.model_validate(body)

@@ -95,7 +95,9 @@ class StreamSession:
                                 "the server ended the stream with groups unanswered"
                             )
                         break
-                    result = self._transport.parse(item, GroupSubmissionResult, "stream")
+                    result = self._transport.parse(
+                        item, GroupSubmissionResult, "RewardStream", "stream"
+                    )
                     entry = self._pending.get(result.request_id or "")
                     if entry is None:
                         log.warning("stream answer for unknown request_id %s", result.request_id)

@@ -13,19 +13,37 @@ over gRPC all submissions share one long-lived bidirectional stream, answered ou
 order as groups complete. Every call has a timeout and bounded retries with backoff on
 connection errors, 429 and 5xx, reusing its request id so the server never scores a
 retried request twice. Other errors raise with the server's message.
+
+There is one implementation, :class:`AsyncRewardClient`. :class:`RewardClient` runs one
+on an event loop in a background thread and waits for its calls; both take their
+options as one :class:`ClientSettings`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import functools
+import inspect
+import os
 import queue
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+import weakref
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from divreward.client._grpc import AsyncGrpcTransport, GrpcTransport
-from divreward.client._http import AsyncHttpTransport, HttpRoute, HttpTransport, Wire
+from divreward.client._grpc import AsyncGrpcTransport
+from divreward.client._http import WIRES, AsyncHttpTransport, HttpRoute, Wire
 from divreward.client._requests import (
     AdvantageArg,
     DiversityArg,
@@ -48,11 +66,13 @@ from divreward.schema import (
     RewardsResponse,
     ScoreResponse,
 )
-from divreward.schema_stream import GroupSubmission, GroupSubmissionResult
+from divreward.schema_stream import GroupSubmissionResult
 
-__all__ = ["AsyncRewardClient", "RewardClient"]
+__all__ = ["AsyncRewardClient", "ClientSettings", "RewardClient"]
 
 Transport = Literal["http", "grpc"]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # operation -> (HTTP route, gRPC method)
 _OPS: dict[str, tuple[HttpRoute, str]] = {
@@ -88,76 +108,22 @@ def _raise_if_error(result: GroupSubmissionResult) -> GroupSubmissionResult:
     return result
 
 
-class _Settings:
-    def __init__(
-        self,
-        url: str,
-        transport: Transport | None,
-        timeout_s: float,
-        retry: RetryPolicy | None,
-        downsize: bool,
-        image_format: str,
-        image_quality: int,
-        namespace: str | None,
-        application: str | None,
-        wire: Wire,
-        headers: Mapping[str, str] | None,
-    ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.url = url
-        self.kind = _transport_kind(url, transport)
-        self.timeout_s = timeout_s
-        self.retry = retry or RetryPolicy()
-        self.downsize = downsize
-        self.image_format = image_format.upper()
-        self.image_quality = image_quality
-        self.namespace = namespace
-        self.application = application
-        self.wire = wire
-        self.headers = dict(headers or {})
-        self.max_side: int | None = None
-        self.max_side_known = not downsize
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClientSettings:
+    """What a client is configured with: the constructor arguments of both clients.
 
-    def image_options(self) -> ImageOptions:
-        return ImageOptions(
-            max_side=self.max_side, fmt=self.image_format, quality=self.image_quality
-        )
-
-    def learn_max_side(self, models: ModelsResponse) -> None:
-        self.max_side = advertised_max_side(models)
-        self.max_side_known = True
-
-    def http_kwargs(self) -> dict[str, Any]:
-        return {
-            "timeout_s": self.timeout_s,
-            "retry": self.retry,
-            "wire": self.wire,
-            "headers": self.headers,
-        }
-
-    def grpc_kwargs(self) -> dict[str, Any]:
-        md = [(k.lower(), v) for k, v in self.headers.items()]
-        return {
-            "timeout_s": self.timeout_s,
-            "retry": self.retry,
-            "application": self.application,
-            "metadata": md,
-        }
-
-
-_CLIENT_DOC = """
     Args:
         url: ``http://host:8000`` (HTTP) or ``grpc://host:9000`` (gRPC).
         transport: override the scheme's choice of transport.
         timeout_s: per attempt; the whole call takes at most about
             ``retry.max_attempts * timeout_s`` plus the backoff.
-        retry: attempts and backoff (:class:`RetryPolicy`); ``RetryPolicy(max_attempts=1)``
-            disables retries.
+        retry: attempts and backoff (:class:`RetryPolicy`; None: the default policy);
+            ``RetryPolicy(max_attempts=1)`` disables retries.
         downsize: shrink images to the largest resolution the server's models use (it
             advertises it in ``/v1/models``) before sending; saves bandwidth, changes
             scores slightly (a second resampling).
         image_format: ``PNG`` (lossless, default), ``JPEG`` or ``WEBP``.
+        image_quality: JPEG/WebP quality.
         namespace: keeps this run's assembled groups apart from other runs' (submit with
             ``group_size``).
         application: Ray Serve application of the reward service (default ``reward``,
@@ -165,290 +131,89 @@ _CLIENT_DOC = """
             gRPC proxy needs it when the cluster runs several applications.
         wire: HTTP body encoding, ``msgpack`` (binary, default) or ``json``.
         headers: extra HTTP headers / gRPC metadata (e.g. ``authorization``).
-"""
+        max_in_flight: ``stream`` keeps at most this many groups unanswered.
+    """
 
+    url: str = dataclasses.field(kw_only=False)
+    transport: Transport | None = None
+    timeout_s: float = 120.0
+    retry: RetryPolicy | None = None
+    downsize: bool = True
+    image_format: str = "PNG"
+    image_quality: int = 95
+    namespace: str | None = None
+    application: str | None = "reward"
+    wire: Wire = "msgpack"
+    headers: Mapping[str, str] | None = None
+    max_in_flight: int = 16
 
-class RewardClient:
-    """Blocking client; ``submit``/``stream`` run in a background event loop."""
-
-    __doc__ = (__doc__ or "") + _CLIENT_DOC
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        transport: Transport | None = None,
-        timeout_s: float = 120.0,
-        retry: RetryPolicy | None = None,
-        downsize: bool = True,
-        image_format: str = "PNG",
-        image_quality: int = 95,
-        namespace: str | None = None,
-        application: str | None = "reward",
-        wire: Wire = "msgpack",
-        headers: Mapping[str, str] | None = None,
-        max_in_flight: int = 16,
-    ) -> None:
-        self._s = _Settings(
-            url,
-            transport,
-            timeout_s,
-            retry,
-            downsize,
-            image_format,
-            image_quality,
-            namespace,
-            application,
-            wire,
-            headers,
-        )
-        self._t: HttpTransport | GrpcTransport = (
-            HttpTransport(url, **self._s.http_kwargs())
-            if self._s.kind == "http"
-            else GrpcTransport(url, **self._s.grpc_kwargs())
-        )
-        self._max_in_flight = max_in_flight
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._async: AsyncRewardClient | None = None
-        self._lock = threading.Lock()
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.wire not in WIRES:
+            raise ValueError(f"wire must be 'msgpack' or 'json', got {self.wire!r}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        _transport_kind(self.url, self.transport)  # a bad url or transport fails here
+        set_ = functools.partial(object.__setattr__, self)
+        set_("retry", self.retry or RetryPolicy())
+        set_("image_format", self.image_format.upper())
+        set_("headers", dict(self.headers or {}))
 
     @property
-    def transport(self) -> Transport:
-        return self._s.kind
+    def kind(self) -> Transport:
+        """The transport in use: ``"http"`` or ``"grpc"``."""
+        return _transport_kind(self.url, self.transport)
 
-    def _call(self, op: str, request: Any, model: type[Any], request_id: str | None = None) -> Any:
-        route, rpc = _OPS[op]
-        rid = request_id or new_request_id()
-        if isinstance(self._t, HttpTransport):
-            return self._t.call(route, request, model, rid)
-        return self._t.call(rpc, request, model, rid)
-
-    def _image_options(self) -> ImageOptions:
-        if not self._s.max_side_known:
-            self._s.learn_max_side(self.models())
-        return self._s.image_options()
-
-    # ------------------------------------------------------------------ unary calls
-    def health(self) -> HealthResponse:
-        return self._call("health", None, HealthResponse)
-
-    def models(self) -> ModelsResponse:
-        """Scorers, embedder, default parameters and limits of the server."""
-        return self._call("models", None, ModelsResponse)
-
-    def score(
-        self,
-        images: Any,
-        prompts: Sequence[str],
-        *,
-        scorers: Sequence[str] | None = None,
-        request_id: str | None = None,
-    ) -> ScoreResponse:
-        """Quality scores only: ``.scores[name][i]`` rates ``images[i]`` for ``prompts[i]``."""
-        rid = request_id or new_request_id()
-        req = score_request(images, prompts, scorers, rid, self._image_options())
-        return self._call("score", req, ScoreResponse, rid)
-
-    def embed(self, images: Any, *, request_id: str | None = None) -> EmbedResponse:
-        rid = request_id or new_request_id()
-        return self._call(
-            "embed", embed_request(images, rid, self._image_options()), EmbedResponse, rid
+    def open_transport(self) -> AsyncHttpTransport | AsyncGrpcTransport:
+        """A new transport (call it inside the event loop that will use it)."""
+        retry = self.retry or RetryPolicy()
+        headers = dict(self.headers or {})
+        if self.kind == "http":
+            return AsyncHttpTransport(
+                self.url, timeout_s=self.timeout_s, retry=retry, wire=self.wire, headers=headers
+            )
+        return AsyncGrpcTransport(
+            self.url,
+            timeout_s=self.timeout_s,
+            retry=retry,
+            application=self.application,
+            metadata=[(k.lower(), v) for k, v in headers.items()],
         )
 
-    def rewards(
-        self,
-        groups: Sequence[Group | tuple[str, Any]] | Group,
-        *,
-        quality: Mapping[str, float] | None = None,
-        diversity: DiversityArg = None,
-        advantage: AdvantageArg = None,
-        return_embeddings: bool = False,
-        request_id: str | None = None,
-    ) -> RewardsResponse:
-        """Quality + diversity rewards and group advantages, one result per group."""
-        rid = request_id or new_request_id()
-        req = rewards_request(
-            groups,  # type: ignore[arg-type]
-            quality=quality,
-            diversity=diversity,
-            advantage=advantage,
-            return_embeddings=return_embeddings,
-            request_id=rid,
-            opts=self._image_options(),
-        )
-        return self._call("rewards", req, RewardsResponse, rid)
 
-    # ------------------------------------------------------------- overlapped calls
-    def _background(self) -> tuple[asyncio.AbstractEventLoop, AsyncRewardClient]:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="divreward-client", daemon=True
-                )
-                thread.start()
-                s = self._s
+def _options_of(
+    settings: Callable[P, ClientSettings],
+) -> Callable[[Callable[[Any, ClientSettings], None]], Callable[Concatenate[Any, P], None]]:
+    """Turns ``__init__(self, settings)`` into ``__init__(self, url, **options)`` taking
+    the arguments of ``settings`` (so type checkers and ``help()`` show them)."""
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    signature = inspect.Signature([self_param, *inspect.signature(settings).parameters.values()])
 
-                async def make() -> AsyncRewardClient:
-                    client = AsyncRewardClient(
-                        s.url,
-                        transport=s.kind,
-                        timeout_s=s.timeout_s,
-                        retry=s.retry,
-                        downsize=False,  # this client learns max_side itself (below)
-                        image_format=s.image_format,
-                        image_quality=s.image_quality,
-                        namespace=s.namespace,
-                        application=s.application,
-                        wire=s.wire,
-                        headers=s.headers,
-                        max_in_flight=self._max_in_flight,
-                    )
-                    return client
+    def decorate(init: Callable[[Any, ClientSettings], None]) -> Any:
+        @functools.wraps(init)
+        def __init__(self: Any, *args: P.args, **kwargs: P.kwargs) -> None:  # noqa: N807
+            init(self, settings(*args, **kwargs))
 
-                self._async = asyncio.run_coroutine_threadsafe(make(), loop).result()
-                self._loop, self._thread = loop, thread
-            assert self._async is not None
-            return self._loop, self._async
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        return __init__
 
-    def submit(
-        self,
-        group: Group,
-        *,
-        quality: Mapping[str, float] | None = None,
-        diversity: DiversityArg = None,
-        advantage: AdvantageArg = None,
-        return_embeddings: bool = False,
-        assembly_timeout_s: float | None = None,
-        request_id: str | None = None,
-    ) -> concurrent.futures.Future[GroupSubmissionResult]:
-        """Start computing one group's rewards; returns a future at once.
-
-        The images are copied before returning (the caller may reuse its buffers); the
-        future's ``result()`` is the :class:`GroupSubmissionResult` or raises the error.
-        ``group.group_id`` is required; set ``group.group_size`` to submit a part of a
-        group that the server assembles.
-        """
-        opts = self._image_options()
-        loop, aclient = self._background()
-        snapshot = Group(
-            group.prompt, snapshot_images(group.images), group.group_id, group.group_size
-        )
-        aclient._s.max_side, aclient._s.max_side_known = opts.max_side, True
-        coro = aclient.submit(
-            snapshot,
-            quality=quality,
-            diversity=diversity,
-            advantage=advantage,
-            return_embeddings=return_embeddings,
-            assembly_timeout_s=assembly_timeout_s,
-            request_id=request_id,
-        )
-        return asyncio.run_coroutine_threadsafe(coro, loop)
-
-    def stream(
-        self,
-        groups: Iterable[Group],
-        *,
-        raise_errors: bool = True,
-        **params: Any,
-    ) -> Iterator[GroupSubmissionResult]:
-        """Submit every group of ``groups`` (at most ``max_in_flight`` unanswered at a time)
-        and yield the answers as they complete, in completion order.
-
-        ``raise_errors=False`` yields failed groups (``result.error`` set) instead of
-        raising at the first one.
-        """
-        done: queue.Queue[concurrent.futures.Future[GroupSubmissionResult]] = queue.Queue()
-        in_flight = 0
-        for group in groups:
-            while in_flight >= self._max_in_flight:
-                yield self._finish(done.get(), raise_errors)
-                in_flight -= 1
-            fut = self._submit_raw(group, params)
-            fut.add_done_callback(done.put)
-            in_flight += 1
-        while in_flight:
-            yield self._finish(done.get(), raise_errors)
-            in_flight -= 1
-
-    def _submit_raw(
-        self, group: Group, params: dict[str, Any]
-    ) -> concurrent.futures.Future[GroupSubmissionResult]:
-        opts = self._image_options()
-        loop, aclient = self._background()
-        aclient._s.max_side, aclient._s.max_side_known = opts.max_side, True
-        snapshot = Group(
-            group.prompt, snapshot_images(group.images), group.group_id, group.group_size
-        )
-        return asyncio.run_coroutine_threadsafe(aclient._submit(snapshot, **params), loop)
-
-    @staticmethod
-    def _finish(
-        fut: concurrent.futures.Future[GroupSubmissionResult], raise_errors: bool
-    ) -> GroupSubmissionResult:
-        result = fut.result()
-        return _raise_if_error(result) if raise_errors else result
-
-    # -------------------------------------------------------------------- lifecycle
-    def close(self) -> None:
-        self._t.close()
-        with self._lock:
-            if self._loop is not None and self._async is not None:
-                asyncio.run_coroutine_threadsafe(self._async.aclose(), self._loop).result(10)
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                if self._thread is not None:
-                    self._thread.join(10)
-                self._loop.close()
-                self._loop = self._async = self._thread = None
-
-    def __enter__(self) -> RewardClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return decorate
 
 
 class AsyncRewardClient:
-    """asyncio client: the same methods as :class:`RewardClient`, awaitable."""
+    """asyncio client: quality, diversity, rewards and advantages from a divreward
+    service. Keyword arguments: see :class:`ClientSettings`."""
 
-    __doc__ = (__doc__ or "") + _CLIENT_DOC
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        transport: Transport | None = None,
-        timeout_s: float = 120.0,
-        retry: RetryPolicy | None = None,
-        downsize: bool = True,
-        image_format: str = "PNG",
-        image_quality: int = 95,
-        namespace: str | None = None,
-        application: str | None = "reward",
-        wire: Wire = "msgpack",
-        headers: Mapping[str, str] | None = None,
-        max_in_flight: int = 16,
-    ) -> None:
-        self._s = _Settings(
-            url,
-            transport,
-            timeout_s,
-            retry,
-            downsize,
-            image_format,
-            image_quality,
-            namespace,
-            application,
-            wire,
-            headers,
-        )
-        self._max_in_flight = max_in_flight
+    @_options_of(ClientSettings)
+    def __init__(self, settings: ClientSettings) -> None:
+        self._s = settings
         # Transports are made on first use, inside the running event loop (grpc.aio
         # channels belong to the loop that creates them).
         self._t: AsyncHttpTransport | AsyncGrpcTransport | None = None
         self._session: StreamSession | None = None
+        self._max_side: int | None = None
+        self._max_side_known = not settings.downsize
 
     @property
     def transport(self) -> Transport:
@@ -456,11 +221,7 @@ class AsyncRewardClient:
 
     def _transport(self) -> AsyncHttpTransport | AsyncGrpcTransport:
         if self._t is None:
-            self._t = (
-                AsyncHttpTransport(self._s.url, **self._s.http_kwargs())
-                if self._s.kind == "http"
-                else AsyncGrpcTransport(self._s.url, **self._s.grpc_kwargs())
-            )
+            self._t = self._s.open_transport()
         return self._t
 
     async def _call(
@@ -474,14 +235,22 @@ class AsyncRewardClient:
         return await t.call(rpc, request, model, rid)
 
     async def _image_options(self) -> ImageOptions:
-        if not self._s.max_side_known:
-            self._s.learn_max_side(await self.models())
-        return self._s.image_options()
+        """How to encode images; with ``downsize``, asks the server once for its
+        ``max_resolution``."""
+        if not self._max_side_known:
+            self._max_side = advertised_max_side(await self.models())
+            self._max_side_known = True
+        return ImageOptions(
+            max_side=self._max_side, fmt=self._s.image_format, quality=self._s.image_quality
+        )
 
+    # ------------------------------------------------------------------ unary calls
     async def health(self) -> HealthResponse:
+        """Liveness of the service."""
         return await self._call("health", None, HealthResponse)
 
     async def models(self) -> ModelsResponse:
+        """Scorers, embedder, default parameters and limits of the server."""
         return await self._call("models", None, ModelsResponse)
 
     async def score(
@@ -492,12 +261,14 @@ class AsyncRewardClient:
         scorers: Sequence[str] | None = None,
         request_id: str | None = None,
     ) -> ScoreResponse:
+        """Quality scores only: ``.scores[name][i]`` rates ``images[i]`` for ``prompts[i]``."""
         rid = request_id or new_request_id()
         opts = await self._image_options()
         req = await asyncio.to_thread(score_request, images, prompts, scorers, rid, opts)
         return await self._call("score", req, ScoreResponse, rid)
 
     async def embed(self, images: Any, *, request_id: str | None = None) -> EmbedResponse:
+        """Embeddings of the server's embedder, one per image."""
         rid = request_id or new_request_id()
         opts = await self._image_options()
         req = await asyncio.to_thread(embed_request, images, rid, opts)
@@ -513,6 +284,7 @@ class AsyncRewardClient:
         return_embeddings: bool = False,
         request_id: str | None = None,
     ) -> RewardsResponse:
+        """Quality + diversity rewards and group advantages, one result per group."""
         rid = request_id or new_request_id()
         opts = await self._image_options()
         req = await asyncio.to_thread(
@@ -528,47 +300,14 @@ class AsyncRewardClient:
         )
         return await self._call("rewards", req, RewardsResponse, rid)
 
-    async def _submission(
-        self,
-        group: Group,
-        quality: Mapping[str, float] | None,
-        diversity: DiversityArg,
-        advantage: AdvantageArg,
-        return_embeddings: bool,
-        assembly_timeout_s: float | None,
-        request_id: str | None,
-    ) -> GroupSubmission:
+    # ------------------------------------------------------------- group submissions
+    async def _submit(self, group: Group, params: Mapping[str, Any]) -> GroupSubmissionResult:
+        """One group's answer, a failed group included (``error`` set). ``params``: the
+        keyword arguments of :meth:`submit`."""
         opts = await self._image_options()
-        rid = request_id or new_request_id()
         # PNG/JPEG encoding of a group takes tens of ms: keep it off the event loop.
-        return await asyncio.to_thread(
-            lambda: group_submission(
-                group,
-                namespace=self._s.namespace,
-                quality=quality,
-                diversity=diversity,
-                advantage=advantage,
-                return_embeddings=return_embeddings,
-                assembly_timeout_s=assembly_timeout_s,
-                request_id=rid,
-                opts=opts,
-            )
-        )
-
-    async def _submit(
-        self,
-        group: Group,
-        *,
-        quality: Mapping[str, float] | None = None,
-        diversity: DiversityArg = None,
-        advantage: AdvantageArg = None,
-        return_embeddings: bool = False,
-        assembly_timeout_s: float | None = None,
-        request_id: str | None = None,
-    ) -> GroupSubmissionResult:
-        """Like :meth:`submit` but returns failed groups (``error`` set) instead of raising."""
-        sub = await self._submission(
-            group, quality, diversity, advantage, return_embeddings, assembly_timeout_s, request_id
+        sub = await asyncio.to_thread(
+            lambda: group_submission(group, namespace=self._s.namespace, opts=opts, **params)
         )
         t = self._transport()
         if isinstance(t, AsyncGrpcTransport):
@@ -589,9 +328,12 @@ class AsyncRewardClient:
         request_id: str | None = None,
     ) -> GroupSubmissionResult:
         """One group's rewards. Wrap in ``asyncio.create_task`` to overlap with generation
-        (copy the images first if the buffers will be reused before the task runs)."""
-        result = await self._submit(
-            group,
+        (copy the images first if the buffers will be reused before the task runs).
+
+        ``group.group_id`` is required; set ``group.group_size`` to submit a part of a
+        group that the server assembles. Raises the error of a failed group.
+        """
+        params = dict(
             quality=quality,
             diversity=diversity,
             advantage=advantage,
@@ -599,7 +341,7 @@ class AsyncRewardClient:
             assembly_timeout_s=assembly_timeout_s,
             request_id=request_id,
         )
-        return _raise_if_error(result)
+        return _raise_if_error(await self._submit(group, params))
 
     async def stream(
         self,
@@ -609,9 +351,13 @@ class AsyncRewardClient:
         **params: Any,
     ) -> AsyncIterator[GroupSubmissionResult]:
         """Submit groups as they come and yield answers as they complete (at most
-        ``max_in_flight`` unanswered); over gRPC this is one bidirectional stream."""
+        ``max_in_flight`` unanswered); over gRPC this is one bidirectional stream.
+
+        ``params``: those of :meth:`submit`. ``raise_errors=False`` yields failed groups
+        (``result.error`` set) instead of raising at the first one.
+        """
         done: asyncio.Queue[asyncio.Task[GroupSubmissionResult]] = asyncio.Queue()
-        slots = asyncio.Semaphore(self._max_in_flight)
+        slots = asyncio.Semaphore(self._s.max_in_flight)
         tasks: set[asyncio.Task[GroupSubmissionResult]] = set()
         produced = 0
         finished = asyncio.Event()
@@ -667,7 +413,7 @@ class AsyncRewardClient:
         tasks: set[asyncio.Task[GroupSubmissionResult]],
     ) -> None:
         await slots.acquire()
-        task = asyncio.create_task(self._submit(group, **params))
+        task = asyncio.create_task(self._submit(group, params))
         tasks.add(task)
 
         def finished(t: asyncio.Task[GroupSubmissionResult]) -> None:
@@ -676,6 +422,7 @@ class AsyncRewardClient:
 
         task.add_done_callback(finished)
 
+    # -------------------------------------------------------------------- lifecycle
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -689,3 +436,201 @@ class AsyncRewardClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+# ----------------------------------------------------------------------- sync client
+class _Background:
+    """An :class:`AsyncRewardClient` and the event loop it runs on, in a daemon thread."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.pid = os.getpid()
+        self.client = AsyncRewardClient(**_fields(settings))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._serve, name="divreward-client", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:  # as asyncio.run ends: cancel what is left, join the worker threads
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.loop.close()
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it; an interrupted wait cancels it."""
+        fut = self.start(coro)
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()
+            raise
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if os.getpid() != self.pid or not self.thread.is_alive():
+            return  # closed already, or a forked child's copy of the parent's thread
+        if threading.current_thread() is self.thread:  # e.g. garbage-collected there
+            self.loop.create_task(self.client.aclose()).add_done_callback(
+                lambda _: self.loop.stop()
+            )
+            return
+        try:
+            self.start(self.client.aclose()).result(timeout_s)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout_s)
+
+
+def _fields(settings: ClientSettings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+
+
+def _snapshot(group: Group) -> Group:
+    """The group with canonical copies of its images (the caller may reuse its buffers)."""
+    return dataclasses.replace(group, images=snapshot_images(group.images))
+
+
+def _as_method_of_sync_client(
+    function: Callable[..., Any], method: Callable[..., Any], keep_doc: bool = False
+) -> Any:
+    """``function`` named and documented as ``method`` (whose signature it shows)."""
+    doc = function.__doc__
+    functools.update_wrapper(function, method)
+    function.__qualname__ = f"RewardClient.{method.__name__}"
+    if keep_doc:
+        function.__doc__ = doc
+    return function
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncRewardClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[RewardClient, P], T]:
+    """The blocking form of an :class:`AsyncRewardClient` method."""
+
+    def call(self: RewardClient, *args: P.args, **kwargs: P.kwargs) -> T:
+        bg = self._background()
+        return bg.run(method(bg.client, *args, **kwargs))
+
+    return _as_method_of_sync_client(call, method)
+
+
+def _in_background(
+    method: Callable[Concatenate[AsyncRewardClient, Group, P], Coroutine[Any, Any, T]],
+    doc: str,
+) -> Callable[Concatenate[RewardClient, Group, P], concurrent.futures.Future[T]]:
+    """An :class:`AsyncRewardClient` method on one group, started in the background:
+    returns a future at once, after copying the group's images."""
+
+    def start(
+        self: RewardClient, group: Group, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        bg = self._background()
+        bg.run(bg.client._image_options())  # a server that cannot answer fails here
+        return bg.start(method(bg.client, _snapshot(group), *args, **kwargs))
+
+    start.__doc__ = doc
+    return _as_method_of_sync_client(start, method, keep_doc=True)
+
+
+class RewardClient:
+    """Blocking client: the methods of :class:`AsyncRewardClient`, each waiting for its
+    answer; ``submit``/``stream`` compute in the background. Keyword arguments: see
+    :class:`ClientSettings`. Thread-safe."""
+
+    @_options_of(ClientSettings)
+    def __init__(self, settings: ClientSettings) -> None:
+        self._s = settings
+        self._lock = threading.Lock()
+        self._bg: _Background | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    @property
+    def transport(self) -> Transport:
+        return self._s.kind
+
+    def _background(self) -> _Background:
+        """The async client and its event loop, started on first use (and again in a
+        forked child, which has no copy of the parent's thread)."""
+        with self._lock:
+            if self._bg is None or self._bg.pid != os.getpid():
+                self._bg = _Background(self._s)
+                # stop the thread when the client is garbage-collected unclosed
+                self._finalizer = weakref.finalize(self, self._bg.close)
+                self._finalizer.atexit = False
+            return self._bg
+
+    health = _blocking(AsyncRewardClient.health)
+    models = _blocking(AsyncRewardClient.models)
+    score = _blocking(AsyncRewardClient.score)
+    embed = _blocking(AsyncRewardClient.embed)
+    rewards = _blocking(AsyncRewardClient.rewards)
+    submit = _in_background(
+        AsyncRewardClient.submit,
+        """Start computing one group's rewards; returns a ``concurrent.futures.Future``
+        at once.
+
+        The images are copied before returning (the caller may reuse its buffers); the
+        future's ``result()`` is the :class:`GroupSubmissionResult` or raises the error.
+        ``group.group_id`` is required; set ``group.group_size`` to submit a part of a
+        group that the server assembles. Keyword arguments: those of
+        :meth:`AsyncRewardClient.submit`.
+        """,
+    )
+
+    def stream(
+        self,
+        groups: Iterable[Group],
+        *,
+        raise_errors: bool = True,
+        **params: Any,
+    ) -> Iterator[GroupSubmissionResult]:
+        """Submit every group of ``groups`` (at most ``max_in_flight`` unanswered at a time)
+        and yield the answers as they complete, in completion order.
+
+        ``groups`` is iterated in the calling thread (it may generate the images).
+        ``params``: those of :meth:`submit`. ``raise_errors=False`` yields failed groups
+        (``result.error`` set) instead of raising at the first one.
+        """
+        done: queue.Queue[concurrent.futures.Future[GroupSubmissionResult]] = queue.Queue()
+        in_flight = 0
+        for group in groups:
+            while in_flight >= self._s.max_in_flight:
+                yield self._finish(done.get(), raise_errors)
+                in_flight -= 1
+            bg = self._background()
+            bg.run(bg.client._image_options())
+            fut = bg.start(bg.client._submit(_snapshot(group), params))
+            fut.add_done_callback(done.put)
+            in_flight += 1
+        while in_flight:
+            yield self._finish(done.get(), raise_errors)
+            in_flight -= 1
+
+    @staticmethod
+    def _finish(
+        fut: concurrent.futures.Future[GroupSubmissionResult], raise_errors: bool
+    ) -> GroupSubmissionResult:
+        result = fut.result()
+        return _raise_if_error(result) if raise_errors else result
+
+    # -------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the connections and stop the background thread (a later call starts
+        them again)."""
+        with self._lock:
+            finalizer, self._finalizer, self._bg = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()  # _Background.close, once
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

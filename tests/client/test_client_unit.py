@@ -1,12 +1,16 @@
 """Client pieces that need no server: image encoding and downsizing, the retry policy,
-and the HTTP/gRPC retry loops against scripted transports (httpx.MockTransport, a local
-grpcio server whose answers the test dictates)."""
+the HTTP/gRPC retry loops against scripted transports (httpx.MockTransport, a local
+grpcio server whose answers the test dictates), and the blocking client as a wrapper of
+the async one (its settings, its background loop, submit's copies, stream's bound)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
+import threading
 from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -18,16 +22,18 @@ import torch
 from PIL import Image
 
 from divreward.client import (
+    AsyncRewardClient,
     Group,
     RetryPolicy,
+    RewardClient,
     RewardRequestError,
     RewardServiceError,
     RewardTimeoutError,
     ServiceUnavailableError,
 )
-from divreward.client._grpc import GrpcTransport
-from divreward.client._http import AsyncHttpTransport, HttpRoute, HttpTransport
+from divreward.client._http import AsyncHttpTransport, HttpRoute
 from divreward.client._requests import ImageOptions, rewards_request
+from divreward.client.client import ClientSettings
 from divreward.client.encoding import downsize, encode_images
 from divreward.images import ImageError, decode_image
 from divreward.proto import divreward_pb2 as pb
@@ -204,10 +210,33 @@ def _error(status: int, kind: str, message: str, **headers: str) -> httpx.Respon
     return httpx.Response(status, json=body, headers=headers)
 
 
-def _transport(script: Script, retry: RetryPolicy = FAST, **kw: Any) -> HttpTransport:
-    return HttpTransport(
-        "http://reward.test", transport=httpx.MockTransport(script), timeout_s=5, retry=retry, **kw
-    )
+class _Http:
+    """The HTTP transport on a scripted server, one call per event loop."""
+
+    def __init__(self, script: Script, retry: RetryPolicy = FAST, **kw: Any) -> None:
+        self.script, self.retry, self.kw = script, retry, kw
+
+    def call(
+        self, route: HttpRoute, request: Any, model: type[HealthResponse], request_id: str
+    ) -> HealthResponse:
+        async def run() -> HealthResponse:
+            t = AsyncHttpTransport(
+                "http://reward.test",
+                transport=httpx.MockTransport(self.script),
+                timeout_s=5,
+                retry=self.retry,
+                **self.kw,
+            )
+            try:
+                return await t.call(route, request, model, request_id)
+            finally:
+                await t.aclose()
+
+        return asyncio.run(run())
+
+
+def _transport(script: Script, retry: RetryPolicy = FAST, **kw: Any) -> _Http:
+    return _Http(script, retry, **kw)
 
 
 ROUTE = HttpRoute("POST", "/v1/rewards")
@@ -304,7 +333,11 @@ def test_server_down_raises_service_unavailable_after_the_budget() -> None:
 
 def test_retry_after_sets_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
-    monkeypatch.setattr("divreward.client._http.time.sleep", waits.append)
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr("divreward.client._http.asyncio.sleep", sleep)
     script = Script([_error(429, "overloaded", "slow down", **{"retry-after": "1.5"}), _ok()])
     policy = RetryPolicy(max_attempts=3, backoff_s=0.1, max_backoff_s=10.0, jitter=0.0)
     _transport(script, policy).call(ROUTE, _request(), HealthResponse, "r")
@@ -400,27 +433,24 @@ def test_grpc_retries_unavailable_and_resource_exhausted_with_one_request_id(
     scripted_grpc: Any,
 ) -> None:
     url, servicer = scripted_grpc([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
-    t = GrpcTransport(url, timeout_s=5, retry=FAST, application="reward")
-    try:
-        assert t.call("Health", None, HealthResponse, "rid-g").status == "ok"
-    finally:
-        t.close()
+    with RewardClient(url, timeout_s=5, retry=FAST) as c:
+        assert c.health().status == "ok"
     assert len(servicer.calls) == 3
-    assert {c["request_id"] for c in servicer.calls} == {"rid-g"}
-    assert {c["application"] for c in servicer.calls} == {"reward"}
+    assert len({c["request_id"] for c in servicer.calls}) == 1  # one id, every attempt
+    assert {c["application"] for c in servicer.calls} == {"reward"}  # the default
 
 
 def test_grpc_invalid_argument_is_raised_at_once_with_the_details(scripted_grpc: Any) -> None:
     url, servicer = scripted_grpc([grpc.StatusCode.INVALID_ARGUMENT])
-    t = GrpcTransport(url, timeout_s=5, retry=FAST)
-    try:
-        with pytest.raises(
+    with (
+        RewardClient(url, timeout_s=5, retry=FAST, headers={"Authorization": "Bearer t"}) as c,
+        pytest.raises(
             RewardRequestError, match=r"server answered INVALID_ARGUMENT: scripted failure 1"
-        ):
-            t.call("Health", None, HealthResponse, "r")
-    finally:
-        t.close()
+        ),
+    ):
+        c.health()
     assert len(servicer.calls) == 1
+    assert servicer.calls[0]["authorization"] == "Bearer t"  # headers -> gRPC metadata
 
 
 def test_grpc_proxy_not_found_during_a_restart_is_retried(scripted_grpc: Any) -> None:
@@ -428,20 +458,17 @@ def test_grpc_proxy_not_found_during_a_restart_is_retried(scripted_grpc: Any) ->
         [grpc.StatusCode.NOT_FOUND] * 2,
         "Application 'reward' not found. Ping /ray.serve.RayServeAPIService/ListApplications",
     )
-    t = GrpcTransport(url, timeout_s=5, retry=FAST)
-    try:
-        assert t.call("Health", None, HealthResponse, "r").status == "ok"
-    finally:
-        t.close()
+    with RewardClient(url, timeout_s=5, retry=FAST) as c:
+        assert c.health().status == "ok"
     assert len(servicer.calls) == 3
     url, servicer = scripted_grpc([grpc.StatusCode.NOT_FOUND], "Application metadata not set.")
-    t = GrpcTransport(url, timeout_s=5, retry=FAST)
-    try:
-        with pytest.raises(RewardRequestError, match="NOT_FOUND: Application metadata not set"):
-            t.call("Health", None, HealthResponse, "r")
-    finally:
-        t.close()
+    with (
+        RewardClient(url, timeout_s=5, retry=FAST, application=None) as c,
+        pytest.raises(RewardRequestError, match="NOT_FOUND: Application metadata not set"),
+    ):
+        c.health()
     assert len(servicer.calls) == 1
+    assert "application" not in servicer.calls[0]
 
 
 def test_grpc_server_down_raises_service_unavailable() -> None:
@@ -450,9 +477,215 @@ def test_grpc_server_down_raises_service_unavailable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    t = GrpcTransport(f"grpc://127.0.0.1:{port}", timeout_s=2, retry=FAST)
-    try:
-        with pytest.raises(ServiceUnavailableError, match=r"after 4 attempt\(s\): UNAVAILABLE"):
-            t.call("Health", None, HealthResponse, "r")
-    finally:
-        t.close()
+    with (
+        RewardClient(f"grpc://127.0.0.1:{port}", timeout_s=2, retry=FAST) as c,
+        pytest.raises(ServiceUnavailableError, match=r"after 4 attempt\(s\): UNAVAILABLE"),
+    ):
+        c.health()
+
+
+# ------------------------------------------------------------------ the blocking client
+def test_both_clients_take_one_settings_object_with_the_documented_defaults() -> None:
+    expected = {
+        "transport": None,
+        "timeout_s": 120.0,
+        "retry": None,
+        "downsize": True,
+        "image_format": "PNG",
+        "image_quality": 95,
+        "namespace": None,
+        "application": "reward",
+        "wire": "msgpack",
+        "headers": None,
+        "max_in_flight": 16,
+    }
+    for cls in (RewardClient, AsyncRewardClient, ClientSettings):
+        params = inspect.signature(cls).parameters
+        assert list(params) == ["url", *expected], cls
+        assert params["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert {k: p.default for k, p in params.items() if k != "url"} == expected, cls
+        assert all(
+            p.kind is inspect.Parameter.KEYWORD_ONLY for k, p in params.items() if k != "url"
+        )
+    c = RewardClient("grpc://h:9000", image_format="jpeg", headers={"A": "b"})
+    assert c.transport == "grpc" and c._s.image_format == "JPEG" and c._s.retry == RetryPolicy()
+    assert RewardClient("h:1", transport="http").transport == "http"
+    for kwargs, error, message in [
+        ({"timeout_s": 0}, ValueError, "timeout_s must be > 0, got 0"),
+        ({"wire": "xml"}, ValueError, "wire must be 'msgpack' or 'json', got 'xml'"),
+        ({"max_in_flight": 0}, ValueError, "max_in_flight must be >= 1, got 0"),
+        ({"transport": "udp"}, ValueError, "transport must be 'http' or 'grpc', got 'udp'"),
+        ({"timeot_s": 1}, TypeError, "unexpected keyword argument 'timeot_s'"),
+    ]:
+        for cls in (RewardClient, AsyncRewardClient):
+            with pytest.raises(error, match=message):
+                cls("http://h:1", **kwargs)
+    with pytest.raises(ValueError, match="start it with http:// or grpc://"):
+        RewardClient("h:1")
+
+
+def _submission_result(request: httpx.Request, status: int = 200) -> httpx.Response:
+    body = msgpack.unpackb(request.content)
+    n = len(body["images"])
+    result: dict[str, Any] = {"group_id": body["group_id"], "request_id": body["request_id"]}
+    if status == 200:
+        result |= {"rewards": [0.5] * n, "advantages": [0.0] * n}
+    else:
+        result["error"] = {"kind": "invalid_image", "message": "bad", "status": status}
+    return httpx.Response(200, content=msgpack.packb(result), headers={"content-type": BINARY})
+
+
+BINARY = "application/msgpack"
+
+
+@pytest.fixture()
+def mock_http(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Route every client's HTTP transport to ``handler`` (sync or async)."""
+
+    def install(handler: Any) -> None:
+        def open_transport(s: ClientSettings) -> AsyncHttpTransport:
+            assert s.retry is not None
+            return AsyncHttpTransport(
+                s.url,
+                timeout_s=s.timeout_s,
+                retry=s.retry,
+                wire=s.wire,
+                transport=httpx.MockTransport(handler),
+            )
+
+        monkeypatch.setattr(ClientSettings, "open_transport", open_transport)
+
+    return install
+
+
+def test_blocking_calls_run_the_async_client_on_one_background_loop(mock_http: Any) -> None:
+    threads: set[str] = set()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        threads.add(threading.current_thread().name)
+        if request.url.path == "/v1/rewards":
+            return _error(422, "invalid_request", "diversity.k_max: must be >= 1")
+        return _ok()
+
+    mock_http(handler)
+    c = RewardClient("http://reward.test", retry=FAST, downsize=False)
+    with ThreadPoolExecutor(8) as pool:  # a thread-safe client: verl calls it concurrently
+        assert [h.status for h in pool.map(lambda _: c.health(), range(16))] == ["ok"] * 16
+    assert threads == {"divreward-client"}
+    loop_thread = c._bg.thread if c._bg is not None else None
+    assert loop_thread is not None and loop_thread.is_alive()
+    with pytest.raises(RewardRequestError, match="server answered 422: invalid_request: diver"):
+        c.rewards([Group("p", np.zeros((1, 8, 8, 3), np.uint8))])  # raised in this thread
+    c.close()
+    assert not loop_thread.is_alive()
+    assert c.health().status == "ok"  # a later call starts again
+    c.close()
+
+
+def test_an_unclosed_client_stops_its_thread_when_collected(mock_http: Any) -> None:
+    import gc
+
+    mock_http(lambda request: _ok())
+    c = RewardClient("http://reward.test", downsize=False)
+    c.health()
+    assert c._bg is not None
+    thread = c._bg.thread
+    del c
+    gc.collect()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_submit_copies_the_images_and_returns_a_future_at_once(mock_http: Any) -> None:
+    release = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.to_thread(release.wait, 10)  # answers only after the caller went on
+        seen.append(msgpack.unpackb(request.content))
+        return _submission_result(request)
+
+    mock_http(handler)
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    original = images.copy()
+    with RewardClient("http://reward.test", downsize=False, namespace="run-1") as c:
+        fut = c.submit(Group("a cat", images, group_id="g0"), quality={"pickscore": 1.0})
+        assert isinstance(fut, Future) and not fut.done()
+        images[:] = 0  # the trainer reuses its buffer
+        release.set()
+        result = fut.result(10)
+        assert result.group_id == "g0" and result.rewards == [0.5, 0.5]
+        (body,) = seen
+        assert body["namespace"] == "run-1" and body["quality"] == {"pickscore": 1.0}
+        assert body["request_id"] == result.request_id
+        np.testing.assert_array_equal(np.stack(_decode_all(body["images"])), original)
+        # errors of the images are raised at once, a missing group id by the future
+        with pytest.raises(ImageError, match="image 0"):
+            c.submit(Group("p", [np.zeros((4, 4), np.float32) + 2.0], group_id="g"))
+        with pytest.raises(ValueError, match=r"group\.group_id is required"):
+            c.submit(Group("p", original)).result(10)
+
+
+def test_stream_bounds_what_is_in_flight_and_yields_in_completion_order(mock_http: Any) -> None:
+    in_flight = 0
+    most = 0
+    full = asyncio.Event()  # 3 requests were in flight at once
+    g1_answered = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        gid = msgpack.unpackb(request.content)["group_id"]
+        in_flight += 1
+        most = max(most, in_flight)
+        if in_flight == 3:
+            full.set()
+        await asyncio.wait_for(full.wait(), 10)
+        if gid == "g0":  # the first group answers after the second
+            await asyncio.wait_for(g1_answered.wait(), 10)
+        in_flight -= 1
+        if gid == "g1":
+            g1_answered.set()
+        return _submission_result(request, 422 if gid == "g3" else 200)
+
+    mock_http(handler)
+    groups = [Group("p", make_group(i), group_id=f"g{i}") for i in range(6)]
+    with RewardClient("http://reward.test", downsize=False, max_in_flight=3) as c:
+        out = [r.group_id for r in c.stream(iter(groups), raise_errors=False)]
+        assert sorted(out) == [f"g{i}" for i in range(6)]
+        assert most == 3  # never more than max_in_flight unanswered
+        assert out.index("g1") < out.index("g0")  # completion order, not submission order
+        failed = list(c.stream(groups[3:4], raise_errors=False))
+        assert [r.error.kind for r in failed if r.error is not None] == ["invalid_image"]
+        with pytest.raises(RewardServiceError, match="invalid_image: bad"):
+            list(c.stream(groups[3:4]))
+
+
+def make_group(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+
+
+def test_the_async_client_learns_max_side_once_and_downsizes(mock_http: Any) -> None:
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        if request.url.path == "/v1/models":
+            defaults = {"quality": {"s": 1.0}, "diversity": {"method": "none"}, "advantage": {}}
+            body = {"scorers": {}, "defaults": defaults, "limits": {"max_resolution": 16}}
+            return httpx.Response(200, json=body)
+        sent = msgpack.unpackb(request.content)
+        assert [decode_image(b).shape for b in sent["images"]] == [(16, 32, 3)] * 2
+        return httpx.Response(
+            200, json={"scores": {"s": [1.0, 2.0]}, "models": {}, "params": {"scorers": ["s"]}}
+        )
+
+    mock_http(handler)
+
+    async def run() -> None:
+        async with AsyncRewardClient("http://reward.test") as c:
+            for _ in range(2):
+                res = await c.score(np.zeros((2, 32, 64, 3), np.uint8), ["a", "b"])
+                assert res.scores == {"s": [1.0, 2.0]}
+
+    asyncio.run(run())
+    assert paths == ["/v1/models", "/v1/score", "/v1/score"]
