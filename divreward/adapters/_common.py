@@ -1,18 +1,28 @@
 """What the adapters share: one client per adapter, scorer weights with Flow-GRPO's
-score scales folded in, and splitting a batch of mixed prompts into group parts."""
+score scales folded in, the quality ``Q = sum(w * s)`` of a batch, and splitting a batch
+of mixed prompts into group parts that the service assembles."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from divreward.client import Group, RewardClient
 from divreward.images import to_canonical_batch
+from divreward.schema_stream import GroupSubmissionResult
 
-__all__ = ["FLOW_GRPO_SCALES", "LazyClient", "scaled_weights", "split_by_prompt"]
+__all__ = [
+    "FLOW_GRPO_SCALES",
+    "LazyClient",
+    "Quality",
+    "ServiceRewards",
+    "scaled_weights",
+    "split_by_prompt",
+]
 
 #: Multipliers that turn the server's raw scores (registry defaults) into the values
 #: Flow-GRPO's own reward functions return:
@@ -106,39 +116,87 @@ def split_by_prompt(
     return arrays, list(order.items())
 
 
-def submit_parts(
-    client: RewardClient,
-    arrays: list[np.ndarray],
-    parts: list[tuple[str, list[int]]],
-    *,
-    group_size: int,
-    weights: dict[str, float] | None,
-    diversity: Any,
-    assembly_timeout_s: float | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Submit each prompt's images as a part of its group; wait for every part.
+class Quality(NamedTuple):
+    """A batch's quality: ``total[i] = sum(weights[s] * scores[s][i])``."""
 
-    Returns (rewards, advantages, quality) per image, in the batch's order.
-    """
-    n = len(arrays)
-    futures = [
-        (
-            idx,
-            client.submit(
-                Group(prompt, [arrays[i] for i in idx], group_id=prompt, group_size=group_size),
-                quality=weights,
-                diversity=diversity,
-                assembly_timeout_s=assembly_timeout_s,
-            ),
+    total: np.ndarray  # (N,) float64
+    scores: dict[str, np.ndarray]  # every scorer the service answered with, (N,) each
+    weights: dict[str, float]  # the weights used (the caller's, or the server's defaults)
+
+
+class ServiceRewards:
+    """What an adapter asks the service, with its settings: scorer weights (``scorers``
+    and ``scales``, see :func:`scaled_weights`), the group mode (``group_size``,
+    ``diversity``, ``namespace``, ``assembly_timeout_s``) and the client's options."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        scorers: Mapping[str, float] | Sequence[str] | None,
+        scales: Mapping[str, float] | None,
+        group_size: int | None,
+        diversity: Mapping[str, Any] | None,
+        namespace: str | None,
+        assembly_timeout_s: float | None,
+        client_kwargs: Mapping[str, Any],
+    ) -> None:
+        if group_size is not None and group_size < 1:
+            raise ValueError(
+                f"group_size must be >= 1 (or None for quality only), got {group_size}"
+            )
+        self.weights = scaled_weights(scorers, scales)
+        self.group_size = group_size
+        self.diversity = diversity
+        self.assembly_timeout_s = assembly_timeout_s
+        self.lazy = LazyClient(url, {**client_kwargs, "namespace": namespace})
+        self._server_weights: dict[str, float] = {}  # the server's defaults, fetched once
+
+    def close(self) -> None:
+        self.lazy.close()
+
+    def quality(self, images: Any, prompts: Sequence[str]) -> Quality:
+        """Each image's quality Q, summed in weight order as the service does."""
+        client = self.lazy.get()
+        res = client.score(images, prompts, scorers=list(self.weights) if self.weights else None)
+        weights = self.weights
+        if weights is None:
+            if not self._server_weights:
+                self._server_weights.update(client.models().defaults.quality)
+            weights = self._server_weights
+        scores = {name: np.asarray(v, np.float64) for name, v in res.scores.items()}
+        total = np.zeros(len(prompts), np.float64)
+        for name, w in weights.items():
+            total += w * scores[name]
+        return Quality(total, scores, dict(weights))
+
+    def submit_part(self, prompt: str, images: Any, group_id: str) -> Future[GroupSubmissionResult]:
+        """Send ``images`` as a part of the group ``group_id`` (``group_size`` images)."""
+        return self.lazy.get().submit(
+            Group(prompt, images, group_id=group_id, group_size=self.group_size),
+            quality=self.weights,
+            diversity=self.diversity,
+            assembly_timeout_s=self.assembly_timeout_s,
         )
-        for prompt, idx in parts
-    ]
-    rewards = np.zeros(n, np.float64)
-    advantages = np.zeros(n, np.float64)
-    quality = np.zeros(n, np.float64)
-    for idx, fut in futures:
-        res = fut.result()
-        rewards[idx] = res.rewards
-        advantages[idx] = res.advantages
-        quality[idx] = res.quality["total"]
-    return rewards, advantages, quality
+
+    def group_rewards(
+        self, arrays: list[np.ndarray], parts: list[tuple[str, list[int]]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Submit each prompt's images as a part of its group; wait for every part.
+
+        Returns (rewards, advantages, quality) per image, in the batch's order.
+        """
+        n = len(arrays)
+        futures = [
+            (idx, self.submit_part(prompt, [arrays[i] for i in idx], group_id=prompt))
+            for prompt, idx in parts
+        ]
+        rewards = np.zeros(n, np.float64)
+        advantages = np.zeros(n, np.float64)
+        quality = np.zeros(n, np.float64)
+        for idx, fut in futures:
+            res = fut.result()
+            rewards[idx] = res.rewards
+            advantages[idx] = res.advantages
+            quality[idx] = res.quality["total"]
+        return rewards, advantages, quality

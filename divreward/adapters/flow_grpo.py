@@ -38,13 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from divreward.adapters._common import (
-    FLOW_GRPO_SCALES,
-    LazyClient,
-    scaled_weights,
-    split_by_prompt,
-    submit_parts,
-)
+from divreward.adapters._common import FLOW_GRPO_SCALES, ServiceRewards, split_by_prompt
 
 __all__ = ["FLOW_GRPO_SCALES", "reward_fn"]
 
@@ -85,43 +79,32 @@ def reward_fn(
     """
     if flow_grpo_scales and scales is not None:
         raise ValueError("give either flow_grpo_scales=True or scales=..., not both")
-    if group_size is not None and group_size < 1:
-        raise ValueError(f"group_size must be >= 1 (or None for quality only), got {group_size}")
-    weights = scaled_weights(scorers, FLOW_GRPO_SCALES if flow_grpo_scales else scales)
-    lazy = LazyClient(url, {**client_kwargs, "namespace": namespace})
-    server_weights: dict[str, float] = {}  # the server's defaults, fetched once if needed
+    service = ServiceRewards(
+        url,
+        scorers=scorers,
+        scales=FLOW_GRPO_SCALES if flow_grpo_scales else scales,
+        group_size=group_size,
+        diversity=diversity,
+        namespace=namespace,
+        assembly_timeout_s=assembly_timeout_s,
+        client_kwargs=client_kwargs,
+    )
 
     def _fn(
         images: Any, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        client = lazy.get()
         arrays, parts = split_by_prompt(images, prompts)
-        if group_size is None:
-            res = client.score(arrays, list(prompts), scorers=list(weights) if weights else None)
-            if weights is None and not server_weights:
-                server_weights.update(client.models().defaults.quality)
-            w = weights if weights is not None else server_weights
-            per = {name: np.asarray(res.scores[name], np.float64) for name in w}
-            total = np.zeros(len(arrays), np.float64)
-            for name, wt in w.items():  # Q = sum(w * s) in weight order, as the service
-                total += wt * per[name]
-            info = {f"quality/{k}": v.astype(np.float32) for k, v in per.items()}
-            return total.astype(np.float32), info
-        rewards, advantages, quality = submit_parts(
-            client,
-            arrays,
-            parts,
-            group_size=group_size,
-            weights=weights,
-            diversity=diversity,
-            assembly_timeout_s=assembly_timeout_s,
-        )
+        if service.group_size is None:
+            q = service.quality(arrays, list(prompts))
+            info = {f"quality/{k}": q.scores[k].astype(np.float32) for k in q.weights}
+            return q.total.astype(np.float32), info
+        rewards, advantages, quality = service.group_rewards(arrays, parts)
         info = {
             "quality": quality.astype(np.float32),
             "advantages": advantages.astype(np.float32),
         }
         return rewards.astype(np.float32), info
 
-    _fn.close = lazy.close  # type: ignore[attr-defined]
+    _fn.close = service.close  # type: ignore[attr-defined]
     _fn.__name__ = "divreward"
     return _fn

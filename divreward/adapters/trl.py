@@ -20,14 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from divreward.adapters._common import (
-    LazyClient,
-    scaled_weights,
-    split_by_prompt,
-    submit_parts,
-)
+from divreward.adapters._common import ServiceRewards, split_by_prompt
 
 __all__ = ["prompt_text", "reward_func"]
 
@@ -70,36 +63,25 @@ def reward_func(
     Arguments as :func:`divreward.adapters.flow_grpo.reward_fn`; ``name`` is the
     function's ``__name__`` (TRL logs each reward under it).
     """
-    if group_size is not None and group_size < 1:
-        raise ValueError(f"group_size must be >= 1 (or None for quality only), got {group_size}")
-    weights = scaled_weights(scorers, scales)
-    lazy = LazyClient(url, {**client_kwargs, "namespace": namespace})
-    server_weights: dict[str, float] = {}
+    service = ServiceRewards(
+        url,
+        scorers=scorers,
+        scales=scales,
+        group_size=group_size,
+        diversity=diversity,
+        namespace=namespace,
+        assembly_timeout_s=assembly_timeout_s,
+        client_kwargs=client_kwargs,
+    )
 
     def f(prompts: Sequence[Any], completions: Any, **columns: Any) -> list[float | None]:
         texts = [prompt_text(p, i) for i, p in enumerate(prompts)]
-        client = lazy.get()
         arrays, parts = split_by_prompt(completions, texts)
-        if group_size is None:
-            res = client.score(arrays, texts, scorers=list(weights) if weights else None)
-            if weights is None and not server_weights:
-                server_weights.update(client.models().defaults.quality)
-            w = weights if weights is not None else server_weights
-            total = np.zeros(len(arrays), np.float64)
-            for s, wt in w.items():
-                total += wt * np.asarray(res.scores[s], np.float64)
-            return [float(v) for v in total]
-        rewards, _, _ = submit_parts(
-            client,
-            arrays,
-            parts,
-            group_size=group_size,
-            weights=weights,
-            diversity=diversity,
-            assembly_timeout_s=assembly_timeout_s,
-        )
+        if service.group_size is None:
+            return [float(v) for v in service.quality(arrays, texts).total]
+        rewards, _, _ = service.group_rewards(arrays, parts)
         return [float(v) for v in rewards]
 
     f.__name__ = name
-    f.close = lazy.close  # type: ignore[attr-defined]
+    f.close = service.close  # type: ignore[attr-defined]
     return f

@@ -22,8 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from divreward.adapters._common import LazyClient, scaled_weights
-from divreward.client import Group
+from divreward.adapters._common import ServiceRewards
 
 __all__ = ["make_async_compute_score", "make_compute_score"]
 
@@ -31,29 +30,10 @@ Score = dict[str, Any]
 
 
 class _Scorer:
-    def __init__(
-        self,
-        url: str,
-        scorers: Mapping[str, float] | Sequence[str] | None,
-        scales: Mapping[str, float] | None,
-        group_size: int | None,
-        diversity: Mapping[str, Any] | None,
-        namespace: str | None,
-        assembly_timeout_s: float | None,
-        prompt_key: str,
-        group_key: str,
-        client_kwargs: dict[str, Any],
-    ) -> None:
-        if group_size is not None and group_size < 1:
-            raise ValueError(f"group_size must be >= 1 (or None), got {group_size}")
-        self.weights = scaled_weights(scorers, scales)
-        self.group_size = group_size
-        self.diversity = diversity
-        self.assembly_timeout_s = assembly_timeout_s
+    def __init__(self, service: ServiceRewards, prompt_key: str, group_key: str) -> None:
+        self.service = service
         self.prompt_key = prompt_key
         self.group_key = group_key
-        self.lazy = LazyClient(url, {**client_kwargs, "namespace": namespace})
-        self.server_weights: dict[str, float] = {}
 
     def prompt(self, ground_truth: Any, extra_info: Mapping[str, Any] | None) -> str:
         if extra_info is not None and isinstance(extra_info.get(self.prompt_key), str):
@@ -81,27 +61,15 @@ class _Scorer:
         extra_info: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Score:
-        client = self.lazy.get()
         prompt = self.prompt(ground_truth, extra_info)
         images = [solution]
-        if self.group_size is None:
-            res = client.score(
-                images, [prompt], scorers=list(self.weights) if self.weights else None
-            )
-            if self.weights is None and not self.server_weights:
-                self.server_weights.update(client.models().defaults.quality)
-            w = self.weights if self.weights is not None else self.server_weights
-            total = 0.0
-            for name, wt in w.items():
-                total += wt * float(res.scores[name][0])
-            return {"score": total, **{f"quality/{n}": float(v[0]) for n, v in res.scores.items()}}
-        part = Group(prompt, images, group_id=self.group_id(extra_info), group_size=self.group_size)
-        result = client.submit(
-            part,
-            quality=self.weights,
-            diversity=self.diversity,
-            assembly_timeout_s=self.assembly_timeout_s,
-        ).result()
+        if self.service.group_size is None:
+            q = self.service.quality(images, [prompt])
+            return {
+                "score": float(q.total[0]),
+                **{f"quality/{n}": float(v[0]) for n, v in q.scores.items()},
+            }
+        result = self.service.submit_part(prompt, images, self.group_id(extra_info)).result()
         return {
             "score": float(result.rewards[0]),
             "quality": float(result.quality["total"][0]),
@@ -124,18 +92,17 @@ def make_compute_score(
 ) -> Callable[..., Score]:
     """A blocking ``compute_score(data_source, solution, ground_truth, extra_info)``
     returning ``{"score": float, ...}`` (thread-safe; verl calls it concurrently)."""
-    scorer = _Scorer(
+    service = ServiceRewards(
         url,
-        scorers,
-        scales,
-        group_size,
-        diversity,
-        namespace,
-        assembly_timeout_s,
-        prompt_key,
-        group_key,
-        client_kwargs,
+        scorers=scorers,
+        scales=scales,
+        group_size=group_size,
+        diversity=diversity,
+        namespace=namespace,
+        assembly_timeout_s=assembly_timeout_s,
+        client_kwargs=client_kwargs,
     )
+    scorer = _Scorer(service, prompt_key, group_key)
 
     def compute_score(
         data_source: Any,
@@ -146,7 +113,7 @@ def make_compute_score(
     ) -> Score:
         return scorer(data_source, solution_str, ground_truth, extra_info, **kwargs)
 
-    compute_score.close = scorer.lazy.close  # type: ignore[attr-defined]
+    compute_score.close = service.close  # type: ignore[attr-defined]
     return compute_score
 
 
