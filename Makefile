@@ -9,7 +9,7 @@ PROFILE ?= real
 CONFIG  ?=
 TINY_DIR ?= .cache/tiny-models
 
-.PHONY: help venv test test-fast test-slow lint format serve demo tiny-models bench \
+.PHONY: help venv test test-fast test-slow lint format serve demo demo-serve tiny-models bench \
         proto compose-config k8s-check clean
 
 help: ## list the targets
@@ -43,7 +43,10 @@ format: venv ## apply ruff's fixes and formatting
 serve: venv ## run the reward + diversity services (real weights: hub or DIVREWARD_WEIGHTS_DIR)
 	$(BIN)/divreward serve --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG),)
 
-demo: venv ## run the services on tiny random models (machinery only, scores meaningless)
+demo: venv ## tiny service + 3 training steps of a tiny random SD3 against it on CPU, then stop
+	HF_HUB_OFFLINE=1 $(BIN)/python -m divreward.trainer.demo --tiny-dir $(TINY_DIR)
+
+demo-serve: venv ## run the services on tiny random models (machinery only, scores meaningless)
 	$(BIN)/divreward serve --profile tiny
 
 tiny-models: venv ## build the tiny random models into $(TINY_DIR)

@@ -16,6 +16,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "divreward.models.cli",
     "divreward.services.cli",
     "divreward.client.cli",
+    "divreward.trainer.cli",
 )
 
 
