@@ -1,0 +1,51 @@
+"""Tiny trainer models for tests: one entry per registered model family.
+
+``TINY_TEST_ENTRIES`` says how the tests load and sample each family's tiny pipeline
+(built by :mod:`divreward.trainer.models.tiny`); a test fails if a family registered in
+:data:`divreward.trainer.models.registry.ADAPTERS` has no entry here. The session fixture
+``tiny_pipeline_dir`` (tests/trainer/conftest.py) builds the directories once per session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from divreward.trainer.models.base import DiffusionAdapter
+from divreward.trainer.models.registry import get_adapter
+
+
+@dataclass(frozen=True)
+class TinyEntry:
+    guidance: float  # the family's paper guidance (CFG for SD3, embedded for Flux)
+    height: int = 16
+    width: int = 16
+    # Short text sequences keep the tiny models fast; the loaders' defaults are the
+    # real models' (SD3: 256 T5 tokens, Flux: 512).
+    load_options: dict[str, Any] = field(default_factory=lambda: {"max_sequence_length": 32})
+
+
+TINY_TEST_ENTRIES: dict[str, TinyEntry] = {
+    "sd3": TinyEntry(guidance=4.5),
+    "flux": TinyEntry(guidance=3.5),
+}
+
+
+def load_tiny_adapter(family: str, pipeline_dir: Path, **options: Any) -> DiffusionAdapter:
+    """A fresh adapter (float32, CPU) over the tiny pipeline of ``family``."""
+    opts = {**TINY_TEST_ENTRIES[family].load_options, **options}
+    return get_adapter(family).from_pretrained(
+        str(pipeline_dir), device="cpu", dtype=torch.float32, **opts
+    )
+
+
+def perturb_lora(adapter: DiffusionAdapter, seed: int = 0, scale: float = 0.05) -> None:
+    """Stand-in for a training update: random LoRA B matrices (A stays as initialised)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter.transformer.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)

@@ -1,0 +1,190 @@
+"""Flux.1 through diffusers' ``FluxPipeline``.
+
+- Prompts: the pipeline's ``encode_prompt`` (CLIP pooled + T5 sequence).
+- Guidance: Flux.1-dev's guidance *embedding* (a transformer input), no CFG and no
+  negative prompt.
+- Latents: held **unpacked** ``(B, C, h, w)`` in float32 (the layout the pipeline draws its
+  noise in); :meth:`velocity` packs them into 2x2 patches ``(B, h/2 * w/2, 4C)`` with the
+  pipeline's ``img_ids``/``txt_ids`` and unpacks the velocity. Packing is a permutation,
+  so the element-wise SDE step and its per-element mean log-prob are the same as on
+  packed latents.
+- Schedule: the pipeline's ``linspace(1, 1/T, T)`` shifted with ``mu`` from the packed
+  image sequence length; timestep ``(sigma * 1000) / 1000`` as the pipeline computes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg
+
+__all__ = ["FluxAdapter"]
+
+
+class FluxAdapter(DiffusionAdapter):
+    family: ClassVar[str] = "flux"
+    # Flow-GRPO's Flux targets: SD3's attention projections plus the feed-forwards.
+    default_lora_targets: ClassVar[tuple[str, ...]] = (
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "attn.to_k",
+        "attn.to_out.0",
+        "attn.to_q",
+        "attn.to_v",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+    )
+
+    def __init__(self, pipeline: Any, *, max_sequence_length: int = 512, **kwargs: Any) -> None:
+        super().__init__(pipeline, **kwargs)
+        self.max_sequence_length = max_sequence_length
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        *,
+        device: str | torch.device,
+        dtype: torch.dtype,
+        max_sequence_length: int = 512,
+        vae_dtype: torch.dtype = torch.float32,
+        autocast_dtype: torch.dtype | None = None,
+        gradient_checkpointing: bool = False,
+        prompt_cache_size: int = 1024,
+    ) -> FluxAdapter:
+        """``model``: a hub id or a local pipeline directory."""
+        from diffusers import FluxPipeline
+
+        pipe = FluxPipeline.from_pretrained(model, **dtype_kwarg(dtype))
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        if pipe.vae.dtype != vae_dtype:
+            pipe.vae.to(dtype=vae_dtype)
+        if gradient_checkpointing:
+            pipe.transformer.enable_gradient_checkpointing()
+        return cls(
+            pipe,
+            device=device,
+            dtype=dtype,
+            autocast_dtype=autocast_dtype,
+            prompt_cache_size=prompt_cache_size,
+            max_sequence_length=max_sequence_length,
+        )
+
+    def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
+        with self._autocast():
+            pe, pooled, _text_ids = self.pipeline.encode_prompt(
+                prompt=prompts,
+                prompt_2=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.max_sequence_length,
+            )
+        return {
+            "prompt_embeds": pe.to(self.dtype),  # (B, T5 tokens, joint_attention_dim)
+            "pooled_prompt_embeds": pooled.to(self.dtype),  # (B, CLIP hidden)
+        }
+
+    def negative_embeds(self) -> None:
+        return None  # guidance is embedded: no CFG, no negative prompt
+
+    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        f = self.pipeline.vae_scale_factor
+        if height % (2 * f) or width % (2 * f):
+            raise ValueError(
+                f"height and width must be multiples of {2 * f} (VAE factor {f} x 2x2 "
+                f"packing); got {height}x{width}"
+            )
+        return height // f, width // f
+
+    def initial_latents(self, n: int, *, height: int, width: int, generator: Any = None) -> Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        h, w = self._latent_hw(height, width)
+        shape = (n, self.transformer.config.in_channels // 4, h, w)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    def sigmas(self, num_steps: int, *, height: int, width: int) -> Tensor:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        h, w = self._latent_hw(height, width)
+        sched = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config)
+        cfg = sched.config
+        mu = calculate_shift(
+            (h // 2) * (w // 2),  # the packed image sequence length
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+        base = np.linspace(1.0, 1 / num_steps, num_steps)
+        if cfg.get("use_flow_sigmas", False):
+            sched.set_timesteps(num_steps, device="cpu", mu=mu)
+        else:
+            sched.set_timesteps(sigmas=base, device="cpu", mu=mu)
+        return sched.sigmas.float().clone()
+
+    @staticmethod
+    def pack(x: Tensor) -> Tensor:
+        """(B, C, h, w) -> (B, h/2 * w/2, 4C), the pipeline's 2x2 packing."""
+        b, c, h, w = x.shape
+        x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+    @staticmethod
+    def unpack(x: Tensor, h: int, w: int) -> Tensor:
+        """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of :meth:`pack`."""
+        b, _, c4 = x.shape
+        x = x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, c4 // 4, h, w)
+
+    def velocity(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        embeds: PromptEmbeds,
+        *,
+        guidance: float,
+        detach_uncond: bool = False,
+    ) -> Tensor:
+        from diffusers import FluxPipeline
+
+        n, _, h, w = x.shape
+        if len(embeds) != n:
+            raise ValueError(f"velocity: {len(embeds)} prompt rows for {n} latents")
+        pe = embeds.tensors["prompt_embeds"]
+        pooled = embeds.tensors["pooled_prompt_embeds"]
+        t = torch.as_tensor(sigma, device=self.device, dtype=torch.float32) * 1000
+        t = t.expand(n) if t.ndim == 0 else t
+        timestep = t.to(self.dtype) / 1000  # exactly the pipeline's arithmetic
+        g = None
+        if self.transformer.config.guidance_embeds:
+            g = torch.full([n], guidance, device=self.device, dtype=torch.float32)
+        img_ids = FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, self.device, pe.dtype)
+        txt_ids = torch.zeros(pe.shape[1], 3, device=self.device, dtype=pe.dtype)
+        with self._autocast():
+            out = self.transformer(
+                hidden_states=self.pack(x.to(self.dtype)),
+                timestep=timestep,
+                guidance=g,
+                pooled_projections=pooled,
+                encoder_hidden_states=pe,
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )[0]
+        return self.unpack(out.float(), h, w)
+
+    def _decode_latents(self, x: Tensor) -> Tensor:
+        vae = self.pipeline.vae
+        x = x / vae.config.scaling_factor + vae.config.shift_factor
+        return vae.decode(x.to(vae.dtype), return_dict=False)[0]
