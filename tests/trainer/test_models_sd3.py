@@ -126,3 +126,19 @@ def test_decode_applies_the_vae_scaling_and_shift(sd3):
     with torch.no_grad():
         ref = vae.decode(x / 1.5035 + 0.0609).sample
     torch.testing.assert_close(sd3.decode(x), (ref / 2 + 0.5).clamp(0, 1), rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_pipeline_dir):
+    grads = []
+    for ckpt in (False, True):
+        adapter = load_tiny_adapter("sd3", tiny_pipeline_dir("sd3"), gradient_checkpointing=ckpt)
+        assert adapter.transformer.gradient_checkpointing is ckpt
+        torch.manual_seed(0)  # the gaussian LoRA init draws from the global generator
+        params = adapter.add_lora(rank=4, alpha=8)
+        perturb_lora(adapter)
+        embeds = adapter.encode_prompts(["a cat"])
+        v = adapter.velocity(_x(adapter, 1), torch.tensor(0.5), embeds, guidance=GUIDANCE)
+        v.sum().backward()
+        grads.append([p.grad for p in params])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
