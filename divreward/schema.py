@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -35,10 +35,19 @@ from pydantic import (
     PlainValidator,
     SerializationInfo,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 
-from divreward.core.config import AdvantageConfig, DiverseGRPOConfig, DRIFTConfig
+from divreward.core.config import AdvantageConfig
+from divreward.methods import (
+    METHODS,
+    DiverseGRPOParams,
+    DriftParams,
+    NoDiversityParams,
+    embedding_methods,
+    method_names,
+)
 
 __all__ = [
     "API_VERSION",
@@ -225,33 +234,20 @@ _REQUEST_ID = Field(
 
 
 # ------------------------------------------------------------------------ parameters
-class DiverseGRPOParams(DiverseGRPOConfig):
-    """DiverseGRPO creativity bonus (spectral clustering); unset fields take the server's
-    defaults (beta 0.7, nearest-neighbour sigma, eigengap k)."""
-
-    method: Literal["diversegrpo"] = "diversegrpo"
-
-
-class DriftParams(DRIFTConfig):
-    """DRIFT intra-group diversity reward; unset fields take the server's defaults
-    (lambda 0.5, gamma 1, sigma_clip 1, decoupled advantages)."""
-
-    method: Literal["drift"] = "drift"
+# The methods' parameter models come from the method table (divreward.methods); the
+# unions below are built from it, so a new method is accepted everywhere at once.
+def _union(members: tuple[type[BaseModel], ...]) -> Any:
+    return Annotated[Union[members], Field(discriminator="method")]  # noqa: UP007
 
 
-class NoDiversityParams(_Model):
-    """Quality only: rewards = combined quality, advantages over the group."""
-
-    method: Literal["none"] = "none"
-
-
-DiversityParams = Annotated[DiverseGRPOParams | DriftParams, Field(discriminator="method")]
+DiversityParams = _union(tuple(m.params for m in embedding_methods()))
 """Parameters of ``/v1/diversity``: the method and any of its config fields."""
 
-RewardDiversityParams = Annotated[
-    DiverseGRPOParams | DriftParams | NoDiversityParams, Field(discriminator="method")
-]
+RewardDiversityParams = _union(tuple(m.params for m in METHODS.values()))
 """Parameters of the diversity term of ``/v1/rewards``."""
+
+MethodName = Literal[method_names()]  # type: ignore[valid-type]
+"""A diversity method's name (every method of the table)."""
 
 
 # --------------------------------------------------------------------------- /v1/embed
@@ -334,35 +330,47 @@ class DiversityRequest(_Model):
         return out
 
 
-class DiversityGroupResult(_Model):
+class _GroupResultBase(_Model):
     group_id: str | None = None
     size: int
-    method: Literal["diversegrpo", "drift", "none"]
-    bonus: list[float] | None = Field(
-        default=None, description="DiverseGRPO creativity bonus E_i = sqrt(N / n_k)."
+    method: MethodName
+
+
+def _group_result_model() -> type[_Model]:
+    """One group's diversity result: the common fields, every method's own fields
+    (optional: set for the method that ran), then rewards, advantages, embeddings."""
+    fields: dict[str, Any] = {}
+    for method in METHODS.values():
+        for name, info in method.result.model_fields.items():
+            if name in fields:
+                raise TypeError(f"method {method.name!r}: result field {name!r} is taken")
+            fields[name] = (info.annotation | None, Field(None, description=info.description))
+    fields["rewards"] = (
+        list[float] | None,
+        Field(None, description="Combined rewards (when quality was given)."),
     )
-    labels: list[int] | None = Field(default=None, description="DiverseGRPO cluster labels.")
-    k: int | None = Field(default=None, description="DiverseGRPO number of clusters.")
-    sigma: float | None = Field(default=None, description="DiverseGRPO affinity scale.")
-    diversity: list[float] | None = Field(
-        default=None, description="DRIFT d_i: mean squared distance to the others."
+    fields["advantages"] = (
+        list[float] | None,
+        Field(None, description="Group advantages (when quality was given)."),
     )
-    intrinsic: list[float] | None = Field(
-        default=None, description="DRIFT intrinsic reward gamma^T d_i clipped to sigma_clip."
+    fields["embeddings"] = (
+        list[list[float]] | None,
+        Field(None, description="The embeddings used (when return_embeddings was set)."),
     )
-    rewards: list[float] | None = Field(
-        default=None, description="Combined rewards (when quality was given)."
+    return create_model(  # type: ignore[no-any-return, call-overload]
+        "DiversityGroupResult",
+        __base__=_GroupResultBase,
+        __module__=__name__,
+        __doc__="One group's diversity term: the fields of the method that ran.",
+        **fields,
     )
-    advantages: list[float] | None = Field(
-        default=None, description="Group advantages (when quality was given)."
-    )
-    embeddings: list[list[float]] | None = Field(
-        default=None, description="The embeddings used (when return_embeddings was set)."
-    )
+
+
+DiversityGroupResult = _group_result_model()
 
 
 class DiversityResolvedParams(_Model):
-    diversity: DiverseGRPOParams | DriftParams
+    diversity: DiversityParams
     advantage: AdvantageConfig
 
 
@@ -482,7 +490,7 @@ class RewardGroupResult(_Model):
 
 class RewardParams(_Model):
     quality: dict[str, float]
-    diversity: DiverseGRPOParams | DriftParams | NoDiversityParams
+    diversity: RewardDiversityParams
     advantage: AdvantageConfig
 
 

@@ -1,4 +1,4 @@
-"""API models of group streaming and group assembly (issue #5), beside the one schema.
+"""API models of group streaming and group assembly, beside the one schema.
 
 A trainer that keeps its groups whole sends each group as one :class:`GroupSubmission`
 (``group_size`` unset). A trainer that scatters a prompt's group over calls, ranks or

@@ -97,7 +97,7 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
     http = config.setdefault("http_options", {})
     http["host"] = args.host or http.get("host") or "127.0.0.1"
     http["port"] = args.port or http.get("port") or 8000
-    # gRPC front door (issue #5): the divreward servicer on --grpc-port.
+    # gRPC front door: the divreward servicer on --grpc-port.
     from divreward.services.reward_server.grpc_methods import GRPC_SERVICER_FUNCTION
 
     grpc = config.setdefault("grpc_options", {})

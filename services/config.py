@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from divreward.core.config import CoreConfig
+from divreward.methods import embedding_methods, method_names
 from divreward.models.registry import REGISTRY
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "BatchArgs",
     "DiversityAppArgs",
     "EmbedderArgs",
-    "GrpcArgs",
     "IngressArgs",
     "LimitsArgs",
     "ModelDeploymentArgs",
@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 Profile = Literal["real", "tiny"]
+#: The diversity methods of the method table (divreward.methods), as config literals.
+MethodName = Literal[method_names()]  # type: ignore[valid-type]
+EmbeddingMethodName = Literal[tuple(m.name for m in embedding_methods())]  # type: ignore[valid-type]
 
 #: Where ``--profile tiny`` keeps its tiny random models unless told otherwise.
 DEFAULT_TINY_DIR = "~/.cache/divreward/tiny-models"
@@ -242,12 +245,6 @@ class IngressArgs(_Args):
     )
 
 
-class GrpcArgs(_Args):
-    """gRPC front door of the reward application (filled in by issue #5)."""
-
-    enabled: bool = False
-
-
 class ServiceArgs(_Args):
     """What both applications share."""
 
@@ -280,7 +277,7 @@ class ServiceArgs(_Args):
 
 class DiversityAppArgs(ServiceArgs):
     embedder: EmbedderArgs = Field(default_factory=EmbedderArgs)
-    default_method: Literal["diversegrpo", "drift"] = "diversegrpo"
+    default_method: EmbeddingMethodName = "diversegrpo"  # type: ignore[valid-type]
 
 
 class AssemblyArgs(_Args):
@@ -320,8 +317,7 @@ class RewardAppArgs(ServiceArgs):
         default_factory=lambda: {"pickscore": ScorerArgs()},
         description="Quality scorers, one deployment each: registry name -> settings.",
     )
-    default_diversity: Literal["diversegrpo", "drift", "none"] = "diversegrpo"
-    grpc: GrpcArgs = Field(default_factory=GrpcArgs)
+    default_diversity: MethodName = "diversegrpo"  # type: ignore[valid-type]
     assembly: AssemblyArgs = Field(
         default_factory=AssemblyArgs,
         description="Group assembly: parts of a group (tagged with group_id and group_size) "

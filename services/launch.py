@@ -49,9 +49,9 @@ def serve_start_options(
     request_timeout_s: float | None = None,
     grpc_port: int | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of ``serve.start``: where the HTTP proxy listens (and, once
-    issue #5 fills it in, the gRPC one). One function, so the CLI, the tests and the
-    benchmark start Serve the same way."""
+    """Keyword arguments of ``serve.start``: where the HTTP proxy listens, and the gRPC
+    proxy with the divreward servicer when ``grpc_port`` is given. One function, so the
+    CLI, the tests and the benchmark start Serve the same way."""
     options: dict[str, Any] = {
         "http_options": HTTPOptions(host=host, port=http_port, request_timeout_s=request_timeout_s),
     }
@@ -61,7 +61,7 @@ def serve_start_options(
 
 
 def _grpc_options(port: int) -> Any:
-    """gRPC proxy options (issue #5 adds the servicer functions)."""
+    """gRPC proxy options: the port and the divreward servicer."""
     from ray.serve.config import gRPCOptions
 
     from divreward.services.reward_server.grpc_methods import GRPC_SERVICER_FUNCTION

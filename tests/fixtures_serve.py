@@ -7,8 +7,8 @@ ports, running both applications on the tiny models: the diversity app at
 - ``serve_app``: a :class:`ServeApp` with ``base_url`` (the reward app, the front door),
   ``diversity_url`` (the diversity app on its own prefix), ``tiny_models_dir``, the app
   args, and the scorer/embedder names it runs.
-- ``serve_start_options(http_port)``: what ``serve.start`` gets; the gRPC options of
-  issue #5 go there.
+- ``serve_start_options(http_port, grpc_port)``: what ``serve.start`` gets (HTTP on
+  loopback, and the gRPC proxy with the divreward servicer).
 
 Tests that need it are marked ``serve``. Ray is started once, lazily, by the first test
 that asks for ``serve_app``, and shut down at the end of the session.
@@ -62,7 +62,7 @@ class ServeApp:
     diversity_args: Any
     scorers: dict[str, float] = field(default_factory=dict)
     embedder: str = SERVE_EMBEDDER
-    extra: dict[str, Any] = field(default_factory=dict)  # room for issue #5 (gRPC port...)
+    extra: dict[str, Any] = field(default_factory=dict)  # grpc_port, grpc_url
 
 
 def mark_built(root: Path, names: list[str]) -> None:

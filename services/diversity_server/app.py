@@ -5,7 +5,8 @@ a FastAPI ingress serving /v1/embed, /v1/diversity, /v1/metrics, /v1/models, /he
 Deployable on its own (``serve run divreward.services.diversity_server.app:build_app``
 or a config file's ``import_path``) and composed into the reward application, which
 calls this ingress's methods (``embed``, ``diversity``, ``metrics``, ``ready``) and its
-embedder through deployment handles.
+embedder through deployment handles (names in
+:mod:`divreward.services.common.deployments`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any, TypeVar
 from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
-from ray.serve.config import BackpressureConfig
 
 from divreward.schema import (
     DiversityRequest,
@@ -27,29 +27,20 @@ from divreward.schema import (
     MetricsRequest,
     MetricsResponse,
 )
-from divreward.services.config import DiversityAppArgs, IngressArgs
-from divreward.services.diversity_server.router import BODY_MODELS, common_router, diversity_router
+from divreward.services.common.api import Api
+from divreward.services.common.app import make_app
+from divreward.services.common.deployments import DIVERSITY_INGRESS, EMBEDDER, ingress_options
+from divreward.services.common.errors import ServiceError
+from divreward.services.common.routes import diversity_router, ops_router
+from divreward.services.config import DiversityAppArgs
 from divreward.services.diversity_server.serving import DiversityServing
-from divreward.services.errors import ServiceError
-from divreward.services.http import Api, make_app
 from divreward.services.model_deployments import EmbedderDeployment, model_deployment_options
 from divreward.services.profile import prepare_profile
 
-__all__ = [
-    "DIVERSITY_INGRESS",
-    "EMBEDDER",
-    "DiversityIngress",
-    "build_app",
-    "build_diversity_app",
-    "ingress_options",
-]
+__all__ = ["DiversityIngress", "build_app", "build_diversity_app"]
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
-
-#: Deployment names, used by the reward app to get handles to this app by name.
-DIVERSITY_INGRESS = "DiversityIngress"
-EMBEDDER = "embedder"
 
 DESCRIPTION = (
     "Embeddings, group diversity (DiverseGRPO creativity bonus, DRIFT intra-group "
@@ -72,11 +63,7 @@ class DiversityIngress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = make_app(
-            "divreward diversity service",
-            DESCRIPTION,
-            self.api,
-            [diversity_router, common_router],
-            BODY_MODELS,
+            "divreward diversity service", DESCRIPTION, self.api, [diversity_router, ops_router]
         )
         app.state.serving = self.serving
         return app
@@ -102,20 +89,6 @@ async def _returning_errors(call: Awaitable[T]) -> T | ServiceError:
         return await call
     except ServiceError as err:
         return err
-
-
-def ingress_options(name: str, ingress: IngressArgs) -> dict[str, Any]:
-    """Serve options of an ingress deployment (replicas, CPU, queue and backpressure)."""
-    return {
-        "name": name,
-        "num_replicas": ingress.num_replicas,
-        "ray_actor_options": {"num_cpus": ingress.num_cpus},
-        "max_ongoing_requests": ingress.max_ongoing_requests,
-        "max_queued_requests": ingress.max_queued_requests,
-        "backpressure_config": BackpressureConfig(
-            status_code=ingress.backpressure_status, retry_after_s=ingress.retry_after_s
-        ),
-    }
 
 
 def build_diversity_app(args: DiversityAppArgs) -> Application:

@@ -5,7 +5,9 @@ each with its own replicas and GPU fraction) and a FastAPI ingress, the front do
 deployment handles.
 
 The diversity application is deployed beside it (same Serve instance, its own route
-prefix, default ``/diversity``) and found by name (``RewardAppArgs.diversity_app``).
+prefix, default ``/diversity``, submitted in the same deploy) and found by name
+(``RewardAppArgs.diversity_app``) when the reward ingress starts: a wrong name fails the
+deploy. The group assembler is a deployment of this app, bound into the ingress.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from divreward.services.common.api import Api
+from divreward.services.common.app import make_app
+from divreward.services.common.deployments import connect_diversity, ingress_options
+from divreward.services.common.routes import diversity_router, ops_router
 from divreward.services.config import RewardAppArgs
-from divreward.services.diversity_server.app import DIVERSITY_INGRESS, EMBEDDER, ingress_options
-from divreward.services.diversity_server.router import BODY_MODELS as DIVERSITY_BODIES
-from divreward.services.diversity_server.router import common_router, diversity_router
-from divreward.services.http import Api, make_app
 from divreward.services.model_deployments import ScorerDeployment, model_deployment_options
 from divreward.services.profile import prepare_profile
 from divreward.services.reward_server.assembler import assembler_deployment
+from divreward.services.reward_server.compat import compat_router
+from divreward.services.reward_server.groups import GroupService
 from divreward.services.reward_server.grpc_methods import RewardGrpcMethods
-from divreward.services.reward_server.router import BODY_MODELS, EXTRA_ROUTERS, reward_router
-from divreward.services.reward_server.serving import DiversityLink, RewardServing
+from divreward.services.reward_server.router import reward_router
+from divreward.services.reward_server.serving import RewardServing
 
 __all__ = ["REWARD_INGRESS", "RewardIngress", "build_app", "build_reward_app", "scorer_name"]
 
@@ -52,11 +56,12 @@ class RewardIngress(RewardGrpcMethods):
     """Ingress of the reward app; the logic lives in ``self.serving`` (shared with the
     gRPC methods of :class:`RewardGrpcMethods`)."""
 
-    def __init__(self, scorers: dict[str, Any], args: RewardAppArgs, assembler: Any = None) -> None:
+    def __init__(self, scorers: dict[str, Any], args: RewardAppArgs, assembler: Any) -> None:
         self.args = args
-        self.assembler = assembler  # GroupAssembler handle (group assembly, issue #5)
-        link = DiversityLink(args.diversity_app, DIVERSITY_INGRESS, EMBEDDER)
-        self.serving = RewardServing(scorers, link, args)
+        # Raises (and so fails the deploy) if the diversity app is missing or misnamed.
+        diversity = connect_diversity(args.diversity_app)
+        self.serving = RewardServing(scorers, diversity, args)
+        self.groups = GroupService(self.serving, assembler)
         self.api = Api("reward", args.limits, args.auth, args.ingress)
         self.serving.observe = self.api.metrics.observe_model
         if args.profile == "tiny":
@@ -67,10 +72,10 @@ class RewardIngress(RewardGrpcMethods):
             "divreward reward service",
             DESCRIPTION,
             self.api,
-            [reward_router, diversity_router, common_router, *EXTRA_ROUTERS],
-            (*BODY_MODELS, *DIVERSITY_BODIES),
+            [reward_router, diversity_router, ops_router, compat_router],
         )
         app.state.serving = self.serving
+        app.state.groups = self.groups
         return app
 
 

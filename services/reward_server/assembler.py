@@ -7,18 +7,14 @@ diversity rewards need the whole group. A part is a
 share ``namespace`` and ``group_id`` fill groups of ``group_size`` images in arrival
 order (images beyond it open the next group of that id, ``sequence`` 1, 2, ...).
 
-Three pieces:
-
-- :class:`GroupAssembler`, a single-replica deployment holding the pending groups (one
-  replica, so every part of a group meets in one place). It only keeps state: when a
-  part completes a group it hands the whole group to *that* part's caller (the
-  "leader"), which computes the rewards through the reward serving layer and sends the
-  outcome back with ``resolve``; the other parts' callers ``wait`` for it. A group still
-  incomplete ``timeout_s`` after its first part fails every waiting part with a 408 that
-  says how many images arrived; its images are released.
-- :class:`GroupService`, the logic of ``SubmitGroup`` / ``POST /v1/groups`` and of each
-  message of the ``RewardStream`` RPC, over :class:`RewardServing` and the assembler.
-- ``groups_router``: ``POST /v1/groups``.
+This module is the deployment: :class:`GroupAssembler`, a single-replica deployment
+holding the pending groups (one replica, so every part of a group meets in one place).
+It only keeps state: when a part completes a group it hands the whole group to *that*
+part's caller (the "leader"), which computes the rewards through the reward serving
+layer and sends the outcome back with ``resolve``; the other parts' callers ``wait``
+for it. A group still incomplete ``timeout_s`` after its first part fails every waiting
+part with a 408 that says how many images arrived; its images are released. The logic
+of a submission is :class:`~divreward.services.reward_server.groups.GroupService`.
 
 A part retried with the same ``request_id`` (e.g. after a connection error) joins its
 earlier self instead of adding its images twice.
@@ -27,32 +23,18 @@ earlier self instead of adding its images twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from ray import serve
 
-from divreward.schema import RewardGroup, RewardsRequest, RewardsResponse
-from divreward.schema_stream import AssembledGroup, GroupSubmission, GroupSubmissionResult
+from divreward.services.common.errors import ServiceError
 from divreward.services.config import AssemblyArgs
-from divreward.services.errors import ServiceError
-from divreward.services.http import Api, body_doc, error_responses
 
-__all__ = [
-    "ASSEMBLER",
-    "AssemblyArgs",
-    "GroupAssembler",
-    "GroupService",
-    "assembler_deployment",
-    "groups_router",
-]
+__all__ = ["ASSEMBLER", "GroupAssembler", "Outcome", "Segment", "assembler_deployment"]
 
 log = logging.getLogger("ray.serve")
 
@@ -316,188 +298,3 @@ def assembler_deployment(args: AssemblyArgs | None = None) -> Any:
         ray_actor_options={"num_cpus": 0},
     )
     return deployment.bind(args or AssemblyArgs())
-
-
-# --------------------------------------------------------------------- the service
-def params_key(sub: GroupSubmission) -> str:
-    """A digest of the parameters that must agree across the parts of a group."""
-    data = sub.model_dump(
-        mode="json",
-        include={"quality", "diversity", "advantage", "return_embeddings"},
-        exclude_unset=True,
-    )
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def _rewards_request(
-    sub: GroupSubmission, images: list[bytes], request_id: str | None
-) -> RewardsRequest:
-    data: dict[str, Any] = {
-        "groups": [RewardGroup(prompt=sub.prompt, images=images, group_id=sub.group_id)],
-        "request_id": request_id,
-    }
-    for name in ("quality", "diversity", "advantage", "return_embeddings"):
-        if name in sub.model_fields_set:
-            data[name] = getattr(sub, name)
-    return RewardsRequest(**data)
-
-
-class GroupService:
-    """Whole groups and assembled parts, over the reward serving layer.
-
-    ``serving``: a :class:`~divreward.services.reward_server.serving.RewardServing`;
-    ``assembler``: a handle to :class:`GroupAssembler` (looked up by name when None).
-    """
-
-    def __init__(self, serving: Any, assembler: Any = None, args: AssemblyArgs | None = None):
-        self.serving = serving
-        self._assembler = assembler
-        # the reward app's configured settings (RewardAppArgs.assembly) unless given
-        self.args = args or getattr(getattr(serving, "args", None), "assembly", AssemblyArgs())
-
-    @property
-    def assembler(self) -> Any:
-        if self._assembler is None:
-            app = serve.get_replica_context().app_name
-            self._assembler = serve.get_deployment_handle(ASSEMBLER, app)
-        return self._assembler
-
-    async def submit(self, sub: GroupSubmission) -> GroupSubmissionResult:
-        """Rewards for the images of one submission (raises ServiceError)."""
-        if sub.group_size is None:
-            resp = await self.serving.rewards(
-                _rewards_request(sub, list(sub.images), sub.request_id)
-            )
-            n = len(sub.images)
-            return self._result(sub, [(Segment("", 0, list(range(n)), list(range(n))), resp)])
-        return await self._assemble(sub)
-
-    async def _assemble(self, sub: GroupSubmission) -> GroupSubmissionResult:
-        assert sub.group_size is not None
-        timeout = min(
-            sub.assembly_timeout_s or self.args.default_timeout_s, self.args.max_timeout_s
-        )
-        segments: list[Segment] = await self.assembler.add.remote(
-            sub.namespace or "default",
-            sub.group_id,
-            sub.request_id or uuid.uuid4().hex,
-            sub.prompt,
-            list(sub.images),
-            sub.group_size,
-            params_key(sub),
-            timeout,
-        )
-
-        async def outcome(seg: Segment) -> tuple[Segment, RewardsResponse]:
-            if seg.leader_images is not None:
-                # Shielded: if this caller goes away, the others still get the rewards.
-                result = await asyncio.shield(asyncio.ensure_future(self._lead(sub, seg)))
-            else:
-                result = await self.assembler.wait.remote(seg.token)
-            status, value = result
-            if status == "error":
-                raise value
-            return seg, value
-
-        done = await asyncio.gather(*(outcome(s) for s in segments))
-        return self._result(sub, list(done))
-
-    async def _lead(self, sub: GroupSubmission, seg: Segment) -> Outcome:
-        assert seg.leader_images is not None
-        try:
-            resp = await self.serving.rewards(_rewards_request(sub, seg.leader_images, None))
-            outcome: Outcome = ("ok", resp)
-        except ServiceError as exc:
-            outcome = ("error", _in_group(exc, sub, seg))
-        except Exception as exc:  # every part of the group must hear about it
-            from divreward.services.http import to_service_error
-
-            outcome = ("error", _in_group(to_service_error(exc), sub, seg))
-        await self.assembler.resolve.remote(seg.token, outcome)
-        return outcome
-
-    def _result(
-        self, sub: GroupSubmission, done: list[tuple[Segment, RewardsResponse]]
-    ) -> GroupSubmissionResult:
-        n = len(sub.images)
-        rewards = [0.0] * n
-        advantages = [0.0] * n
-        quality: dict[str, list[float]] = {}
-        groups: list[AssembledGroup] = []
-        models: dict[str, Any] = {}
-        warnings: list[str] = []
-        for seg, resp in done:
-            res = resp.groups[0]
-            for p, q in zip(seg.positions, seg.group_positions, strict=True):
-                rewards[p] = res.rewards[q]
-                advantages[p] = res.advantages[q]
-                for name, values in res.quality.items():
-                    quality.setdefault(name, [0.0] * n)[p] = values[q]
-            groups.append(
-                AssembledGroup(
-                    sequence=seg.sequence,
-                    positions=seg.positions,
-                    group_positions=seg.group_positions,
-                    result=res,
-                )
-            )
-            models.update(resp.models)
-            warnings.extend(w for w in resp.warnings if w not in warnings)
-        last = done[-1][1]
-        return GroupSubmissionResult(
-            request_id=sub.request_id,
-            profile=last.profile,
-            warnings=warnings,
-            group_id=sub.group_id,
-            rewards=rewards,
-            advantages=advantages,
-            quality=quality,
-            groups=groups,
-            models=models,
-            params=last.params,
-        )
-
-
-def _in_group(err: ServiceError, sub: GroupSubmission, seg: Segment) -> ServiceError:
-    return ServiceError(
-        err.status,
-        err.kind,
-        f"assembled group {sub.group_id!r} #{seg.sequence}: {err.message}",
-        group_index=None,
-        image_index=err.image_index,
-        valid=err.valid,
-        details=err.details,
-        retry_after_s=err.retry_after_s,
-    )
-
-
-# --------------------------------------------------------------------- the route
-groups_router = APIRouter(tags=["rewards"])
-
-
-def group_service(request: Request) -> GroupService:
-    """The app's GroupService, made on first use over its reward serving layer."""
-    state = request.app.state
-    service = getattr(state, "groups", None)
-    if service is None:
-        service = GroupService(state.serving)
-        state.groups = service
-    return service
-
-
-@groups_router.post(
-    "/v1/groups",
-    summary="Rewards of one group, or of a part of a group the server assembles "
-    "(group_size set); answers once the group is complete.",
-    openapi_extra=body_doc(GroupSubmission),
-    responses={
-        200: {"model": GroupSubmissionResult},
-        **error_responses(400, 401, 408, 409, 413, 415, 422, 503, 504),
-    },
-)
-async def submit_group(request: Request) -> Response:
-    api: Api = request.app.state.api
-    service = group_service(request)
-    return await api.handle(
-        request, "/v1/groups", GroupSubmission, service.submit, lambda r: len(r.images)
-    )

@@ -13,8 +13,9 @@ Pickle dialect (Flow-GRPO, ddpo-pytorch and their reference servers; verl-omni/d
     (overload, timeout, internal) because 500 is the only status Flow-GRPO retries.
 
 Flow-Factory JSON dialect, at base URLs ``/compat/flow-factory/<mode>`` with ``mode`` =
-``pointwise``, ``groupwise`` (the server's default diversity method),
-``groupwise-diversegrpo`` or ``groupwise-drift``:
+``pointwise``, ``groupwise`` (the server's default diversity method), or
+``groupwise-<method>`` for each diversity method (``groupwise-diversegrpo``,
+``groupwise-drift``):
     ``GET <base>/health`` -> ``{"status": "ok"}``; ``POST <base>/compute`` JSON
     ``{"prompt": [str], "image": [base64 PNG], "video": null, "condition_images": null,
     "condition_videos": null, "kwargs": {...}}`` -> ``{"rewards": [float]}``. Pointwise:
@@ -26,13 +27,14 @@ Flow-Factory JSON dialect, at base URLs ``/compat/flow-factory/<mode>`` with ``m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from divreward.methods import embedding_methods
 from divreward.safe_pickle import PickleDecodeError, UnsafePickleError, safe_dumps, safe_loads
 from divreward.schema import (
     ImageBytes,
@@ -40,8 +42,10 @@ from divreward.schema import (
     RewardsRequest,
     ScoreRequest,
 )
-from divreward.services.errors import ServiceError, from_validation_error
-from divreward.services.http import Api, error_body, to_service_error
+from divreward.services.common.api import Api
+from divreward.services.common.errors import ServiceError, from_validation_error, to_service_error
+from divreward.services.common.wire import error_response, read_body
+from divreward.services.reward_server.serving import combine_quality
 
 __all__ = ["FlowFactoryRequest", "compat_router"]
 
@@ -62,10 +66,8 @@ async def _quality(
     scorers, weight 1 each), accumulated in weight order as /v1/rewards does."""
     weights = {name: 1.0 for name in scorers} if scorers else dict(serving.default_quality)
     resp = await serving.score(ScoreRequest(prompts=prompts, images=images, scorers=list(weights)))
-    total = np.zeros(len(images), dtype=np.float64)
-    for name, w in weights.items():
-        total += w * np.asarray(resp.scores[name], dtype=np.float64)
-    return [float(v) for v in total]
+    scores = {name: np.asarray(resp.scores[name], dtype=np.float64) for name in weights}
+    return [float(v) for v in combine_quality(weights, scores, len(images))]
 
 
 # ------------------------------------------------------------------ pickle dialect
@@ -130,7 +132,7 @@ async def _pickle_dialect(request: Request) -> Response:
     api = _api(request)
     route = "compat:pickle"
     try:
-        body = await api.read_body(request)
+        body = await read_body(request, api.limits.max_request_bytes)
         data = safe_loads(body, what="request body")
         images, prompts = _parse_pickle_body(data)
         param = request.query_params.get("scorers")
@@ -168,7 +170,9 @@ compat_router.add_api_route(
 
 
 # ------------------------------------------------------------------ Flow-Factory
-Mode = Literal["pointwise", "groupwise", "groupwise-diversegrpo", "groupwise-drift"]
+#: pointwise, groupwise, and groupwise-<method> for every method of the method table.
+MODES = ("pointwise", "groupwise", *(f"groupwise-{m.name}" for m in embedding_methods()))
+Mode = str
 
 
 class FlowFactoryRequest(BaseModel):
@@ -187,11 +191,11 @@ class FlowFactoryRequest(BaseModel):
 
 
 def _ff_error(err: ServiceError) -> Response:
-    return error_body(err, None, binary=False)
+    return error_response(err, None, binary=False)
 
 
 def _check_mode(mode: str) -> Mode:
-    valid = ["pointwise", "groupwise", "groupwise-diversegrpo", "groupwise-drift"]
+    valid = list(MODES)
     if mode not in valid:
         raise ServiceError(
             404,
@@ -199,7 +203,7 @@ def _check_mode(mode: str) -> Mode:
             f"unknown Flow-Factory mode {mode!r}; valid: {', '.join(valid)}",
             valid=valid,
         )
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def _ff_parse(body: bytes) -> FlowFactoryRequest:
@@ -265,7 +269,7 @@ async def flow_factory_compute(mode: str, request: Request) -> Response:
     route = f"compat:flow-factory:{mode}"
     try:
         m = _check_mode(mode)
-        req = _ff_parse(await api.read_body(request))
+        req = _ff_parse(await read_body(request, api.limits.max_request_bytes))
         serving = request.app.state.serving
         assert req.image is not None
         if m == "pointwise":

@@ -18,8 +18,6 @@ answers each as soon as its group is rewarded, in completion order, tagged with 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -33,7 +31,6 @@ from divreward.proto.convert import from_proto, to_proto
 from divreward.schema import (
     DiversityRequest,
     EmbedRequest,
-    ErrorInfo,
     HealthResponse,
     MetricsRequest,
     ReadyResponse,
@@ -41,8 +38,11 @@ from divreward.schema import (
     ScoreRequest,
 )
 from divreward.schema_stream import GroupSubmission, GroupSubmissionResult
-from divreward.services.errors import ServiceError
-from divreward.services.reward_server.assembler import GroupService
+from divreward.services.common.api import Api
+from divreward.services.common.auth import grpc_peer_host
+from divreward.services.common.errors import ServiceError
+from divreward.services.common.idempotency import CachedReply
+from divreward.services.reward_server.groups import GroupService
 
 __all__ = ["GRPC_SERVICER_FUNCTION", "RewardGrpcMethods", "grpc_code"]
 
@@ -78,63 +78,32 @@ def grpc_code(status: int) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _error_info(err: ServiceError) -> ErrorInfo:
-    return err.to_response().error
-
-
-def _to_service_error(exc: BaseException) -> ServiceError:
-    from divreward.services.http import to_service_error
-
-    return to_service_error(exc)
+def _peer(grpc_context: Any) -> str | None:
+    """The host of the caller (None for an in-process call without a context)."""
+    if grpc_context is None:
+        return None
+    return grpc_peer_host(grpc_context.peer())
 
 
 class RewardGrpcMethods:
     """Mixin of the reward ingress. Expects ``self.serving`` (RewardServing), ``self.api``
-    (the ingress's :class:`~divreward.services.http.Api`: limits, auth, metrics, the
-    idempotency cache) and, optionally, ``self.assembler`` (GroupAssembler handle)."""
+    (the ingress's :class:`~divreward.services.common.api.Api`: limits, auth, metrics,
+    the idempotency cache) and ``self.groups`` (the GroupService of ``/v1/groups``)."""
 
     serving: Any
-    api: Any
+    api: Api
+    groups: GroupService
 
     # ------------------------------------------------------------------ helpers
-    def _groups(self) -> GroupService:
-        service = getattr(self, "_group_service", None)
-        if service is None:
-            service = GroupService(self.serving, getattr(self, "assembler", None))
-            self._group_service = service
-        return service
-
     def _check_auth(self, grpc_context: Any) -> None:
-        auth = self.api.auth
-        if not auth.enabled:
-            return
         metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
-        header = metadata.get("authorization", "")
-        scheme, _, token = str(header).partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ServiceError(
-                401, "unauthorized", "missing 'authorization: Bearer <token>' metadata"
-            )
-        given = token.strip().encode()
-        ok = False
-        for t in auth._tokens:  # constant-time comparison against every token
-            ok |= hmac.compare_digest(given, t)
-        if not ok:
-            raise ServiceError(401, "unauthorized", "invalid bearer token")
+        self.api.auth.check(metadata.get("authorization"), _peer(grpc_context), grpc=True)
 
     def _fail(self, grpc_context: Any, err: ServiceError) -> ServiceError:
         if grpc_context is not None:
             grpc_context.set_code(grpc_code(err.status))
             grpc_context.set_details(f"{err.kind}: {err.message}")
         return err
-
-    def _count(self, rpc: str, status: int, t0: float, kind: str | None = None) -> None:
-        m = self.api.metrics
-        route = f"grpc:{rpc}"
-        m.requests.labels(m.app, route, str(status)).inc()
-        m.latency.labels(m.app, route).observe(time.perf_counter() - t0)
-        if kind is not None:
-            m.errors.labels(m.app, route, kind).inc()
 
     async def _cached_call(
         self,
@@ -145,34 +114,21 @@ class RewardGrpcMethods:
     ) -> Message:
         """``call(req)`` with the ingress's timeout; a repeated request_id with the same
         bytes is answered from the idempotency cache (a different body is a 409)."""
-        from divreward.services.http import _Cached
 
-        request_id = getattr(req, "request_id", None)
-        cache = self.api.cache
-        key: tuple[str, str] | None = None
-        digest = b""
-        if request_id is not None:
-            digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
-            key = (f"grpc:{rpc}", request_id)
-            hit = await cache.lookup(key, digest)
-            if hit is not None:
-                self.api.metrics.replays.labels(self.api.metrics.app, f"grpc:{rpc}").inc()
-                reply = _REPLIES[rpc]()
-                reply.ParseFromString(hit.body)
-                return reply
-            cache.start(key, digest)
-        try:
-            result = await asyncio.wait_for(call(req), timeout=self.api.ingress.call_timeout_s)
-            reply = to_proto(result)
-            if key is not None:
-                cache.finish(
-                    key, _Cached(digest, 200, "application/x-protobuf", reply.SerializeToString())
-                )
-                key = None
-            return reply
-        finally:
-            if key is not None:
-                cache.finish(key, None)
+        async def compute() -> CachedReply:
+            reply = to_proto(await self.api.with_timeout(call(req)))
+            return CachedReply(200, "application/x-protobuf", reply.SerializeToString())
+
+        route = f"grpc:{rpc}"
+        body = request.SerializeToString(deterministic=True)
+        cached, replayed = await self.api.cache.run(
+            route, getattr(req, "request_id", None), body, compute
+        )
+        if replayed:
+            self.api.metrics.replays.labels(self.api.app_name, route).inc()
+        reply = _REPLIES[rpc]()
+        reply.ParseFromString(cached.body)
+        return reply
 
     async def _unary(
         self,
@@ -188,10 +144,10 @@ class RewardGrpcMethods:
             req = from_proto(request, model)
             reply = await self._cached_call(rpc, request, req, call)
         except Exception as exc:
-            err = _to_service_error(exc)
-            self._count(rpc, err.status, t0, err.kind)
+            err = self.api.failed(f"grpc:{rpc}", exc)
+            self.api.metrics.count(f"grpc:{rpc}", err.status, time.perf_counter() - t0, err.kind)
             raise self._fail(grpc_context, err) from None
-        self._count(rpc, 200, t0)
+        self.api.metrics.count(f"grpc:{rpc}", 200, time.perf_counter() - t0)
         return reply
 
     async def _no_arg(
@@ -201,12 +157,12 @@ class RewardGrpcMethods:
         try:
             if auth:
                 self._check_auth(grpc_context)
-            result = await asyncio.wait_for(call(), timeout=self.api.ingress.call_timeout_s)
+            result = await self.api.with_timeout(call())
         except Exception as exc:
-            err = _to_service_error(exc)
-            self._count(rpc, err.status, t0, err.kind)
+            err = self.api.failed(f"grpc:{rpc}", exc)
+            self.api.metrics.count(f"grpc:{rpc}", err.status, time.perf_counter() - t0, err.kind)
             raise self._fail(grpc_context, err) from None
-        self._count(rpc, 200, t0)
+        self.api.metrics.count(f"grpc:{rpc}", 200, time.perf_counter() - t0)
         return to_proto(result)
 
     # ------------------------------------------------------------------ unary RPCs
@@ -252,7 +208,7 @@ class RewardGrpcMethods:
         self, request: pb.GroupSubmission, grpc_context: Any = None
     ) -> Message:
         return await self._unary(
-            "SubmitGroup", request, GroupSubmission, self._groups().submit, grpc_context
+            "SubmitGroup", request, GroupSubmission, self.groups.submit, grpc_context
         )
 
     # ------------------------------------------------------------------ streaming
@@ -302,19 +258,22 @@ class RewardGrpcMethods:
 
     async def _stream_one(self, message: pb.GroupSubmission) -> Message:
         t0 = time.perf_counter()
+        route = "grpc:RewardStream"
         group_id = message.group_id
         request_id = message.request_id if message.HasField("request_id") else None
         try:
             sub = from_proto(message, GroupSubmission)
-            reply = await self._cached_call("RewardStream", message, sub, self._groups().submit)
+            reply = await self._cached_call("RewardStream", message, sub, self.groups.submit)
         except Exception as exc:
-            err = _to_service_error(exc)
-            self._count("RewardStream", err.status, t0, err.kind)
+            err = self.api.failed("grpc:RewardStream", exc)
+            self.api.metrics.count(
+                "grpc:RewardStream", err.status, time.perf_counter() - t0, err.kind
+            )
             failed = GroupSubmissionResult(
-                group_id=group_id, request_id=request_id, error=_error_info(err)
+                group_id=group_id, request_id=request_id, error=err.to_response().error
             )
             return to_proto(failed)
-        self._count("RewardStream", 200, t0)
+        self.api.metrics.count(route, 200, time.perf_counter() - t0)
         return reply
 
 

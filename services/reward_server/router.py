@@ -1,62 +1,53 @@
-"""Routes of the reward API (/v1/score, /v1/rewards). Routes only: the logic is in
-:class:`~divreward.services.reward_server.serving.RewardServing` (``app.state.serving``).
+"""Routes of the reward API (/v1/score, /v1/rewards, /v1/groups). Routes only: the logic
+is in :class:`~divreward.services.reward_server.serving.RewardServing`
+(``app.state.serving``) and :class:`~divreward.services.reward_server.groups.GroupService`
+(``app.state.groups``).
 
 The reward app also mounts the diversity routes (served by delegation to the diversity
-application) and the shared operational routes; ``EXTRA_ROUTERS`` lists any further
-routers to include (issue #5 adds its compatibility router there).
+application), the operational routes (:mod:`divreward.services.common.routes`) and the
+compatibility routes (:mod:`divreward.services.reward_server.compat`).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi import Request
 
 from divreward.schema import RewardsRequest, RewardsResponse, ScoreRequest, ScoreResponse
-from divreward.services.http import Api, body_doc, error_responses
-from divreward.services.reward_server.assembler import groups_router
-from divreward.services.reward_server.compat import compat_router
+from divreward.schema_stream import GroupSubmission, GroupSubmissionResult
+from divreward.services.common.app import counts_images, error_responses, wire_router
+from divreward.services.common.routes import BODY_ERRORS, serving
 
-__all__ = ["BODY_MODELS", "EXTRA_ROUTERS", "reward_router"]
+__all__ = ["reward_router"]
 
-BODY_MODELS = (ScoreRequest, RewardsRequest)
-_ERRORS = error_responses(400, 401, 409, 413, 415, 422, 503, 504)
-
-reward_router = APIRouter(tags=["rewards"])
-
-#: Extra routers of the reward app's FastAPI ingress (one place; protected by the same
-#: bearer-token auth as every other non-probe route).
-EXTRA_ROUTERS: list[APIRouter] = [groups_router, compat_router]
-
-
-def _api(request: Request) -> Api:
-    return request.app.state.api  # type: ignore[no-any-return]
+reward_router = wire_router("rewards")
 
 
 @reward_router.post(
     "/v1/score",
     summary="Quality scores of images for their prompts, one list per scorer.",
-    openapi_extra=body_doc(ScoreRequest),
-    responses={200: {"model": ScoreResponse}, **_ERRORS},
+    responses=error_responses(*BODY_ERRORS),
 )
-async def score(request: Request) -> Response:
-    serving = request.app.state.serving
-    return await _api(request).handle(
-        request, "/v1/score", ScoreRequest, serving.score, lambda r: len(r.images)
-    )
+@counts_images(lambda r: len(r.images))
+async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
+    return await serving(request).score(body)  # type: ignore[no-any-return]
 
 
 @reward_router.post(
     "/v1/rewards",
     summary="Per group: quality per scorer and total, diversity, rewards and advantages.",
-    openapi_extra=body_doc(RewardsRequest),
-    responses={200: {"model": RewardsResponse}, **_ERRORS},
+    responses=error_responses(*BODY_ERRORS),
 )
-async def rewards(request: Request) -> Response:
-    serving = request.app.state.serving
-    return await _api(request).handle(
-        request,
-        "/v1/rewards",
-        RewardsRequest,
-        serving.rewards,
-        lambda r: sum(len(g.images) for g in r.groups),
-    )
+@counts_images(lambda r: sum(len(g.images) for g in r.groups))
+async def rewards(body: RewardsRequest, request: Request) -> RewardsResponse:
+    return await serving(request).rewards(body)  # type: ignore[no-any-return]
+
+
+@reward_router.post(
+    "/v1/groups",
+    summary="Rewards of one group, or of a part of a group the server assembles "
+    "(group_size set); answers once the group is complete.",
+    responses=error_responses(*BODY_ERRORS, 408),
+)
+@counts_images(lambda r: len(r.images))
+async def submit_group(body: GroupSubmission, request: Request) -> GroupSubmissionResult:
+    return await request.app.state.groups.submit(body)  # type: ignore[no-any-return]

@@ -1,12 +1,12 @@
 """Serving layer of the reward service: the logic of /v1/score, /v1/rewards, /v1/models
 and readiness over the scorer deployment handles and the diversity application, testable
-without HTTP (the HTTP routes and the gRPC methods of issue #5 both call it).
+without HTTP (the HTTP routes and the gRPC methods both call it).
 
 For each group of a /v1/rewards request the images are decoded once, put in the object
 store once, and sent whole to every scorer named by the quality weights and (unless the
 method is 'none') to the diversity application's embedder, all concurrently. Then
 ``Q = sum(weight * score)`` and the core math (DiverseGRPO or DRIFT, through
-:func:`~divreward.services.diversity_server.serving.group_diversity`) give the rewards
+:func:`~divreward.services.common.diversity.group_diversity`) give the rewards
 and group advantages.
 """
 
@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from divreward.methods import METHODS
 from divreward.schema import (
     DiversityRequest,
     DiversityResponse,
@@ -27,7 +28,6 @@ from divreward.schema import (
     MetricsResponse,
     ModelCard,
     ModelsResponse,
-    NoDiversityParams,
     RewardGroupResult,
     RewardParams,
     RewardsRequest,
@@ -36,71 +36,52 @@ from divreward.schema import (
     ScoreRequest,
     ScoreResponse,
 )
-from divreward.services.config import RewardAppArgs
-from divreward.services.decode import decode_and_put
-from divreward.services.diversity_server.serving import (
-    check_counts,
-    core_error,
+from divreward.services.common.decode import decode_and_put
+from divreward.services.common.deployments import DiversityHandles
+from divreward.services.common.diversity import (
     group_diversity,
-    limit_blas_threads,
     resolve_advantage,
     resolve_diversity,
+)
+from divreward.services.common.errors import ServiceError
+from divreward.services.common.limits import check_counts, check_prompt
+from divreward.services.common.serving import (
+    Observer,
+    core_error,
+    floats,
+    limit_blas_threads,
+    no_observer,
     response_meta,
 )
-from divreward.services.errors import ServiceError
+from divreward.services.config import RewardAppArgs
 from divreward.services.model_deployments import ModelOutput
 
-__all__ = ["DiversityLink", "RewardServing"]
+__all__ = ["RewardServing", "combine_quality"]
 
 T = TypeVar("T")
 
 
-class DiversityLink:
-    """Handles to the diversity application, looked up by name on first use (the two
-    applications deploy independently, so the other may not exist yet at start)."""
-
-    def __init__(self, app_name: str, ingress_name: str, embedder_name: str) -> None:
-        self.app_name = app_name
-        self.ingress_name = ingress_name
-        self.embedder_name = embedder_name
-        self._ingress: Any = None
-        self._embedder: Any = None
-
-    @property
-    def ingress(self) -> Any:
-        if self._ingress is None:
-            from ray import serve
-
-            self._ingress = serve.get_deployment_handle(self.ingress_name, self.app_name)
-        return self._ingress
-
-    @property
-    def embedder(self) -> Any:
-        if self._embedder is None:
-            from ray import serve
-
-            self._embedder = serve.get_deployment_handle(self.embedder_name, self.app_name)
-        return self._embedder
-
-
-def _no_observer(name: str, n: int, batches: list[int], seconds: float) -> None:
-    return None
-
-
-def _floats(x: np.ndarray) -> list[float]:
-    return [float(v) for v in x]
+def combine_quality(
+    weights: Mapping[str, float], scores: Mapping[str, np.ndarray], n: int
+) -> np.ndarray:
+    """Q = sum_m w_m * s_m (float64, (n,)), accumulated in the order of the weights: the
+    one place the combined quality is computed."""
+    total = np.zeros(n, dtype=np.float64)
+    for name, w in weights.items():
+        total += w * np.asarray(scores[name], dtype=np.float64)
+    return total
 
 
 class RewardServing:
     """The reward service's logic.
 
     scorers: registry name -> handle of a ScorerServer deployment
-    (``await h.score.remote(images, prompts)`` -> ModelOutput); diversity: the link to
+    (``await h.score.remote(images, prompts)`` -> ModelOutput); diversity: handles to
     the diversity application (its ingress and its embedder).
     """
 
     def __init__(
-        self, scorers: Mapping[str, Any], diversity: DiversityLink, args: RewardAppArgs
+        self, scorers: Mapping[str, Any], diversity: DiversityHandles, args: RewardAppArgs
     ) -> None:
         self.scorers = dict(scorers)
         self.link = diversity
@@ -108,7 +89,7 @@ class RewardServing:
         limit_blas_threads(args.ingress.blas_threads)
         self.limits = args.limits
         self.default_quality = args.default_quality()
-        self.observe: Callable[[str, int, list[int], float], None] = _no_observer
+        self.observe: Observer = no_observer
 
     # -- helpers -----------------------------------------------------------------
     def _check_scorers(self, names: Sequence[str], field: str) -> None:
@@ -120,16 +101,6 @@ class RewardServing:
                 "unknown_name",
                 f"{field}: unknown scorer {unknown[0]!r}; this server runs: {', '.join(valid)}",
                 valid=valid,
-            )
-
-    def _check_prompt(self, prompt: str, where: str, group: int | None) -> None:
-        if len(prompt) > self.limits.max_prompt_chars:
-            raise ServiceError(
-                422,
-                "invalid_request",
-                f"{where}: the prompt has {len(prompt)} characters, more than the limit of "
-                f"{self.limits.max_prompt_chars}",
-                group_index=group,
             )
 
     async def _decode_put(self, images: Sequence[bytes], group: int | None) -> tuple[Any, int]:
@@ -154,13 +125,13 @@ class RewardServing:
         self._check_scorers(names, "scorers")
         check_counts([len(req.images)], self.limits, grouped=False)
         for i, p in enumerate(req.prompts):
-            self._check_prompt(p, f"prompts[{i}]", None)
+            check_prompt(p, f"prompts[{i}]", None, self.limits)
         ref, count = await self._decode_put(req.images, None)
         outs = await asyncio.gather(*(self._score(n, ref, list(req.prompts), count) for n in names))
         cards = [o.card for o in outs]
         return ScoreResponse(
             **response_meta(self.args, cards, req.request_id),
-            scores={n: _floats(o.values) for n, o in zip(names, outs, strict=True)},
+            scores={n: floats(o.values) for n, o in zip(names, outs, strict=True)},
             models={c.name: c for c in cards},
             params=ScoreParams(scorers=names),
         )
@@ -171,10 +142,10 @@ class RewardServing:
         self._check_scorers(list(weights), "quality")
         check_counts([len(g.images) for g in req.groups], self.limits)
         for g, group in enumerate(req.groups):
-            self._check_prompt(group.prompt, f"groups[{g}].prompt", g)
+            check_prompt(group.prompt, f"groups[{g}].prompt", g, self.limits)
         params = resolve_diversity(req.diversity, self.args.core, self.args.default_diversity)
         adv = resolve_advantage(req.advantage, self.args.core)
-        needs_embeddings = not isinstance(params, NoDiversityParams)
+        needs_embeddings = METHODS[params.method].needs_embeddings
 
         async def one(g: int) -> tuple[RewardGroupResult, list[ModelCard]]:
             group = req.groups[g]
@@ -186,10 +157,7 @@ class RewardServing:
                 calls.append(self._embed(ref, n))
             outs = await asyncio.gather(*calls)
             scores = {name: outs[i].values for i, name in enumerate(weights)}
-            # Q = sum_m w_m * s_m, accumulated in the order the weights were given.
-            total = np.zeros(n, dtype=np.float64)
-            for name, w in weights.items():
-                total += w * scores[name]
+            total = combine_quality(weights, scores, n)
             emb = outs[-1].values if needs_embeddings else None
             try:
                 div = await asyncio.to_thread(
@@ -204,8 +172,8 @@ class RewardServing:
             except ValueError as exc:
                 raise core_error(exc, g) from None
             assert div.rewards is not None and div.advantages is not None
-            quality = {name: _floats(s) for name, s in scores.items()}
-            quality["total"] = _floats(total)
+            quality = {name: floats(s) for name, s in scores.items()}
+            quality["total"] = floats(total)
             result = RewardGroupResult(
                 group_id=group.group_id,
                 size=n,
@@ -243,7 +211,7 @@ class RewardServing:
         names = list(self.scorers)
         cards = await asyncio.gather(*(self.scorers[n].info.remote() for n in names))
         embedder = await self.link.embedder.info.remote()
-        # The largest input any model looks at: clients downsize images to it (issue #5).
+        # The largest input any model looks at: clients downsize images to it.
         sides = await asyncio.gather(
             *(self.scorers[n].max_resolution.remote() for n in names),
             self.link.embedder.max_resolution.remote(),

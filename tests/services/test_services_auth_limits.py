@@ -170,3 +170,64 @@ def test_model_call_timeout_is_a_504(extra_apps: dict[str, str]) -> None:
     assert r.status_code == 504, r.text
     err = ErrorResponse.model_validate_json(r.content).error
     assert err.kind == "timeout" and "did not answer in time" in err.message
+
+
+def _local_non_loopback_ip() -> str | None:
+    """An address of this machine that is not loopback (the one its default route uses)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.254", 9))  # no packet is sent for a UDP connect
+            ip = str(s.getsockname()[0])
+        except OSError:
+            return None
+    return None if ip.startswith("127.") or ip == "0.0.0.0" else ip
+
+
+def test_grpc_from_off_loopback_without_tokens_is_unauthenticated(serve_app: Any) -> None:
+    """Serve's gRPC proxy listens on every interface. The session's apps have no tokens:
+    a call that reaches it through a non-loopback address (the peer the servicer sees
+    is that address) is refused, with a token or without; loopback is served."""
+    import grpc
+
+    from divreward.proto import divreward_pb2 as pb
+    from divreward.proto import divreward_pb2_grpc as pb_grpc
+
+    ip = _local_non_loopback_ip()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    port = serve_app.extra["grpc_port"]
+    md = (("application", "reward"),)
+    with grpc.insecure_channel(f"{ip}:{port}") as channel:
+        stub = pb_grpc.RewardServiceStub(channel)
+        for metadata in (md, (*md, ("authorization", f"Bearer {TOKEN}"))):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Models(pb.ModelsRequest(), metadata=metadata, timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert f"loopback clients only and {ip} is not one" in info.value.details()
+        # probes stay open
+        assert isinstance(
+            stub.Health(pb.HealthRequest(), metadata=md, timeout=30), pb.HealthResponse
+        )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = pb_grpc.RewardServiceStub(channel).Models(
+            pb.ModelsRequest(), metadata=md, timeout=30
+        )
+        assert set(reply.scorers) == set(serve_app.scorers)
+
+
+def test_a_misnamed_diversity_app_fails_the_deploy(serve_app: Any) -> None:
+    """The reward ingress resolves the diversity app's deployments when it starts, so a
+    wrong ``diversity_app`` fails the deploy (not the first request)."""
+    from ray import serve
+
+    from divreward.services import launch
+    from divreward.services.reward_server.app import build_reward_app
+
+    app = build_reward_app(_args(serve_app, diversity_app="no-such-app"))
+    try:
+        with pytest.raises(launch.DeployError, match="no application named 'no-such-app'"):
+            launch.deploy([(app, "reward-misnamed", "/misnamed")], timeout_s=120)
+    finally:
+        serve.delete("reward-misnamed")

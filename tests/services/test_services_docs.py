@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from divreward import schema
+from divreward.services.common.api import Api
+from divreward.services.common.app import make_app
+from divreward.services.common.routes import diversity_router, ops_router
 from divreward.services.config import AuthArgs, IngressArgs, LimitsArgs
-from divreward.services.diversity_server.router import BODY_MODELS as DIVERSITY_BODIES
-from divreward.services.diversity_server.router import common_router, diversity_router
-from divreward.services.http import Api, make_app
-from divreward.services.reward_server.router import BODY_MODELS, reward_router
+from divreward.services.reward_server.compat import compat_router
+from divreward.services.reward_server.router import reward_router
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 EXAMPLE = re.compile(r"<!-- schema: (\w+) -->\s*```json\n(.*?)```", re.S)
@@ -68,13 +69,7 @@ def test_rewards_example_adds_up() -> None:
 
 def test_every_documented_endpoint_is_in_the_openapi_document() -> None:
     api = Api("reward", LimitsArgs(), AuthArgs(), IngressArgs())
-    app = make_app(
-        "t",
-        "d",
-        api,
-        [reward_router, diversity_router, common_router],
-        (*BODY_MODELS, *DIVERSITY_BODIES),
-    )
+    app = make_app("t", "d", api, [reward_router, diversity_router, ops_router, compat_router])
     doc = app.openapi()
     documented = set(re.findall(r"^\| `(GET|POST) (/[^`]*)`", DOC.read_text(), re.M))
     assert documented

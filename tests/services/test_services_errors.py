@@ -5,6 +5,9 @@ application, whose limits are small (tests/fixtures_serve.py)."""
 from __future__ import annotations
 
 import io
+import struct
+import time
+import zlib
 from typing import Any
 
 import httpx
@@ -255,3 +258,76 @@ def test_errors_come_back_in_msgpack_when_asked(client: httpx.Client) -> None:
 def test_unknown_path_is_a_typed_404(client: httpx.Client) -> None:
     err = _error(client.get("/v1/nothing"), 404, "invalid_request")
     assert err.error.message == "/v1/nothing: Not Found"
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A ~60-byte PNG that declares width x height pixels (a decompression bomb's header:
+    no pixel data follows)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_a_413_naming_the_image_and_the_limit(
+    client: httpx.Client, good: list[str]
+) -> None:
+    bomb = b64([_png_header(60000, 60000)])[0]
+    body = {"prompts": ["a", "b"], "images": [good[0], bomb]}
+    err = _error(client.post("/v1/score", json=body), 413, "payload_too_large")
+    assert err.error.image_index == 1
+    assert err.error.message.startswith(
+        "images[1]: 3600000000 pixels exceeds the limit of 65536 pixels per image"
+    )
+    # Just above Pillow's own warning threshold: the service's limit answers the same way.
+    big = b64([_png_header(10000, 10000)])[0]
+    body = {"groups": [{"prompt": "a", "images": [good[0], big]}]}
+    err = _error(client.post("/v1/rewards", json=body), 413, "payload_too_large")
+    assert err.error.message.startswith(
+        "groups[0].images[1]: 10000x10000 = 100000000 pixels exceeds the limit of 65536"
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversized_body_is_a_413_stating_the_limit_not_a_reset(
+    client: httpx.Client, chunked: bool
+) -> None:
+    """A body 3x the 4 MiB limit: the client, still sending, reads the 413 (the server
+    reads the rest and drops it) instead of a reset connection."""
+    size = 12 * 1024 * 1024
+    blob = b"{" + b" " * (size - 2) + b"}"
+
+    def parts() -> Any:
+        for i in range(0, size, 1 << 20):
+            yield blob[i : i + (1 << 20)]
+
+    r = client.post(
+        "/v1/rewards",
+        content=parts() if chunked else blob,
+        headers={"content-type": "application/json"},
+    )
+    err = _error(r, 413, "payload_too_large")
+    assert "more than the limit of 4194304 bytes (limits.max_request_bytes)" in err.error.message
+
+
+def test_group_parts_that_cannot_complete_are_refused_at_once(
+    client: httpx.Client, good: list[str]
+) -> None:
+    """/v1/groups with group_size set holds parts until the group is whole; a part with
+    an undecodable image, or a group_size above the per-group limit, is refused at once
+    (not after the assembly timeout)."""
+    t0 = time.monotonic()
+    body = {"group_id": "bad-1", "prompt": "p", "images": [""], "group_size": 1156}
+    err = _error(client.post("/v1/groups", json=body), 413, "payload_too_large")
+    assert err.error.message == "group_size: 1156 images exceed the limit of 32 per group"
+    body = {"group_id": "bad-2", "prompt": "p", "images": [good[0], ""], "group_size": 4}
+    err = _error(client.post("/v1/groups", json=body), 400, "invalid_image")
+    assert err.error.message == "images[1]: is empty (0 bytes)" and err.error.image_index == 1
+    garbage = b64([b"\x89PNG\r\n\x1a\n garbage"])[0]
+    body = {"group_id": "bad-3", "prompt": "p", "images": [garbage], "group_size": 4}
+    err = _error(client.post("/v1/groups", json=body), 400, "invalid_image")
+    assert err.error.message.startswith("images[0]: cannot be decoded as PNG, JPEG or WebP")
+    assert time.monotonic() - t0 < 20.0  # the assembly timeout is 60 s

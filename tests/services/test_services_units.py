@@ -24,15 +24,13 @@ from divreward.schema import (
     RewardsRequest,
     ScoreRequest,
 )
+from divreward.services.common.auth import BearerAuth, grpc_peer_host, is_loopback
+from divreward.services.common.decode import decode_group
+from divreward.services.common.diversity import resolve_advantage, resolve_diversity
+from divreward.services.common.errors import ServiceError, format_loc, from_validation_error
+from divreward.services.common.idempotency import CachedReply, IdempotencyCache
+from divreward.services.common.limits import check_counts
 from divreward.services.config import AuthArgs, BatchArgs
-from divreward.services.decode import decode_group
-from divreward.services.diversity_server.serving import (
-    check_counts,
-    resolve_advantage,
-    resolve_diversity,
-)
-from divreward.services.errors import ServiceError, format_loc, from_validation_error
-from divreward.services.http import IdempotencyCache, TokenAuth, _Cached
 from divreward.services.model_deployments import ScorerServer, plan_chunks
 
 # ------------------------------------------------------------------ batching plans
@@ -211,31 +209,49 @@ def test_count_limits_are_413s() -> None:
 def test_idempotency_cache_replays_and_refuses_other_bodies() -> None:
     async def run() -> None:
         cache = IdempotencyCache(size=2)
-        key = ("/v1/rewards", "id-1")
-        assert await cache.lookup(key, b"d1") is None
-        cache.start(key, b"d1")
-        # A concurrent duplicate waits for the first, then replays it.
-        waiter = asyncio.create_task(cache.lookup(key, b"d1"))
+        calls: list[str] = []
+        gate = asyncio.Event()
+
+        async def compute(tag: str, reply: CachedReply, wait: bool = False) -> CachedReply:
+            calls.append(tag)
+            if wait:
+                await gate.wait()
+            return reply
+
+        ok = CachedReply(200, "application/json", b"{}")
+        first = asyncio.create_task(
+            cache.run("/v1/rewards", "id-1", b"d1", lambda: compute("a", ok, wait=True))
+        )
         await asyncio.sleep(0)
-        assert not waiter.done()
-        entry = _Cached(b"d1", 200, "application/json", b"{}")
-        cache.finish(key, entry)
-        assert await waiter is entry
+        # A concurrent duplicate waits for the first, then replays it.
+        dup = asyncio.create_task(cache.run("/v1/rewards", "id-1", b"d1", lambda: compute("b", ok)))
+        await asyncio.sleep(0)
+        assert not dup.done()
+        gate.set()
+        assert await first == (ok, False)
+        assert await dup == (ok, True)
+        assert calls == ["a"]
         with pytest.raises(ServiceError) as info:
-            await cache.lookup(key, b"d2")
+            await cache.run("/v1/rewards", "id-1", b"d2", lambda: compute("c", ok))
         assert info.value.status == 409 and "id-1" in info.value.message
+
         # A failed first attempt caches nothing: the retry computes again.
-        key2 = ("/v1/rewards", "id-2")
-        cache.start(key2, b"x")
-        cache.finish(key2, None)
-        assert await cache.lookup(key2, b"x") is None
-        # LRU bound.
+        async def boom() -> CachedReply:
+            raise RuntimeError("x")
+
+        with pytest.raises(RuntimeError):
+            await cache.run("/v1/rewards", "id-2", b"x", boom)
+        assert await cache.run("/v1/rewards", "id-2", b"x", lambda: compute("d", ok)) == (
+            ok,
+            False,
+        )
+        # No request_id: always computed. LRU bound.
+        await cache.run("/v1/score", None, b"y", lambda: compute("e", ok))
         for i in range(3):
-            k = ("/v1/score", f"k{i}")
-            cache.start(k, b"y")
-            cache.finish(k, _Cached(b"y", 200, "application/json", b"[]"))
-        assert await cache.lookup(("/v1/score", "k0"), b"y") is None
-        assert await cache.lookup(("/v1/score", "k2"), b"y") is not None
+            await cache.run("/v1/score", f"k{i}", b"y", lambda i=i: compute(f"k{i}", ok))
+        assert (await cache.run("/v1/score", "k0", b"y", lambda: compute("again", ok)))[1] is False
+        assert (await cache.run("/v1/score", "k2", b"y", lambda: compute("no", ok)))[1] is True
+        assert calls == ["a", "d", "e", "k0", "k1", "k2", "again"]
 
     asyncio.run(run())
 
@@ -243,28 +259,40 @@ def test_idempotency_cache_replays_and_refuses_other_bodies() -> None:
 # ------------------------------------------------------------------ auth
 
 
-class _Req:
-    def __init__(self, path: str, headers: dict[str, str]) -> None:
-        self.url = type("U", (), {"path": path})()
-        self.headers = headers
-
-
 def test_token_auth(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIVREWARD_API_TOKENS", "tok-a, tok-b")
-    auth = TokenAuth(AuthArgs(enabled=True))
-    auth.check(_Req("/v1/rewards", {"authorization": "Bearer tok-b"}))  # type: ignore[arg-type]
-    auth.check(_Req("/healthz", {}))  # type: ignore[arg-type]
-    auth.check(_Req("/readyz", {}))  # type: ignore[arg-type]
-    for headers, msg in [
-        ({}, "missing 'Authorization: Bearer <token>'"),
-        ({"authorization": "Basic tok-a"}, "must be 'Bearer <token>'"),
-        ({"authorization": "Bearer tok-c"}, "invalid bearer token"),
+    auth = BearerAuth(AuthArgs(enabled=True))
+    auth.check("Bearer tok-b", "10.0.0.7")
+    for header, msg in [
+        (None, "missing 'Authorization: Bearer <token>'"),
+        ("Basic tok-a", "must be 'Bearer <token>'"),
+        ("Bearer tok-c", "invalid bearer token"),
     ]:
         with pytest.raises(ServiceError) as info:
-            auth.check(_Req("/v1/score", headers))  # type: ignore[arg-type]
+            auth.check(header, "127.0.0.1")  # a token is required from loopback too
         assert info.value.status == 401 and msg in info.value.message
-    off = TokenAuth(AuthArgs(enabled=False))
-    off.check(_Req("/v1/score", {}))  # type: ignore[arg-type]
+
+
+def test_without_tokens_only_loopback_peers_are_served() -> None:
+    off = BearerAuth(AuthArgs(enabled=False))
+    for peer in ("127.0.0.1", "127.8.9.1", "::1", "localhost", None):
+        off.check(None, peer)
+    for peer in ("10.0.0.7", "192.168.1.20", "2001:db8::1", "0.0.0.0", "testclient"):
+        with pytest.raises(ServiceError) as info:
+            off.check("Bearer anything", peer)
+        assert info.value.status == 401 and info.value.kind == "unauthorized"
+        assert f"loopback clients only and {peer} is not one" in info.value.message
+
+
+def test_grpc_peer_strings() -> None:
+    assert grpc_peer_host("ipv4:127.0.0.1:50511") == "127.0.0.1"
+    assert grpc_peer_host("ipv4:10.1.2.3:9000") == "10.1.2.3"
+    assert grpc_peer_host("ipv6:[::1]:50511") == "::1"
+    assert grpc_peer_host("ipv6:%5B::1%5D:50511") == "::1"
+    assert grpc_peer_host("ipv6:[2001:db8::5]:1") == "2001:db8::5"
+    assert grpc_peer_host("unix:/tmp/sock") == "localhost"
+    assert is_loopback(grpc_peer_host("ipv6:[::1]:50511"))
+    assert not is_loopback(grpc_peer_host("ipv4:10.1.2.3:9000"))
 
 
 # ------------------------------------------------------------------ parameters
@@ -313,15 +341,30 @@ def test_ingress_serving_caps_blas_threads() -> None:
     code = (
         "from threadpoolctl import threadpool_info as ti\n"
         "from divreward.services.config import RewardAppArgs, DiversityAppArgs\n"
-        "from divreward.services.reward_server.serving import RewardServing, DiversityLink\n"
+        "from divreward.services.reward_server.serving import RewardServing\n"
         "from divreward.services.diversity_server.serving import DiversityServing\n"
         "n = lambda: sorted({i['num_threads'] for i in ti() if i['user_api'] == 'blas'})\n"
         "DiversityServing(None, DiversityAppArgs(ingress={'blas_threads': 2}))\n"
         "a = n()\n"
-        "RewardServing({}, DiversityLink('d', 'i', 'e'), RewardAppArgs())\n"
+        "RewardServing({}, None, RewardAppArgs())\n"
         "print(a, n())\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.split() == ["[2]", "[1]"]
+
+
+def test_a_dead_replica_or_node_is_a_503_with_retry_after() -> None:
+    from ray.exceptions import ActorDiedError, NodeDiedError, OwnerDiedError
+
+    from divreward.services.common.errors import to_service_error
+
+    for exc in (
+        ActorDiedError(),
+        NodeDiedError("node n1 died"),
+        OwnerDiedError("ab" * 14, None, ""),
+    ):
+        err = to_service_error(exc)
+        assert (err.status, err.kind, err.retry_after_s) == (503, "overloaded", 1.0)
+        assert type(exc).__name__ in err.message

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from client_helpers import Service, make_images
 from PIL import Image
+from services_helpers import Service, make_images
 
 from divreward.client import Group, RewardClient
 from divreward.safe_pickle import safe_loads
@@ -156,7 +156,7 @@ def test_bad_pickle_requests_get_a_4xx_with_a_pickled_error(
 
 
 def test_transient_errors_become_500_which_flow_grpo_retries() -> None:
-    from divreward.services.errors import ServiceError
+    from divreward.services.common.errors import ServiceError
     from divreward.services.reward_server.compat import _pickle_error
 
     for status, expected in [

@@ -15,10 +15,10 @@ import grpc.aio
 import httpx
 import numpy as np
 import pytest
-from client_helpers import Service, make_images
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from services_helpers import Service, make_images
 
 from divreward.client import (
     Group,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from divreward.images import ImageError, decode_image
-from divreward.services.errors import ServiceError
+from divreward.services.common.errors import ServiceError
 
 __all__ = ["decode_and_put", "decode_group", "image_size"]
 
@@ -33,10 +34,29 @@ def _where(group_index: int | None, image_index: int, field: str = "groups") -> 
     )
 
 
+def _too_many_pixels(
+    where: str, pixels: str, max_pixels: int, group_index: int | None, image_index: int
+) -> ServiceError:
+    return ServiceError(
+        413,
+        "payload_too_large",
+        f"{where}: {pixels} pixels exceeds the limit of {max_pixels} pixels per image "
+        "(limits.max_pixels_per_image); downscale it (the models look at 224-448 px)",
+        group_index=group_index,
+        image_index=image_index,
+    )
+
+
 def image_size(
-    data: bytes, group_index: int | None, image_index: int, field: str = "groups"
+    data: bytes,
+    group_index: int | None,
+    image_index: int,
+    field: str = "groups",
+    max_pixels: int | None = None,
 ) -> tuple[int, int]:
-    """(width, height) from the file header; a 400 naming the image if unreadable."""
+    """(width, height) from the file header; a 400 naming the image if unreadable, a
+    413 if the header declares more than ``max_pixels`` pixels (checked before any
+    pixel is decoded, so a decompression bomb costs nothing)."""
     where = _where(group_index, image_index, field)
     if len(data) == 0:
         raise ServiceError(
@@ -50,6 +70,13 @@ def image_size(
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
             size = img.size
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses to even open an image of more than 2 * MAX_IMAGE_PIXELS pixels.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = found.group(1) if found else f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}"
+        raise _too_many_pixels(
+            where, pixels, max_pixels or Image.MAX_IMAGE_PIXELS or 0, group_index, image_index
+        ) from None
     except UnidentifiedImageError:
         raise ServiceError(
             400,
@@ -74,6 +101,9 @@ def image_size(
             group_index=group_index,
             image_index=image_index,
         )
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise _too_many_pixels(where, f"{w}x{h} = {w * h}", max_pixels, group_index, image_index)
     return size
 
 
@@ -90,16 +120,7 @@ def decode_group(
     # Headers first, in order (cheap): a too-large or non-image file is reported before
     # any pixel is decoded, and always the lowest index first.
     for i, data in enumerate(images):
-        w, h = image_size(data, group_index, i, field)
-        if w * h > max_pixels:
-            raise ServiceError(
-                413,
-                "payload_too_large",
-                f"{_where(group_index, i, field)}: {w}x{h} = {w * h} pixels exceeds the limit of "
-                f"{max_pixels} pixels per image; downscale it (the models look at 224-448 px)",
-                group_index=group_index,
-                image_index=i,
-            )
+        image_size(data, group_index, i, field, max_pixels)
 
     def one(i: int) -> np.ndarray:
         try:

@@ -1,21 +1,24 @@
 """Errors of the services, as one exception type that knows its HTTP status.
 
-The serving layer raises :class:`ServiceError`; the HTTP router turns it into an
+The serving layer raises :class:`ServiceError`; the HTTP routes turn it into an
 :class:`~divreward.schema.ErrorResponse` body with that status, and the gRPC servicer
-(issue #5) into a gRPC status. A message always says what was wrong and where: the
-field, the group index and the image index.
+into a gRPC status. A message always says what was wrong and where: the field, the
+group index and the image index. :func:`to_service_error` maps anything else a call can
+raise (Ray's backpressure and unavailability, timeouts, validation errors) to one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
+from divreward.methods import METHODS
 from divreward.schema import ErrorDetail, ErrorInfo, ErrorKind, ErrorResponse
 
-__all__ = ["ServiceError", "format_loc", "from_validation_error"]
+__all__ = ["ServiceError", "format_loc", "from_validation_error", "to_service_error"]
 
 
 class ServiceError(Exception):
@@ -164,4 +167,38 @@ def from_validation_error(exc: ValidationError, what: str = "request") -> Servic
     )
 
 
-_UNION_TAGS = frozenset({"diversegrpo", "drift", "none"})
+_UNION_TAGS = frozenset(METHODS)
+
+
+def to_service_error(exc: BaseException) -> ServiceError:
+    """Map anything a serving call can raise to a ServiceError with the right status."""
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    # An error raised in another deployment arrives wrapped; its cause is the original.
+    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return from_validation_error(exc)
+    if isinstance(exc, BackPressureError):
+        return ServiceError(
+            exc.status_code,
+            "overloaded",
+            f"a model deployment's queue is full ({exc.message}); retry later",
+            retry_after_s=exc.retry_after_s if exc.retry_after_s is not None else 1.0,
+        )
+    if isinstance(exc, DeploymentUnavailableError):
+        return ServiceError(503, "overloaded", f"a deployment is unavailable: {exc.message}")
+    if isinstance(exc, RayActorError | NodeDiedError | ObjectLostError):
+        # A replica or node died mid-call (its pixels may have gone with it): transient.
+        return ServiceError(
+            503,
+            "overloaded",
+            f"a model replica or node died while handling the call ({type(exc).__name__}); retry",
+            retry_after_s=1.0,
+        )
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return ServiceError(504, "timeout", "the models did not answer in time; retry later")
+    return ServiceError(500, "internal", f"internal error: {type(exc).__name__}: {exc}")

@@ -9,8 +9,9 @@ from typing import Any
 import grpc
 import pytest
 
-from divreward.services.errors import ServiceError
-from divreward.services.reward_server.assembler import AssemblyArgs, GroupAssembler
+from divreward.services.common.errors import ServiceError
+from divreward.services.config import AssemblyArgs
+from divreward.services.reward_server.assembler import GroupAssembler
 from divreward.services.reward_server.grpc_methods import RewardGrpcMethods, grpc_code
 
 
@@ -153,13 +154,19 @@ def test_http_statuses_map_to_grpc_codes(status: int, code: grpc.StatusCode) -> 
 
 
 class _Ctx:
-    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+    """What Serve's gRPC proxy hands the servicer: metadata and the caller's peer."""
+
+    def __init__(self, metadata: list[tuple[str, str]], peer: str = "ipv4:127.0.0.1:50001"):
         self.metadata = metadata
+        self._peer = peer
         self.code: Any = None
         self.details: Any = None
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
         return self.metadata
+
+    def peer(self) -> str:
+        return self._peer
 
     def set_code(self, code: Any) -> None:
         self.code = code
@@ -169,18 +176,28 @@ class _Ctx:
 
 
 def _servicer(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> RewardGrpcMethods:
-    from divreward.services.config import AuthArgs
-    from divreward.services.http import TokenAuth
+    from divreward.services.common.api import Api
+    from divreward.services.config import AuthArgs, IngressArgs, LimitsArgs
 
     monkeypatch.setenv("DIVREWARD_TEST_GRPC_TOKENS", "s3cret")
-    auth = TokenAuth(AuthArgs(enabled=enabled, tokens_env="DIVREWARD_TEST_GRPC_TOKENS"))
+    auth = AuthArgs(enabled=enabled, tokens_env="DIVREWARD_TEST_GRPC_TOKENS")
 
-    class _Api:
-        pass
+    class _Serving:
+        async def models(self) -> Any:
+            from divreward.core import AdvantageConfig
+            from divreward.schema import ModelsResponse, NoDiversityParams, RewardParams
+
+            return ModelsResponse(
+                scorers={},
+                defaults=RewardParams(
+                    quality={}, diversity=NoDiversityParams(), advantage=AdvantageConfig()
+                ),
+                limits={},
+            )
 
     m = RewardGrpcMethods()
-    m.api = _Api()
-    m.api.auth = auth
+    m.api = Api("reward", LimitsArgs(), auth, IngressArgs())
+    m.serving = _Serving()
     return m
 
 
@@ -198,6 +215,40 @@ def test_grpc_auth_reads_the_authorization_metadata(monkeypatch: pytest.MonkeyPa
     assert ctx.details == "unauthorized: invalid bearer token"
 
 
+@pytest.mark.parametrize("peer", ["ipv4:10.1.2.3:40001", "ipv6:[2001:db8::7]:40001"])
+def test_grpc_without_tokens_refuses_peers_off_the_machine(
+    monkeypatch: pytest.MonkeyPatch, peer: str
+) -> None:
+    """No tokens configured: an RPC from a non-loopback peer (as the servicer sees it)
+    ends UNAUTHENTICATED, on unary and streaming RPCs alike; loopback is served."""
+    from divreward.proto import divreward_pb2 as pb
+
+    m = _servicer(False, monkeypatch)
+    ctx = _Ctx([("authorization", "Bearer guess")], peer=peer)
+    with pytest.raises(ServiceError, match="loopback clients only"):
+        asyncio.run(m.Models(pb.ModelsRequest(), ctx))
+    assert ctx.code == grpc.StatusCode.UNAUTHENTICATED
+
+    async def one_message() -> Any:
+        async def requests() -> Any:
+            yield pb.GroupSubmission(group_id="g", prompt="p", images=[b"x"])
+
+        return [r async for r in m.RewardStream(requests(), stream_ctx)]
+
+    stream_ctx = _Ctx([], peer=peer)
+    with pytest.raises(ServiceError, match="loopback clients only"):
+        asyncio.run(one_message())
+    assert stream_ctx.code == grpc.StatusCode.UNAUTHENTICATED
+
+    local = _Ctx([], peer="ipv4:127.0.0.1:40001")
+    reply = asyncio.run(m.Models(pb.ModelsRequest(), local))
+    assert local.code is None and isinstance(reply, pb.ModelsResponse)
+    # the probes stay open to anyone (a kubelet or a health check calls them)
+    probe = _Ctx([], peer=peer)
+    health = asyncio.run(m.Health(pb.HealthRequest(), probe))
+    assert probe.code is None and isinstance(health, pb.HealthResponse)
+
+
 def test_assembly_settings_come_from_the_reward_app_config() -> None:
     """RewardAppArgs.assembly reaches the GroupService of the HTTP route and the gRPC
     methods (both build it over the serving layer), and a misspelt key is refused."""
@@ -206,7 +257,7 @@ def test_assembly_settings_come_from_the_reward_app_config() -> None:
     from pydantic import ValidationError
 
     from divreward.services.config import RewardAppArgs
-    from divreward.services.reward_server.assembler import GroupService
+    from divreward.services.reward_server.groups import GroupService
 
     args = RewardAppArgs(assembly={"default_timeout_s": 7.5, "max_pending_images": 64})
     service = GroupService(SimpleNamespace(args=args))
