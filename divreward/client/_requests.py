@@ -17,13 +17,11 @@ from pydantic import BaseModel
 
 from divreward.client.encoding import encode_images, prepare_images
 from divreward.client.retry import new_request_id
+from divreward.methods import METHODS
 from divreward.schema import (
     AdvantageConfig,
-    DiverseGRPOParams,
-    DriftParams,
     EmbedRequest,
     ModelsResponse,
-    NoDiversityParams,
     RewardGroup,
     RewardsRequest,
     ScoreRequest,
@@ -32,7 +30,9 @@ from divreward.schema_stream import GroupSubmission
 
 __all__ = ["Group", "ImageOptions", "advertised_max_side"]
 
-DiversityArg = Mapping[str, Any] | DiverseGRPOParams | DriftParams | NoDiversityParams | None
+# a dict such as {"method": "drift", "lam": 0.3}, or a method's parameters model from
+# divreward.methods.METHODS (e.g. DriftParams(lam=0.3))
+DiversityArg = Mapping[str, Any] | BaseModel | None
 AdvantageArg = Mapping[str, Any] | AdvantageConfig | None
 
 
@@ -80,12 +80,17 @@ def snapshot_images(images: Any) -> list[np.ndarray]:
     return [np.array(a, copy=True) for a in prepare_images(images)]
 
 
-def _params(model: type[BaseModel], value: Any, name: str) -> Any:
-    if value is None or isinstance(value, BaseModel):
+def _params(models: tuple[type[BaseModel], ...], value: Any, name: str) -> Any:
+    """A parameters argument as the schema takes it: a dict, or one of ``models``."""
+    if value is None or isinstance(value, models):
         return value
     if isinstance(value, Mapping):
         return dict(value)
-    raise TypeError(f"{name} must be a dict or a {model.__name__}, got {type(value).__name__}")
+    names = " or ".join(m.__name__ for m in models)
+    raise TypeError(f"{name} must be a dict or a {names}, got {type(value).__name__}")
+
+
+_DIVERSITY_MODELS = tuple(m.params for m in METHODS.values())
 
 
 def _reward_params(
@@ -99,9 +104,9 @@ def _reward_params(
     if quality is not None:
         body["quality"] = dict(quality)
     if diversity is not None:
-        body["diversity"] = _params(DiverseGRPOParams, diversity, "diversity")
+        body["diversity"] = _params(_DIVERSITY_MODELS, diversity, "diversity")
     if advantage is not None:
-        body["advantage"] = _params(AdvantageConfig, advantage, "advantage")
+        body["advantage"] = _params((AdvantageConfig,), advantage, "advantage")
     if return_embeddings:
         body["return_embeddings"] = True
     return body

@@ -18,6 +18,8 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from divreward.methods import method_names
+
     p = subparsers.add_parser(
         "rewards",
         help="rewards of one group of image files from a running service (HTTP or gRPC)",
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/WebP files of one group")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="http://... or grpc://...")
     p.add_argument("--prompt", required=True, help="the prompt the images were made from")
-    p.add_argument("--method", choices=["diversegrpo", "drift", "none"], help="diversity method")
+    p.add_argument("--method", choices=method_names(), help="diversity method")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per attempt")
     p.add_argument("--no-downsize", action="store_true", help="send full-resolution images")
     p.add_argument("--json", action="store_true", help="print the whole response as JSON")
@@ -58,7 +60,7 @@ def run_rewards(args: argparse.Namespace) -> int:
     # sorted: over gRPC the quality map arrives in no particular order (protobuf maps)
     names = sorted(n for n in group.quality if n != "total")
     print("\t".join(["image", *names, "quality", "reward", "advantage", "cluster"]))
-    labels = group.diversity.labels
+    labels = getattr(group.diversity, "labels", None)  # a clustering method's clusters
     for i, path in enumerate(args.images):
         row = [str(path)]
         row += [f"{group.quality[n][i]:.4f}" for n in names]

@@ -38,7 +38,7 @@ from divreward.client.encoding import downsize, encode_images
 from divreward.images import ImageError, decode_image
 from divreward.proto import divreward_pb2 as pb
 from divreward.proto import divreward_pb2_grpc as pb_grpc
-from divreward.schema import HealthResponse, RewardsRequest
+from divreward.schema import AdvantageConfig, HealthResponse, RewardsRequest
 
 FAST = RetryPolicy(max_attempts=4, backoff_s=0.0, max_backoff_s=0.0, jitter=0.0)
 
@@ -689,3 +689,44 @@ def test_the_async_client_learns_max_side_once_and_downsizes(mock_http: Any) -> 
 
     asyncio.run(run())
     assert paths == ["/v1/models", "/v1/score", "/v1/score"]
+
+
+# ------------------------------------------------------------------ the method table
+def test_the_client_takes_its_diversity_methods_from_the_table() -> None:
+    import argparse
+
+    from divreward.client.cli import register
+    from divreward.methods import METHODS, method_names
+
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    register(commands)
+    args = parser.parse_args(["rewards", "--prompt", "p", "x.png", "--method", "drift"])
+    assert args.method == "drift"
+    (method,) = [a for a in commands.choices["rewards"]._actions if a.dest == "method"]
+    assert method.choices is not None
+    assert list(method.choices) == list(method_names()) == list(METHODS)
+
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    for name, m in METHODS.items():  # every method's params model is a valid argument
+        req = rewards_request(
+            [("p", images)],
+            quality=None,
+            diversity=m.params(),
+            advantage=None,
+            return_embeddings=False,
+            request_id="r",
+            opts=ImageOptions(),
+        )
+        assert req.diversity is not None and req.diversity.method == name
+    names = " or ".join(m.params.__name__ for m in METHODS.values())
+    with pytest.raises(TypeError, match=f"diversity must be a dict or a {names}, got Advant"):
+        rewards_request(
+            [("p", images)],
+            quality=None,
+            diversity=AdvantageConfig(),
+            advantage=None,
+            return_embeddings=False,
+            request_id="r",
+            opts=ImageOptions(),
+        )
