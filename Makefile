@@ -59,11 +59,12 @@ bench: venv ## run the benchmarks in bench/ (results in bench/results/)
 proto: venv ## regenerate the gRPC code from divreward/proto/divreward.proto
 	$(BIN)/python -m divreward.proto.generate
 
-compose-config: ## validate docker-compose.yml (needs Debian's docker-compose)
+compose-config: ## validate docker-compose.yml with every profile (needs Debian's docker-compose)
 	docker-compose -f docker-compose.yml config -q
+	docker-compose -f docker-compose.yml --profile tiny --profile trainer config -q
 
-k8s-check: venv ## validate the Kubernetes manifests offline
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_deploy.py
+k8s-check: venv ## render every kustomize overlay (kubectl) and validate the objects offline
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/deploy/test_k8s.py tests/deploy/test_images.py
 
 clean: ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info

@@ -1,0 +1,257 @@
+"""The Kubernetes manifests (deploy/k8s/): each overlay rendered by ``kubectl kustomize``
+and every rendered object checked offline.
+
+- the RayService against the fields of KubeRay's RayService CRD, unknown keys refused
+  (tests/deploy/k8s_schema.py), and its pod templates and serve Service against the
+  Kubernetes OpenAPI models;
+- its serveConfigV2 strictly against Serve's own schema (``ray.serve.schema`` models,
+  every key, recursively) and the builders' argument models, and equal to the config
+  file the other deployments use (deploy/serve-cluster-*.yaml);
+- the custom resources that place each model deployment exist on exactly one pool;
+- the Secret, the weights claim, the probes, the gRPC port, the trainer Job.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from k8s_schema import RAYSERVICE_SCHEMA, check_k8s_object
+
+from divreward.services.deploy_config import validate_config
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = {"dev": "serve-cluster-tiny.yaml", "prod": "serve-cluster-gpu.yaml"}
+TOKENS_SECRET = "divreward-api-tokens"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed"
+)
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=sorted(OVERLAYS))
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(K8S / "overlays" / request.param)
+
+
+def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (obj,) = [o for o in objs if o["kind"] == kind]
+    return obj
+
+
+def _pods(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Pod template specs by group: 'head' and each worker group's name."""
+    cluster = rs["spec"]["rayClusterConfig"]
+    out = {"head": cluster["headGroupSpec"]["template"]["spec"]}
+    for g in cluster.get("workerGroupSpecs", []):
+        out[g["groupName"]] = g["template"]["spec"]
+    return out
+
+
+def _advertised(params: dict[str, str]) -> dict[str, float]:
+    raw = params.get("resources")
+    return json.loads(json.loads(raw)) if raw else {}  # KubeRay wants a quoted JSON string
+
+
+def test_every_overlay_renders_the_expected_objects(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, objs = overlay
+    kinds = sorted(o["kind"] for o in objs)
+    if name == "dev":  # tiny models, no weights claim, a throw-away token, the trainer Job
+        assert kinds == ["Job", "RayService", "Secret"]
+    else:  # the token Secret is created out of band, never overwritten
+        assert kinds == ["PersistentVolumeClaim", "RayService"]
+    for o in objs:
+        assert o["metadata"]["labels"]["app.kubernetes.io/name"] == "divreward"
+
+
+def test_rayservice_matches_the_kuberay_crd_and_core_schemas(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objs = overlay
+    rs = one(objs, "RayService")
+    jsonschema.validate(rs, RAYSERVICE_SCHEMA)
+    problems = check_k8s_object(rs["metadata"], "V1ObjectMeta", "metadata")
+    problems += check_k8s_object(rs["spec"]["serveService"], "V1Service", "serveService")
+    cluster = rs["spec"]["rayClusterConfig"]
+    problems += check_k8s_object(
+        cluster["headGroupSpec"]["template"], "V1PodTemplateSpec", "headGroupSpec.template"
+    )
+    for g in cluster["workerGroupSpecs"]:
+        problems += check_k8s_object(g["template"], "V1PodTemplateSpec", g["groupName"])
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    assert not problems, "\n".join(problems)
+    assert cluster["rayVersion"] == "2.60.0"
+
+
+def test_a_misspelt_field_is_caught() -> None:
+    """The check is not vacuous: KubeRay's API server would prune these silently."""
+    rs = one(render(K8S / "overlays" / "dev"), "RayService")
+    bad = json.loads(json.dumps(rs))
+    bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 3
+    with pytest.raises(jsonschema.ValidationError, match="maxReplica"):
+        jsonschema.validate(bad, RAYSERVICE_SCHEMA)
+    template = bad["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    template["spec"]["containers"][0]["volumeMount"] = []
+    problems = check_k8s_object(template, "V1PodTemplateSpec", "head")
+    assert any("volumeMount: unknown field of V1Container" in p for p in problems), problems
+
+
+def test_serve_config_is_strictly_valid_and_equals_the_config_file(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, objs = overlay
+    config = yaml.safe_load(one(objs, "RayService")["spec"]["serveConfigV2"])
+    schema = validate_config(config)  # Serve's ServeDeploySchema, every key checked
+    assert {a.name for a in schema.applications} == {"reward", "diversity"}
+    assert schema.grpc_options.port == 9000
+    assert schema.http_options.host == "0.0.0.0"
+    for app in config["applications"]:  # 0.0.0.0 requires bearer tokens
+        assert app["args"]["auth"] == {"enabled": True, "tokens_env": "DIVREWARD_API_TOKENS"}
+    assert config == yaml.safe_load((ROOT / "deploy" / OVERLAYS[name]).read_text())
+
+
+def test_every_deployment_lands_on_exactly_one_pool_that_can_hold_it(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Each model asks for a custom resource that exactly one group advertises, the
+    ingresses and the assembler ask for the head's, and GPU fractions fit the pool."""
+    name, objs = overlay
+    rs = one(objs, "RayService")
+    cluster = rs["spec"]["rayClusterConfig"]
+    groups = {"head": cluster["headGroupSpec"]} | {
+        g["groupName"]: g for g in cluster["workerGroupSpecs"]
+    }
+    owners: dict[str, list[str]] = {}
+    for gname, g in groups.items():
+        for res in _advertised(g["rayStartParams"]):
+            owners.setdefault(res, []).append(gname)
+    assert owners.keys() == {"divreward_head", "divreward_scorer", "divreward_diversity"}
+    assert all(len(v) == 1 for v in owners.values()), owners
+    assert owners["divreward_head"] == ["head"]
+    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    models = []
+    for app in config["applications"]:
+        models += list(app["args"].get("scorers", {}).values())
+        if "embedder" in app["args"]:
+            models.append(app["args"]["embedder"])
+        for dep in app.get("deployments", []):  # ingresses and assembler: the head
+            assert dep["ray_actor_options"]["resources"] == {"divreward_head": 0.01}, dep
+    pinned = {d["name"] for a in config["applications"] for d in a.get("deployments", [])}
+    assert pinned == {"RewardIngress", "DiversityIngress", "GroupAssembler"}
+    for m in models:
+        (res,) = m["resources"]
+        (gname,) = owners[res]
+        limits = _pods(rs)[gname]["containers"][0]["resources"]["limits"]
+        gpus = int(limits.get("nvidia.com/gpu", 0))
+        assert m.get("num_gpus", 0) <= gpus, (m, gname)
+        if name == "prod":
+            assert m["num_gpus"] > 0 and gpus >= 1
+
+
+def test_tokens_come_from_the_secret_and_weights_from_the_claim(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, objs = overlay
+    rs = one(objs, "RayService")
+    for group, pod in _pods(rs).items():
+        (c,) = pod["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        ref = env["DIVREWARD_API_TOKENS"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": TOKENS_SECRET, "key": "tokens"}, group
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        assert "/dev/shm" in mounts  # Ray's object store
+        claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        if name == "prod":
+            assert mounts["/weights"]["readOnly"] is True
+            assert env["DIVREWARD_WEIGHTS_DIR"]["value"] == "/weights"
+            assert [v["persistentVolumeClaim"] for v in claims] == [
+                {"claimName": "divreward-weights", "readOnly": True}
+            ]
+        else:
+            assert not claims
+    if name == "dev":
+        secret = one(objs, "Secret")
+        assert secret["metadata"]["name"] == TOKENS_SECRET and secret["stringData"]["tokens"]
+        assert not check_k8s_object(secret, "V1Secret", "secret")
+    else:
+        pvc = one(objs, "PersistentVolumeClaim")
+        assert not check_k8s_object(pvc, "V1PersistentVolumeClaim", "pvc")
+        assert pvc["metadata"]["name"] == "divreward-weights"
+        assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]  # shared by every node
+
+
+def test_ports_probes_and_pools(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objs = overlay
+    rs = one(objs, "RayService")
+    ports = {p["name"]: p["port"] for p in rs["spec"]["serveService"]["spec"]["ports"]}
+    assert ports == {"http": 8000, "grpc": 9000}
+    pods = _pods(rs)
+    head_ports = {p["containerPort"] for p in pods["head"]["containers"][0]["ports"]}
+    assert {8000, 9000, 6379, 8265} <= head_ports
+    # KubeRay deploys serveConfigV2 only once the head is Ready: no /readyz probe there.
+    assert "readinessProbe" not in pods["head"]["containers"][0]
+    for group, pod in pods.items():
+        if group == "head":
+            continue
+        probe = pod["containers"][0]["readinessProbe"]["exec"]["command"]
+        assert "/opt/divreward/docker/wait_ready.py" in probe[-1]
+        assert '"http://$FQ_RAY_IP:8000"' in probe[-1]  # the head, through KubeRay's env
+    cluster = rs["spec"]["rayClusterConfig"]
+    if name == "prod":
+        assert cluster["enableInTreeAutoscaling"] is True
+        assert rs["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+        for g in cluster["workerGroupSpecs"]:
+            spec = g["template"]["spec"]
+            assert spec["nodeSelector"]["divreward.io/pool"] == "gpu"
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+                spec["tolerations"]
+            )
+            assert g["maxReplicas"] > g["minReplicas"] >= 1
+        assert {g["groupName"] for g in cluster["workerGroupSpecs"]} == {"scorers", "diversity"}
+    else:
+        (g,) = cluster["workerGroupSpecs"]  # dev: one CPU worker for every model
+        assert g["replicas"] == 1
+        assert "nvidia.com/gpu" not in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def _check_trainer_job(job: dict[str, Any], preset: str) -> None:
+    assert not check_k8s_object(job, "V1Job", "job")
+    spec = job["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["command"][1:3] == [
+        "/opt/divreward/docker/wait_ready.py",
+        "http://divreward-serve:8000",
+    ]
+    (c,) = spec["containers"]
+    cmd = c["command"]
+    assert cmd[:4] == ["divreward", "train", "--preset", preset]
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert "reward_backend=service" in sets
+    assert "reward_url=grpc://divreward-serve:9000" in sets  # the serve Service's gRPC port
+    assert (ROOT / "trainer" / "presets" / f"{preset}.yaml").is_file()
+    env = {e["name"]: e for e in c["env"]}
+    assert env["DIVREWARD_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == TOKENS_SECRET
+    assert spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_trainer_job() -> None:
+    _check_trainer_job(one(render(K8S / "trainer"), "Job"), "diversegrpo-sd35-pickscore")
+    _check_trainer_job(one(render(K8S / "overlays" / "dev"), "Job"), "tiny-cpu")
