@@ -21,6 +21,7 @@ from divreward.methods import METHODS
 from divreward.schema import (
     AdvantageConfig,
     EmbedRequest,
+    MetricsRequest,
     ModelsResponse,
     RewardGroup,
     RewardsRequest,
@@ -131,6 +132,27 @@ def score_request(
 
 def embed_request(images: Any, request_id: str, opts: ImageOptions) -> EmbedRequest:
     return EmbedRequest(images=opts.encode(images), request_id=request_id)
+
+
+def metrics_request(
+    groups: Sequence[Any],
+    reference: Sequence[Any] | None,
+    recall_k: int | None,
+    request_id: str,
+    opts: ImageOptions,
+) -> MetricsRequest:
+    """Each group (and reference group) is its images, in any form ``encode`` takes."""
+    if isinstance(groups, str | bytes) or not isinstance(groups, Sequence):
+        raise TypeError(f"groups must be a list of image groups, got {type(groups).__name__}")
+    body: dict[str, Any] = {
+        "groups": [{"images": opts.encode(g)} for g in groups],
+        "request_id": request_id,
+    }
+    if reference is not None:
+        body["reference"] = [{"images": opts.encode(g)} for g in reference]
+    if recall_k is not None:
+        body["recall_k"] = recall_k
+    return MetricsRequest.model_validate(body)
 
 
 def _as_group(group: Group | tuple[str, Any], index: int) -> Group:

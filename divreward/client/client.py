@@ -52,6 +52,7 @@ from divreward.client._requests import (
     advertised_max_side,
     embed_request,
     group_submission,
+    metrics_request,
     rewards_request,
     score_request,
     snapshot_images,
@@ -62,6 +63,7 @@ from divreward.client.retry import RetryPolicy, new_request_id
 from divreward.schema import (
     EmbedResponse,
     HealthResponse,
+    MetricsResponse,
     ModelsResponse,
     RewardsResponse,
     ScoreResponse,
@@ -80,6 +82,7 @@ _OPS: dict[str, tuple[HttpRoute, str]] = {
     "models": (HttpRoute("GET", "/v1/models"), "Models"),
     "score": (HttpRoute("POST", "/v1/score"), "Score"),
     "embed": (HttpRoute("POST", "/v1/embed"), "Embed"),
+    "metrics": (HttpRoute("POST", "/v1/metrics"), "Metrics"),
     "rewards": (HttpRoute("POST", "/v1/rewards"), "Rewards"),
     "submit": (HttpRoute("POST", "/v1/groups"), "SubmitGroup"),
 }
@@ -273,6 +276,22 @@ class AsyncRewardClient:
         opts = await self._image_options()
         req = await asyncio.to_thread(embed_request, images, rid, opts)
         return await self._call("embed", req, EmbedResponse, rid)
+
+    async def metrics(
+        self,
+        groups: Sequence[Any],
+        *,
+        reference: Sequence[Any] | None = None,
+        recall_k: int | None = None,
+        request_id: str | None = None,
+    ) -> MetricsResponse:
+        """Evaluation metrics of groups of images (each group: one prompt's images), in
+        the server's embedder's space: diversity, Vendi score and, with ``reference``
+        groups (e.g. the base model's), generalized recall."""
+        rid = request_id or new_request_id()
+        opts = await self._image_options()
+        req = await asyncio.to_thread(metrics_request, groups, reference, recall_k, rid, opts)
+        return await self._call("metrics", req, MetricsResponse, rid)
 
     async def rewards(
         self,
@@ -570,6 +589,7 @@ class RewardClient:
     models = _blocking(AsyncRewardClient.models)
     score = _blocking(AsyncRewardClient.score)
     embed = _blocking(AsyncRewardClient.embed)
+    metrics = _blocking(AsyncRewardClient.metrics)
     rewards = _blocking(AsyncRewardClient.rewards)
     submit = _in_background(
         AsyncRewardClient.submit,

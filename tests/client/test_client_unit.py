@@ -730,3 +730,24 @@ def test_the_client_takes_its_diversity_methods_from_the_table() -> None:
             request_id="r",
             opts=ImageOptions(),
         )
+
+
+def test_metrics_sends_each_group_s_images(mock_http: Any) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/metrics"
+        sent.append(msgpack.unpackb(request.content))
+        body = {"metrics": {"num_groups": 2}, "params": {}, "request_id": "m1"}
+        return httpx.Response(200, json=body)
+
+    mock_http(handler)
+    groups = [make_group(0), make_group(1)]
+    with RewardClient("http://reward.test", downsize=False) as c:
+        res = c.metrics(groups, reference=[make_group(2)], recall_k=3, request_id="m1")
+    assert res.metrics == {"num_groups": 2} and res.request_id == "m1"
+    (body,) = sent
+    assert set(body) == {"groups", "reference", "recall_k", "request_id"}
+    assert body["recall_k"] == 3 and body["request_id"] == "m1"
+    for got, want in zip(body["groups"] + body["reference"], [*groups, make_group(2)], strict=True):
+        np.testing.assert_array_equal(np.stack(_decode_all(got["images"])), want)
