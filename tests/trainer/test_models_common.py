@@ -101,6 +101,8 @@ def test_ode_rollout_equals_the_diffusers_pipeline(adapter):
     """noise_level 0: the adapter's rollout is the pipeline's own sampling (schedule,
     timestep scaling, CFG or guidance embedding, packing, VAE scaling)."""
     e = TINY_TEST_ENTRIES[adapter.family]
+    if not e.diffusers_pipeline:
+        pytest.skip(f"{adapter.family}: no diffusers pipeline to compare with")
     r = _rollout(adapter, adapter.encode_prompts(PROMPTS), noise_level=0.0)
     assert torch.all(r.log_probs == 0)
     kw = {
@@ -187,11 +189,14 @@ def test_gradients_reach_lora_parameters_only(adapter):
             assert p.grad is None, n
     # B starts at 0, so A gets no gradient yet; B does wherever the module feeds the image
     # output (not e.g. the text-token queries of a last block whose text output is unused).
-    assert any(m.endswith("attn.to_q") for m in reached)
-    assert any(m.endswith("attn.add_k_proj") for m in reached)
-    assert len(reached) >= len(params) // 2 - 2, reached
-    for module in (adapter.pipeline.vae, adapter.pipeline.text_encoder):
-        assert all(p.grad is None and not p.requires_grad for p in module.parameters())
+    n_b = sum("lora_B" in names[id(p)] for p in params)
+    assert len(reached) >= 0.75 * n_b, reached
+    if TINY_TEST_ENTRIES[adapter.family].diffusers_pipeline:
+        assert any(m.endswith("attn.to_q") for m in reached)
+    for name in ("vae", "text_encoder", "text_encoder_2"):
+        module = getattr(adapter.pipeline, name, None)
+        if module is not None:
+            assert all(p.grad is None and not p.requires_grad for p in module.parameters())
     # The reference is the same network: no second copy of the base weights.
     lora = sum(p.numel() for p in params)
     assert sum(p.numel() for p in adapter.transformer.parameters()) == n_base + lora
@@ -236,20 +241,17 @@ def test_save_lora_loads_into_a_fresh_pipeline(adapter, family, tiny_pipeline_di
     with torch.no_grad():
         policy = adapter.velocity(x, torch.tensor(0.5), embeds, guidance=e.guidance)
     adapter.save_lora(tmp_path / "lora")
-    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
-
-    fresh = load_tiny_adapter(family, tiny_pipeline_dir(family))
-    with torch.no_grad():
-        before = fresh.velocity(
-            x, torch.tensor(0.5), fresh.encode_prompts(PROMPTS), guidance=e.guidance
-        )
-    fresh.pipeline.load_lora_weights(str(tmp_path / "lora"))
-    with torch.no_grad():
-        after = fresh.velocity(
-            x, torch.tensor(0.5), fresh.encode_prompts(PROMPTS), guidance=e.guidance
-        )
-    assert not torch.allclose(after, before, atol=1e-4)  # the LoRA changed the output ...
-    torch.testing.assert_close(after, policy, rtol=1e-5, atol=1e-6)  # ... to the policy's
+    if e.diffusers_pipeline:
+        assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+        fresh = load_tiny_adapter(family, tiny_pipeline_dir(family))
+        embeds2 = fresh.encode_prompts(PROMPTS)
+        with torch.no_grad():
+            before = fresh.velocity(x, torch.tensor(0.5), embeds2, guidance=e.guidance)
+        fresh.pipeline.load_lora_weights(str(tmp_path / "lora"))
+        with torch.no_grad():
+            after = fresh.velocity(x, torch.tensor(0.5), embeds2, guidance=e.guidance)
+        assert not torch.allclose(after, before, atol=1e-4)  # the LoRA changed the output ...
+        torch.testing.assert_close(after, policy, rtol=1e-5, atol=1e-6)  # ... to the policy's
 
     # lora_state_dict round trip (resume): another LoRA gets the same weights.
     state = adapter.lora_state_dict()
@@ -273,25 +275,33 @@ def test_lora_errors(adapter):
         adapter.add_lora(rank=2, alpha=4, targets=["no_such_module"])
 
 
-def test_encode_prompts_caches_per_text(adapter):
-    calls = []
-    hook = adapter.pipeline.text_encoder.register_forward_hook(lambda m, a, kw_out: calls.append(1))
+def test_encode_prompts_caches_per_text(adapter, monkeypatch):
+    encoded: list[list[str]] = []  # texts per call of the family's encoder
+    real = adapter._encode_uncached
+    monkeypatch.setattr(adapter, "_encode_uncached", lambda p: encoded.append(list(p)) or real(p))
+    calls = []  # forward calls of the text encoder, where there is one
+    encoder = getattr(adapter.pipeline, "text_encoder", None)
+    hook = encoder.register_forward_hook(lambda *a: calls.append(1)) if encoder else None
     try:
         first = adapter.encode_prompts(["a", "b", "a"])
         n_first = len(calls)
-        assert n_first >= 1  # one batched call (SD3: once per CLIP forward of the batch)
-        assert torch.equal(first.tensors["prompt_embeds"][0], first.tensors["prompt_embeds"][2])
+        assert encoded == [["a", "b"]]  # one call, each distinct text once
+        assert encoder is None or n_first >= 1
+        for k in first.tensors:
+            assert torch.equal(first.tensors[k][0], first.tensors[k][2])
         second = adapter.encode_prompts(["b", "a"])
-        assert len(calls) == n_first  # cached: the text encoder did not run
+        assert encoded == [["a", "b"]] and len(calls) == n_first  # cached: no encoder run
         for k in first.tensors:
             assert torch.equal(second.tensors[k][0], first.tensors[k][1])
         adapter.encode_prompts(["c", "a"])
-        assert len(calls) == 2 * n_first  # only the new text is encoded
+        assert encoded == [["a", "b"], ["c"]]  # only the new text is encoded
+        assert len(calls) == 2 * n_first
     finally:
-        hook.remove()
-    # The cached rows are the pipeline's own encodings (up to the batch-size dependence
-    # of CPU kernels: "b" was encoded in a batch of two).
-    ref = adapter._encode_uncached(["b"])
+        if hook is not None:
+            hook.remove()
+    # The cached rows are the family's own encodings (up to the batch-size dependence of
+    # CPU kernels: "b" was encoded in a batch of two).
+    ref = real(["b"])
     for k, t in ref.items():
         torch.testing.assert_close(second.tensors[k][0], t[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no prompts"):
@@ -343,3 +353,31 @@ def test_tiny_builds_are_cached_and_guarded(tmp_path):
         TINY_BUILDERS["sd3"](tmp_path / "real")
     with pytest.raises(KeyError, match="unknown tiny model"):
         ensure_tiny_model("tiny-nope", tmp_path)
+
+
+@pytest.mark.slow
+def test_bf16_weights_keep_the_trainer_numbers_in_fp32(family, tiny_pipeline_dir):
+    """The dtype path of a bf16 model (what a GPU run uses), on CPU: latents, log-probs
+    and LoRA parameters stay fp32, the VAE decodes in fp32, and the ratio is still 1."""
+    adapter = load_tiny_adapter(family, tiny_pipeline_dir(family), dtype=torch.bfloat16)
+    assert adapter.transformer.dtype == torch.bfloat16
+    vae = getattr(adapter.pipeline, "vae", None)
+    assert vae is None or vae.dtype == torch.float32  # decoding stays fp32
+    params = adapter.add_lora(rank=4, alpha=8)
+    assert {p.dtype for p in params} == {torch.float32}
+    perturb_lora(adapter)
+    e = TINY_TEST_ENTRIES[family]
+    embeds = adapter.encode_prompts(PROMPTS)
+    r = _rollout(adapter, embeds, num_steps=3)
+    assert r.latents.dtype == r.log_probs.dtype == r.images.dtype == torch.float32
+    for j in (0, 1):
+        out = adapter.step(embeds, r, j, guidance=e.guidance, noise_level=0.7)
+        assert torch.equal(out.log_prob.detach(), r.log_probs[:, j])
+    out.log_prob.mean().backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in params)
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in params)
+
+
+def test_autocast_is_for_cuda_only(family, tiny_pipeline_dir):
+    with pytest.raises(ValueError, match=r"autocast_dtype=torch\.bfloat16 is for CUDA"):
+        load_tiny_adapter(family, tiny_pipeline_dir(family), autocast_dtype=torch.bfloat16)

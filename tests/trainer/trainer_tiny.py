@@ -26,20 +26,24 @@ class TinyEntry:
     # Short text sequences keep the tiny models fast; the loaders' defaults are the
     # real models' (SD3: 256 T5 tokens, Flux: 512).
     load_options: dict[str, Any] = field(default_factory=lambda: {"max_sequence_length": 32})
+    # A diffusers pipeline behind the adapter (checked against the pipeline's own sampling
+    # and load_lora_weights); False for families outside diffusers (the toy MLP).
+    diffusers_pipeline: bool = True
 
 
 TINY_TEST_ENTRIES: dict[str, TinyEntry] = {
     "sd3": TinyEntry(guidance=4.5),
     "flux": TinyEntry(guidance=3.5),
+    "toy": TinyEntry(guidance=0.0, load_options={}, diffusers_pipeline=False),
 }
 
 
-def load_tiny_adapter(family: str, pipeline_dir: Path, **options: Any) -> DiffusionAdapter:
-    """A fresh adapter (float32, CPU) over the tiny pipeline of ``family``."""
+def load_tiny_adapter(
+    family: str, pipeline_dir: Path, *, dtype: torch.dtype = torch.float32, **options: Any
+) -> DiffusionAdapter:
+    """A fresh adapter (CPU, float32 unless ``dtype``) over the tiny pipeline of ``family``."""
     opts = {**TINY_TEST_ENTRIES[family].load_options, **options}
-    return get_adapter(family).from_pretrained(
-        str(pipeline_dir), device="cpu", dtype=torch.float32, **opts
-    )
+    return get_adapter(family).from_pretrained(str(pipeline_dir), device="cpu", dtype=dtype, **opts)
 
 
 def perturb_lora(adapter: DiffusionAdapter, seed: int = 0, scale: float = 0.05) -> None:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from divreward.trainer.sde import StepOut, sde_step_with_logprob
 
-__all__ = ["DiffusionAdapter", "PromptCache", "PromptEmbeds", "Rollout", "dtype_kwarg"]
+__all__ = ["DiffusionAdapter", "PromptCache", "PromptEmbeds", "Rollout", "dtype_kwarg", "load_vae"]
 
 Index = Tensor | list[int] | slice
 
@@ -45,6 +45,13 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     except ImportError:
         return {"torch_dtype": dtype}
     return {"dtype": dtype}
+
+
+def load_vae(model: str, dtype: torch.dtype) -> Any:
+    """The pipeline's ``AutoencoderKL`` (subfolder ``vae``) in ``dtype``."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(model, subfolder="vae", **dtype_kwarg(dtype))
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg
+from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg, load_vae
 
 __all__ = ["FluxAdapter"]
 
@@ -63,11 +63,12 @@ class FluxAdapter(DiffusionAdapter):
         """``model``: a hub id or a local pipeline directory."""
         from diffusers import FluxPipeline
 
-        pipe = FluxPipeline.from_pretrained(model, **dtype_kwarg(dtype))
+        extra: dict[str, Any] = {}
+        if vae_dtype != dtype:  # the VAE loaded in its own dtype (fp32 decoding)
+            extra["vae"] = load_vae(model, vae_dtype)
+        pipe = FluxPipeline.from_pretrained(model, **dtype_kwarg(dtype), **extra)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
-        if pipe.vae.dtype != vae_dtype:
-            pipe.vae.to(dtype=vae_dtype)
         if gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
         return cls(
@@ -135,7 +136,8 @@ class FluxAdapter(DiffusionAdapter):
 
     @staticmethod
     def pack(x: Tensor) -> Tensor:
-        """(B, C, h, w) -> (B, h/2 * w/2, 4C), the pipeline's 2x2 packing."""
+        """(B, C, h, w) -> (B, h/2 * w/2, 4C), the pipeline's 2x2 packing (adapted from
+        diffusers 0.42.1 ``FluxPipeline._pack_latents``; a test checks they agree)."""
         b, c, h, w = x.shape
         x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // 2) * (w // 2), c * 4)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg
+from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg, load_vae
 
 __all__ = ["SD3Adapter"]
 
@@ -75,11 +75,11 @@ class SD3Adapter(DiffusionAdapter):
         extra: dict[str, Any] = {}
         if not text_encoder_3:
             extra = {"text_encoder_3": None, "tokenizer_3": None}
+        if vae_dtype != dtype:  # the VAE loaded in its own dtype (fp32 decoding)
+            extra["vae"] = load_vae(model, vae_dtype)
         pipe = StableDiffusion3Pipeline.from_pretrained(model, **dtype_kwarg(dtype), **extra)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
-        if pipe.vae.dtype != vae_dtype:
-            pipe.vae.to(dtype=vae_dtype)
         if gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
         return cls(

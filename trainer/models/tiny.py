@@ -32,6 +32,7 @@ __all__ = [
     "TINY_MODELS",
     "build_tiny_flux",
     "build_tiny_sd3",
+    "build_tiny_toy",
     "ensure_tiny_model",
 ]
 
@@ -248,11 +249,22 @@ def build_tiny_flux(out_dir: str | Path, seed: int = 0) -> Path:
     return _build("flux", _build_flux, out_dir, seed)
 
 
+def build_tiny_toy(out_dir: str | Path, seed: int = 0) -> Path:
+    """An untrained toy flow model (:mod:`divreward.trainer.models.toy`) in ``out_dir``."""
+    from divreward.trainer.models.toy import build_tiny_toy as build
+
+    return build(out_dir, seed=seed)
+
+
 # family -> builder; a test checks every registered family has one.
-TINY_BUILDERS: dict[str, Callable[..., Path]] = {"sd3": build_tiny_sd3, "flux": build_tiny_flux}
+TINY_BUILDERS: dict[str, Callable[..., Path]] = {
+    "sd3": build_tiny_sd3,
+    "flux": build_tiny_flux,
+    "toy": build_tiny_toy,
+}
 
 # The model names a config may give instead of a hub id or directory.
-TINY_MODELS: dict[str, str] = {"tiny-sd3": "sd3", "tiny-flux": "flux"}
+TINY_MODELS: dict[str, str] = {"tiny-sd3": "sd3", "tiny-flux": "flux", "tiny-toy": "toy"}
 
 
 def ensure_tiny_model(
