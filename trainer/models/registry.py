@@ -17,6 +17,7 @@ __all__ = ["ADAPTERS", "get_adapter"]
 ADAPTERS: dict[str, str] = {
     "sd3": "divreward.trainer.models.sd3:SD3Adapter",
     "flux": "divreward.trainer.models.flux:FluxAdapter",
+    "toy": "divreward.trainer.models.toy:ToyAdapter",
 }
 
 

@@ -1,0 +1,168 @@
+"""The toy rewards as plugins (``module:factory``), served like any built-in model.
+
+- ``divreward.toy.plugins:quality_scorer`` — a quality scorer that mildly prefers some
+  modes: ``Q(x) = sum_m p(m | x) w_m`` with ``p`` the mode classifier's softmax,
+  ``w_m = 1`` for the preferred modes and ``1 - margin`` for the others.
+  Options: ``model_dir`` (a toy directory), ``preferred`` (mode indices, default [0]),
+  ``margin`` (default 0.2).
+- ``divreward.toy.plugins:embedder`` — the diversity embedding: the unit-normalised
+  64-d penultimate features of a small CNN trained on the mode labels (a second network,
+  other seed and data than the classifier). Options: ``model_dir``.
+- ``divreward.toy.plugins:mode_classifier`` — the mode classifier itself as a scorer whose
+  score is the predicted mode index (for labelling through a service; the experiment
+  labels locally with the same network).
+
+Each factory takes the :class:`~divreward.models.base.LoadOptions` a registry loader gets;
+``opts.options`` holds the options above.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from divreward.models.base import Embedder, LoadOptions, ModelInfo, Scorer, check_prompts
+from divreward.toy.data import SIZE
+from divreward.toy.pretrain import load_cnn, load_meta
+
+__all__ = [
+    "ToyEmbedder",
+    "ToyModeClassifier",
+    "ToyQualityScorer",
+    "embedder",
+    "images_to_tensor",
+    "mode_classifier",
+    "quality_scorer",
+]
+
+
+def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """(H, W, 3) uint8 images -> (N, 3, 16, 16) float32 in [0, 1] (area-resized)."""
+    if len(images) == 0:
+        return torch.zeros((0, 3, SIZE, SIZE))
+    out = []
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"images[{i}]: expected (H, W, 3), got shape {arr.shape}")
+        t = torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        if t.shape[-2:] != (SIZE, SIZE):
+            t = torch.nn.functional.interpolate(t, size=(SIZE, SIZE), mode="area")
+        out.append(t)
+    return torch.cat(out)
+
+
+def _model_dir(opts: LoadOptions, what: str) -> Path:
+    raw = opts.options.get("model_dir") or opts.source
+    if not raw:
+        raise ValueError(f"{what}: option model_dir (a toy directory) is required")
+    path = Path(str(raw)).expanduser()
+    load_meta(path)  # a clear error when it is not a toy directory
+    return path
+
+
+def _hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _unknown(opts: LoadOptions, allowed: set[str], what: str) -> None:
+    bad = sorted(set(opts.options) - allowed)
+    if bad:
+        raise ValueError(f"{what}: unknown options {bad}; valid: {sorted(allowed)}")
+
+
+class _ToyModel:
+    max_resolution = SIZE
+
+    def __init__(self, model_dir: Path, weights: str, kind: str, name: str, options: dict) -> None:
+        meta = load_meta(model_dir)
+        self.k = int(meta["k"])
+        self.net = load_cnn(model_dir / weights, self.k)
+        self.info = ModelInfo(
+            name=name,
+            kind=kind,  # type: ignore[arg-type]
+            source=str(model_dir),
+            weights_hash=_hash(model_dir / weights),
+            options=options,
+        )
+
+    @torch.no_grad()
+    def _probs(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        x = images_to_tensor(images)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.k))
+        return torch.softmax(self.net(x), dim=1).double().numpy()
+
+
+class ToyQualityScorer(_ToyModel, Scorer):
+    def __init__(self, model_dir: Path, preferred: Sequence[int], margin: float) -> None:
+        super().__init__(
+            model_dir,
+            "classifier.safetensors",
+            "scorer",
+            "toy_quality",
+            {"preferred": list(preferred), "margin": margin},
+        )
+        bad = [m for m in preferred if not 0 <= int(m) < self.k]
+        if bad:
+            raise ValueError(f"toy quality: preferred modes {bad} outside 0..{self.k - 1}")
+        if not 0 <= margin < 1:
+            raise ValueError(f"toy quality: margin must be in [0, 1), got {margin}")
+        self.weights = np.full(self.k, 1.0 - margin)
+        self.weights[[int(m) for m in preferred]] = 1.0
+
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
+        check_prompts(images, prompts)
+        return np.asarray(self._probs(images) @ self.weights, dtype=np.float64)
+
+
+class ToyModeClassifier(_ToyModel, Scorer):
+    def __init__(self, model_dir: Path) -> None:
+        super().__init__(model_dir, "classifier.safetensors", "scorer", "toy_mode", {})
+
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
+        check_prompts(images, prompts)
+        return self._probs(images).argmax(axis=1).astype(np.float64)
+
+
+class ToyEmbedder(_ToyModel, Embedder):
+    def __init__(self, model_dir: Path) -> None:
+        super().__init__(model_dir, "embedder.safetensors", "embedder", "toy_embedder", {})
+        self.dim = int(self.net.fc.out_features)
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        x = images_to_tensor(images)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        f = self.net.features(x).double()
+        # ReLU features of an all-dark input can be all zero: give such rows a fixed
+        # direction instead of dividing by zero.
+        f[f.norm(dim=1) < 1e-12, 0] = 1.0
+        return torch.nn.functional.normalize(f, dim=1).float().numpy()
+
+
+def quality_scorer(opts: LoadOptions) -> ToyQualityScorer:
+    _unknown(opts, {"model_dir", "preferred", "margin"}, "toy quality")
+    preferred = opts.options.get("preferred", [0])
+    if isinstance(preferred, int):
+        preferred = [preferred]
+    return ToyQualityScorer(
+        _model_dir(opts, "toy quality"),
+        [int(m) for m in preferred],
+        float(opts.options.get("margin", 0.2)),
+    )
+
+
+def embedder(opts: LoadOptions) -> ToyEmbedder:
+    _unknown(opts, {"model_dir"}, "toy embedder")
+    return ToyEmbedder(_model_dir(opts, "toy embedder"))
+
+
+def mode_classifier(opts: LoadOptions) -> ToyModeClassifier:
+    _unknown(opts, {"model_dir"}, "toy mode classifier")
+    return ToyModeClassifier(_model_dir(opts, "toy mode classifier"))

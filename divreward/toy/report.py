@@ -1,0 +1,267 @@
+"""The collapse experiment's report: a markdown table and PNG plots from the run records.
+
+Written to the output directory:
+
+- ``collapse.md``: the setting, the toy world (classifier accuracy, base histogram), the
+  final metrics per method (mean ± std over seeds), and the diversity gain over GRPO at
+  matched reward;
+- ``pareto.png``: diversity (Vendi; mean pairwise distance) against mean quality along
+  training, one line per method (mean over seeds at each evaluation);
+- ``coverage.png``: mode coverage and KL to the ideal distribution over steps;
+- ``samples.png``: a grid of final samples per method (first seed), the base on top;
+- ``base_histogram.png``: the base model's mode histogram;
+- ``summary.json``: every number of the table.
+
+Matched reward (the papers' comparison): q* = the highest mean quality that every
+method's seed-averaged curve reaches (capped at GRPO's final quality). For each run, the
+diversity at the first evaluation where its quality reaches q* is read off its curve by
+linear interpolation between evaluations; the gain of a method is
+``(div_method - div_GRPO) / div_GRPO`` with seeds paired by index, reported as mean ± std.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["matched_diversity", "write_report"]
+
+METRICS = ("quality", "coverage", "entropy", "kl_ideal", "pairwise", "vendi")
+
+
+def _fmt(values: list[float], digits: int = 3) -> str:
+    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if a.size == 0:
+        return "n/a"
+    if a.size == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
+
+
+def matched_diversity(evals: list[dict[str, Any]], q_star: float, key: str) -> float | None:
+    """Diversity ``key`` where the quality curve first reaches ``q_star`` (linear
+    interpolation between evaluations); None if it never does."""
+    qs = [e["quality"] for e in evals]
+    ds = [e[key] for e in evals]
+    if qs[0] >= q_star:
+        return float(ds[0])
+    for i in range(1, len(qs)):
+        if qs[i] >= q_star:
+            f = (q_star - qs[i - 1]) / max(qs[i] - qs[i - 1], 1e-12)
+            return float(ds[i - 1] + f * (ds[i] - ds[i - 1]))
+    return None
+
+
+def _enrich(records: list[dict[str, Any]], k: int, ideal: np.ndarray) -> None:
+    from divreward.toy.collapse import mode_metrics
+
+    for r in records:
+        for e in r["evals"]:
+            e.update(mode_metrics(np.asarray(e["labels"], dtype=np.int64), k, ideal))
+
+
+def _curves(records: list[dict[str, Any]], method: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    runs = [r for r in records if r["method"] == method]
+    steps = [e["step"] for e in runs[0]["evals"]]
+    vals = np.array([[e[key] for e in r["evals"]][: len(steps)] for r in runs], dtype=float)
+    return np.asarray(steps), vals
+
+
+def write_report(out: Path, cfg: Any, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from divreward.toy.collapse import METHODS, ideal_distribution
+
+    out = Path(out)
+    methods = [m for m in cfg.methods if any(r["method"] == m for r in records)]
+    base_labels = np.concatenate(
+        [np.asarray(r["evals"][0]["labels"]) for r in records if r["evals"][0]["step"] == 0]
+    )
+    base_hist = np.bincount(base_labels, minlength=cfg.k) / len(base_labels)
+    ideal = ideal_distribution(base_hist, cfg)
+    _enrich(records, cfg.k, ideal)
+    names = list(meta["modes"])
+
+    # ---- final metrics and matched-reward gains
+    final = {
+        m: {k: [r["evals"][-1][k] for r in records if r["method"] == m] for k in METRICS}
+        for m in methods
+    }
+    base = records[0]["evals"][0]
+    seed_curves = {m: _curves(records, m, "quality")[1].mean(axis=0) for m in methods}
+    reached = min(float(c.max()) for c in seed_curves.values())
+    q_star = reached
+    if "grpo" in methods:
+        q_star = min(reached, float(seed_curves["grpo"][-1]))
+    matched: dict[str, dict[str, list[float | None]]] = {}
+    for m in methods:
+        runs = sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
+        matched[m] = {
+            key: [matched_diversity(r["evals"], q_star, key) for r in runs]
+            for key in ("vendi", "pairwise", "coverage")
+        }
+    gains: dict[str, dict[str, list[float]]] = {}
+    if "grpo" in methods:
+        for m in methods:
+            gains[m] = {}
+            for key in ("vendi", "pairwise"):
+                g = []
+                for a, b in zip(matched[m][key], matched["grpo"][key], strict=False):
+                    if a is not None and b is not None and b > 0:
+                        g.append(100.0 * (a - b) / b)
+                gains[m][key] = g
+
+    # ---- plots
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in (
+        (axes[0], "vendi", "Vendi score"),
+        (axes[1], "pairwise", "mean pairwise distance (1 - cos)"),
+    ):
+        for i, m in enumerate(methods):
+            _, q = _curves(records, m, "quality")
+            _, d = _curves(records, m, key)
+            ax.plot(q.mean(0), d.mean(0), "-o", ms=3, color=colours(i), label=METHODS[m][0])
+            ax.plot(q.mean(0)[-1], d.mean(0)[-1], "*", ms=12, color=colours(i))
+        ax.plot([base["quality"]], [base[key]], "ks", ms=7, label="base model")
+        ax.axvline(q_star, color="grey", ls=":", lw=1)
+        ax.set_xlabel("mean quality reward")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle("Diversity vs reward along training (mean over seeds; ★ = final; ⋯ = q*)")
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in (
+        (axes[0], "coverage", "modes holding >= 5% of samples"),
+        (axes[1], "kl_ideal", "KL(histogram || ideal)"),
+    ):
+        for i, m in enumerate(methods):
+            steps, v = _curves(records, m, key)
+            mu, sd = v.mean(0), v.std(0)
+            ax.plot(steps, mu, "-o", ms=3, color=colours(i), label=METHODS[m][0])
+            ax.fill_between(steps, mu - sd, mu + sd, color=colours(i), alpha=0.12)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0, cfg.k + 0.5)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle("Mode coverage over training (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "coverage.png", dpi=110)
+    plt.close(fig)
+
+    from torchvision.utils import make_grid
+
+    rows = []
+    seed0 = min(r["seed"] for r in records)
+    for m in methods:
+        path = out / "runs" / f"{m}-s{seed0}.grid.pt"
+        rows.append((METHODS[m][0], torch.load(path)))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.1 * len(rows) + 0.5))
+    axes = np.atleast_1d(axes)
+    for ax, (label, imgs) in zip(axes, rows, strict=True):
+        grid = make_grid(imgs, nrow=len(imgs), padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(label, fontsize=8, loc="left")
+        ax.axis("off")
+    fig.suptitle(f"Final samples per method (seed {seed0}, same noise for every method)")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.bar(
+        range(cfg.k),
+        base_hist,
+        color=["tab:orange" if i in cfg.preferred else "tab:blue" for i in range(cfg.k)],
+    )
+    ax.plot(range(cfg.k), ideal, "k_", ms=20, mew=2, label="ideal p* (KL-regularised optimum)")
+    ax.axhline(0.05, color="grey", ls=":", lw=1)
+    ax.set_xticks(range(cfg.k), names, rotation=30, fontsize=7)
+    ax.set_ylabel("share of samples")
+    ax.set_title(
+        f"Base model: mode histogram of {len(base_labels)} samples (orange = preferred modes)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "base_histogram.png", dpi=110)
+    plt.close(fig)
+
+    # ---- table
+    n_seeds = len({r["seed"] for r in records})
+    lines = [
+        "# Mode-collapse experiment: results",
+        "",
+        f"K = {cfg.k} modes, preferred {[names[i] for i in cfg.preferred]} (quality 1.0; "
+        f"others {1 - cfg.margin:.2f}); {cfg.steps} steps x {cfg.group_size * cfg.prompts_per_step}"
+        f" images per method and seed; seeds {sorted({r['seed'] for r in records})}; "
+        f"evaluation on {cfg.eval_samples} samples every {cfg.eval_every} steps. Backend: "
+        f"{cfg.backend} ({cfg.transport}).",
+        "",
+        f"Classifier accuracy on held-out renders: {meta['classifier_accuracy']:.4f}. "
+        f"Base model: coverage {base['coverage']} of {cfg.k}, histogram "
+        f"{np.round(base_hist, 3).tolist()}, quality {base['quality']:.3f}, Vendi "
+        f"{base['vendi']:.2f}, pairwise {base['pairwise']:.3f}.",
+        "",
+        f"## Final metrics (mean ± std over {n_seeds} seeds)",
+        "",
+        "| method | quality | coverage | entropy | KL to ideal | pairwise dist. | Vendi |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        f = final[m]
+        lines.append(
+            f"| {METHODS[m][0]} | {_fmt(f['quality'])} | {_fmt(f['coverage'], 1)} | "
+            f"{_fmt(f['entropy'])} | {_fmt(f['kl_ideal'])} | {_fmt(f['pairwise'])} | "
+            f"{_fmt(f['vendi'], 2)} |"
+        )
+    lines += [
+        "",
+        f"## Diversity at matched reward q* = {q_star:.4f}",
+        "",
+        "q* is the highest mean quality every method's seed-averaged curve reaches (capped at "
+        "GRPO's final quality); each run's diversity is read where its quality curve first "
+        "reaches q*. Gains are relative to GRPO (no reg.), seeds paired; n = seeds that reach "
+        "q* in both runs.",
+        "",
+        "| method | Vendi at q* | pairwise at q* | coverage at q* | Vendi gain vs GRPO | "
+        "pairwise gain vs GRPO | n |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        g = gains.get(m, {})
+        lines.append(
+            f"| {METHODS[m][0]} | {_fmt(matched[m]['vendi'], 2)} | "
+            f"{_fmt(matched[m]['pairwise'])} | {_fmt(matched[m]['coverage'], 1)} | "
+            f"{_fmt(g.get('vendi', []), 1)} % | {_fmt(g.get('pairwise', []), 1)} % | "
+            f"{len(g.get('vendi', []))} |"
+        )
+    lines += [
+        "",
+        "Plots: `pareto.png` (diversity vs reward), `coverage.png` (coverage, KL over steps), "
+        "`samples.png` (final samples), `base_histogram.png`.",
+        "",
+    ]
+    (out / "collapse.md").write_text("\n".join(lines))
+    summary = {
+        "q_star": q_star,
+        "base_histogram": base_hist.tolist(),
+        "ideal": ideal.tolist(),
+        "final": final,
+        "matched": matched,
+        "gains_percent": gains,
+        "wall_s": {m: [r["wall_s"] for r in records if r["method"] == m] for m in methods},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
