@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,11 +50,21 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _method_required(schema: dict[str, Any]) -> None:
+    """In the JSON schema, ``method`` is required: it picks the union's member."""
+    schema["required"] = [*schema.get("required", []), "method"]
+
+
+#: The config of every parameters model: ``method`` is the discriminator.
+_PARAMS = ConfigDict(json_schema_extra=_method_required)
+
+
 # ------------------------------------------------------------------ parameters
 class DiverseGRPOParams(DiverseGRPOConfig):
     """DiverseGRPO creativity bonus (spectral clustering); unset fields take the server's
     defaults (beta 0.7, nearest-neighbour sigma, eigengap k)."""
 
+    model_config = _PARAMS
     method: Literal["diversegrpo"] = "diversegrpo"
 
 
@@ -62,12 +72,14 @@ class DriftParams(DRIFTConfig):
     """DRIFT intra-group diversity reward; unset fields take the server's defaults
     (lambda 0.5, gamma 1, sigma_clip 1, decoupled advantages)."""
 
+    model_config = _PARAMS
     method: Literal["drift"] = "drift"
 
 
 class NoDiversityParams(_Frozen):
     """Quality only: rewards = combined quality, advantages over the group."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_method_required)
     method: Literal["none"] = "none"
 
 

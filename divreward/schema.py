@@ -53,6 +53,7 @@ __all__ = [
     "API_VERSION",
     "BINARY_MEDIA_TYPE",
     "BINARY_MEDIA_TYPES",
+    "IMAGE_JSON_SCHEMA",
     "DiverseGRPOParams",
     "DiversityGroup",
     "DiversityGroupResult",
@@ -124,18 +125,22 @@ def _image_to_wire(value: bytes, info: SerializationInfo) -> str | bytes:
     return base64.b64encode(value).decode("ascii") if info.mode_is_json() else value
 
 
+#: The JSON schema of an image on the wire.
+IMAGE_JSON_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "image",
+    "contentEncoding": "base64",
+    "minLength": 1,
+    "description": "A PNG, JPEG or WebP file: base64 in JSON (a data URL prefix is "
+    "accepted), raw bytes (msgpack bin) in the binary form. A file that does not decode is "
+    "a 400 naming it.",
+}
+
 ImageBytes = Annotated[
     bytes,
     PlainValidator(_image_from_wire),
     PlainSerializer(_image_to_wire),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "contentEncoding": "base64",
-            "description": "A PNG, JPEG or WebP file: base64 in JSON (a data URL prefix is "
-            "accepted), raw bytes (msgpack bin) in the binary form.",
-        }
-    ),
+    WithJsonSchema(IMAGE_JSON_SCHEMA),
 ]
 """An encoded image file (PNG, JPEG or WebP). Held as the file's bytes in Python."""
 
@@ -263,8 +268,15 @@ class EmbedResponse(_ResponseMeta):
 
 
 # ----------------------------------------------------------------------- /v1/diversity
+def _one_of(*names: str) -> dict[str, Any]:
+    """JSON schema: exactly one of these (array) fields is given."""
+    return {"oneOf": [{"required": [n], "properties": {n: {"type": "array"}}} for n in names]}
+
+
 class DiversityGroup(_Model):
     """One group: its images (embedded by the server) or its embeddings, not both."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of("images", "embeddings"))
 
     images: list[ImageBytes] | None = Field(default=None, min_length=1)
     embeddings: list[list[float]] | None = Field(
@@ -384,6 +396,10 @@ class DiversityResponse(_ResponseMeta):
 
 # ------------------------------------------------------------------------- /v1/metrics
 class MetricsGroup(_Model):
+    """One group: its images (embedded by the server) or its embeddings, not both."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of("images", "embeddings"))
+
     images: list[ImageBytes] | None = Field(default=None, min_length=1)
     embeddings: list[list[float]] | None = Field(default=None, min_length=1)
     group_id: str | None = Field(default=None, max_length=256)
@@ -404,6 +420,7 @@ class MetricsRequest(_Model):
     reference: list[MetricsGroup] | None = Field(
         default=None,
         description="Reference samples (e.g. the base model's) for generalized recall.",
+        json_schema_extra={"minItems": 1},
     )
     recall_k: int | None = Field(default=None, ge=1, description="k of generalized recall.")
     request_id: str | None = _REQUEST_ID
@@ -457,7 +474,9 @@ class RewardsRequest(_Model):
     groups: list[RewardGroup] = Field(min_length=1)
     quality: dict[str, float] | None = Field(
         default=None,
-        description="Scorer name -> weight; Q = sum(weight * score). Default: the server's.",
+        description="Scorer name -> weight; Q = sum(weight * score). Default: the server's. "
+        "Names the server does not run are a 400 listing the valid ones (/v1/models).",
+        json_schema_extra={"minProperties": 1},
     )
     diversity: RewardDiversityParams | None = Field(
         default=None, description="Diversity method and parameters. Default: the server's."

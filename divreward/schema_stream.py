@@ -61,7 +61,9 @@ class GroupSubmission(_Model):
         "'default'); all parts of one group must use the same namespace.",
     )
     quality: dict[str, float] | None = Field(
-        default=None, description="Scorer name -> weight, as in RewardsRequest."
+        default=None,
+        description="Scorer name -> weight, as in RewardsRequest.",
+        json_schema_extra={"minProperties": 1},
     )
     diversity: RewardDiversityParams | None = Field(
         default=None, description="Diversity method and parameters, as in RewardsRequest."

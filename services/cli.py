@@ -1,7 +1,7 @@
 """``divreward serve``: a local Ray instance and both applications, until Ctrl-C.
 
     divreward serve [--config FILE] [--profile real|tiny] [--host H] [--port P]
-                    [--token-file F] [--tiny-dir D] [--weights-dir D]
+                    [--token-file F] [--tiny-dir D] [--weights-dir D] [--address ADDR]
 
 Without ``--config`` it runs :func:`~divreward.services.deploy_config.default_config`
 (diversity app at /diversity, reward app at /, on 127.0.0.1:8000). A config file is
@@ -10,8 +10,13 @@ it, so its ``deployments:`` overrides and ``runtime_env`` apply. Flags override 
 file: ``--profile``/``--tiny-dir``/``--weights-dir``/``--token-file`` every
 application's args, ``--host``/``--port`` the HTTP options.
 
+Without ``--address`` it starts a local Ray instance; with it (``--address
+127.0.0.1:6379``, or ``auto``) it joins an existing cluster, and Ctrl-C shuts Serve down
+and disconnects, leaving the cluster running.
+
 Listening beyond loopback requires bearer-token auth (``--token-file`` or
-``DIVREWARD_API_TOKENS``). Ctrl-C (or SIGTERM) shuts Serve and Ray down and exits 0.
+``DIVREWARD_API_TOKENS``); without tokens the services answer loopback callers only.
+Ctrl-C (or SIGTERM) shuts Serve and Ray down and exits 0.
 """
 
 from __future__ import annotations
@@ -65,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--tiny-dir", type=Path, help="where the tiny models are (built if missing)")
     p.add_argument("--weights-dir", type=Path, help="root of local real weights")
+    p.add_argument(
+        "--address",
+        help="join this Ray cluster (e.g. 127.0.0.1:6379, or 'auto') instead of starting a "
+        "local instance; Ctrl-C then shuts Serve down and leaves the cluster running",
+    )
     p.add_argument("--num-cpus", type=int, help="logical CPUs for the local Ray instance")
     p.add_argument("--num-gpus", type=int, help="GPUs for the local Ray instance")
     p.add_argument(
@@ -162,6 +172,11 @@ def run_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        if getattr(args, "address", None) and (args.num_cpus or args.num_gpus):
+            raise ValueError(
+                "--num-cpus/--num-gpus size a local Ray instance; with --address they "
+                "belong to `ray start` on the cluster's nodes"
+            )
         config = prepare_config(args)
     except (ValueError, OSError) as exc:
         print(f"divreward serve: {exc}", file=sys.stderr)
@@ -187,12 +202,16 @@ def run_serve(args: argparse.Namespace) -> int:
     # (re)install both so that Ctrl-C and SIGTERM always mean a clean shutdown.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus,
-        )
+        address = getattr(args, "address", None)
+        if address:  # an existing cluster: its nodes were sized by `ray start`
+            ray.init(address=address)
+        else:
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                num_cpus=args.num_cpus,
+                num_gpus=args.num_gpus,
+            )
         signal.signal(signal.SIGTERM, _raise_stop)
         serve.start(
             proxy_location=schema.proxy_location,

@@ -223,6 +223,11 @@ class IngressArgs(_Args):
 
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.25, ge=0.0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {'divreward_head': 0.01} to "
+        "keep the ingress on the head node.",
+    )
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_queued_requests: int = Field(
         default=256, ge=-1, description="Requests waiting beyond that get backpressure_status."

@@ -41,7 +41,10 @@ def ingress_options(name: str, ingress: IngressArgs) -> dict[str, Any]:
     return {
         "name": name,
         "num_replicas": ingress.num_replicas,
-        "ray_actor_options": {"num_cpus": ingress.num_cpus},
+        "ray_actor_options": {
+            "num_cpus": ingress.num_cpus,
+            **({"resources": dict(ingress.resources)} if ingress.resources else {}),
+        },
         "max_ongoing_requests": ingress.max_ongoing_requests,
         "max_queued_requests": ingress.max_queued_requests,
         "backpressure_config": BackpressureConfig(

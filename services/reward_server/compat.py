@@ -27,22 +27,24 @@ Flow-Factory JSON dialect, at base URLs ``/compat/flow-factory/<mode>`` with ``m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
 from divreward.methods import embedding_methods
 from divreward.safe_pickle import PickleDecodeError, UnsafePickleError, safe_dumps, safe_loads
 from divreward.schema import (
+    IMAGE_JSON_SCHEMA,
     ImageBytes,
     RewardGroup,
     RewardsRequest,
     ScoreRequest,
 )
 from divreward.services.common.api import Api
+from divreward.services.common.app import error_responses
 from divreward.services.common.errors import ServiceError, from_validation_error, to_service_error
 from divreward.services.common.wire import error_response, read_body
 from divreward.services.reward_server.serving import combine_quality
@@ -152,21 +154,53 @@ async def _pickle_dialect(request: Request) -> Response:
     return _pickle_reply({"scores": scores, "outputs": scores})
 
 
-compat_router.add_api_route(
-    "/",
-    _pickle_dialect,
-    methods=["POST"],
-    summary="Pickle dialect (Flow-GRPO, ddpo-pytorch, verl-omni, deepgen): quality per image.",
-    description=__doc__,
-    response_class=Response,
-)
-compat_router.add_api_route(
-    "/compat/pickle",
-    _pickle_dialect,
-    methods=["POST"],
-    summary="Pickle dialect at an explicit path (same as POST /).",
-    response_class=Response,
-)
+#: OpenAPI of the pickle routes: they read their body themselves (a pickle, not JSON).
+_PICKLE_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            PICKLE_MEDIA_TYPE: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "pickle.dumps({'images': [PNG/JPEG bytes], 'prompts': "
+                    "[str], 'metadata': {...}}); only plain data is unpickled.",
+                }
+            }
+        },
+    },
+    "parameters": [
+        {
+            "name": "scorers",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "Comma-separated scorers (weight 1 each); default: the server's Q.",
+        }
+    ],
+}
+_PICKLE_REPLY = {"content": {PICKLE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+_PICKLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "pickle.dumps({'scores': [...], 'outputs': [...]})", **_PICKLE_REPLY},
+    400: {"description": "A bad request: pickle.dumps({'error': str}).", **_PICKLE_REPLY},
+    413: {"description": "Too many bytes or pixels: {'error': str}.", **_PICKLE_REPLY},
+    500: {"description": "Transient (overload, timeout): {'error': str}.", **_PICKLE_REPLY},
+    **error_responses(401, 405),
+}
+for _path, _summary in [
+    ("/", "Pickle dialect (Flow-GRPO, ddpo-pytorch, verl-omni, deepgen): quality per image."),
+    ("/compat/pickle", "Pickle dialect at an explicit path (same as POST /)."),
+]:
+    compat_router.add_api_route(
+        _path,
+        _pickle_dialect,
+        methods=["POST"],
+        summary=_summary,
+        description=__doc__ if _path == "/" else None,
+        response_class=Response,
+        responses=_PICKLE_RESPONSES,
+        openapi_extra=_PICKLE_DOC,
+    )
 
 
 # ------------------------------------------------------------------ Flow-Factory
@@ -175,19 +209,36 @@ MODES = ("pointwise", "groupwise", *(f"groupwise-{m.name}" for m in embedding_me
 Mode = str
 
 
+_NULL = WithJsonSchema({"type": "null", "description": "Not supported (images only): null."})
+
+
 class FlowFactoryRequest(BaseModel):
     """The body Flow-Factory's RemoteRewardClient sends to ``/compute``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"required": ["prompt", "image"]}
+    )
 
-    prompt: list[str] = Field(min_length=1)
-    image: list[ImageBytes] | None = None
-    video: JsonValue = None
-    condition_images: JsonValue = None
-    condition_videos: JsonValue = None
+    prompt: list[str] = Field(min_length=1, description="One prompt per image.")
+    # Checked by _ff_parse (with its own messages); the schema states the same.
+    image: Annotated[
+        list[ImageBytes] | None,
+        WithJsonSchema({"type": "array", "items": IMAGE_JSON_SCHEMA, "minItems": 1}),
+    ] = None
+    video: Annotated[JsonValue, _NULL] = None
+    condition_images: Annotated[JsonValue, _NULL] = None
+    condition_videos: Annotated[JsonValue, _NULL] = None
     kwargs: dict[str, JsonValue] | None = Field(
         default=None, description="The trainer's own context; not used."
     )
+
+
+class FlowFactoryResponse(BaseModel):
+    rewards: list[float]
+
+
+class FlowFactoryHealth(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
 def _ff_error(err: ServiceError) -> Response:
@@ -248,11 +299,18 @@ async def _groupwise(serving: Any, req: FlowFactoryRequest, mode: Mode) -> list[
     return list(resp.groups[0].rewards)
 
 
+ModeParam = Annotated[
+    str, Path(description="The reward mode.", json_schema_extra={"enum": list(MODES)})
+]
+
+
 @compat_router.get(
     "/compat/flow-factory/{mode}/health",
     summary="Flow-Factory health probe: {'status': 'ok'}.",
+    response_model=FlowFactoryHealth,
+    responses=error_responses(401, 404, 405),
 )
-async def flow_factory_health(mode: str) -> Response:
+async def flow_factory_health(mode: ModeParam) -> Response:
     try:
         _check_mode(mode)
     except ServiceError as err:
@@ -263,8 +321,16 @@ async def flow_factory_health(mode: str) -> Response:
 @compat_router.post(
     "/compat/flow-factory/{mode}/compute",
     summary="Flow-Factory compute: {'rewards': [...]} (quality, or group rewards).",
+    response_model=FlowFactoryResponse,
+    responses=error_responses(400, 401, 404, 405, 413, 422, 503, 504),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": FlowFactoryRequest.model_json_schema()}},
+        }
+    },
 )
-async def flow_factory_compute(mode: str, request: Request) -> Response:
+async def flow_factory_compute(mode: ModeParam, request: Request) -> Response:
     api = _api(request)
     route = f"compat:flow-factory:{mode}"
     try:

@@ -128,3 +128,21 @@ def make_images(n: int, seed: int, size: int = 40) -> np.ndarray:
     ramp = np.linspace(0, 1, size + 8)[None, None, :, None] * rng.integers(-120, 120, (n, 1, 1, 3))
     noise = rng.integers(-25, 25, size=(n, size, size + 8, 3))
     return np.clip(base + ramp + noise, 0, 255).astype(np.uint8)
+
+
+class StubServing:
+    """A serving layer without models: ready and /v1/models only (front-door tests)."""
+
+    async def ready(self) -> dict[str, str]:
+        return {"stub": "ok"}
+
+    async def models(self) -> Any:
+        from divreward.schema import ModelsResponse, NoDiversityParams, RewardParams
+
+        return ModelsResponse(
+            scorers={},
+            defaults=RewardParams(
+                quality={}, diversity=NoDiversityParams(), advantage=AdvantageConfig()
+            ),
+            limits={},
+        )

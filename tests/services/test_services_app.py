@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from services_helpers import StubServing
 
-from divreward.core import AdvantageConfig
-from divreward.schema import ModelsResponse, NoDiversityParams, RewardParams
 from divreward.services.common.api import Api
 from divreward.services.common.app import make_app
 from divreward.services.common.routes import diversity_router, ops_router
@@ -16,24 +15,10 @@ from divreward.services.reward_server.compat import compat_router
 from divreward.services.reward_server.router import reward_router
 
 
-class _Serving:
-    async def ready(self) -> dict[str, str]:
-        return {"stub": "ok"}
-
-    async def models(self) -> ModelsResponse:
-        return ModelsResponse(
-            scorers={},
-            defaults=RewardParams(
-                quality={}, diversity=NoDiversityParams(), advantage=AdvantageConfig()
-            ),
-            limits={},
-        )
-
-
 def _client(peer: str, auth: AuthArgs | None = None) -> TestClient:
     api = Api("reward", LimitsArgs(), auth or AuthArgs(), IngressArgs())
     app = make_app("t", "d", api, [reward_router, diversity_router, ops_router, compat_router])
-    app.state.serving = _Serving()
+    app.state.serving = StubServing()
     return TestClient(app, client=(peer, 40001))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from services_helpers import StubServing
 
 from divreward.services.common.errors import ServiceError
 from divreward.services.config import AssemblyArgs
@@ -182,22 +183,9 @@ def _servicer(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> RewardGrpcMetho
     monkeypatch.setenv("DIVREWARD_TEST_GRPC_TOKENS", "s3cret")
     auth = AuthArgs(enabled=enabled, tokens_env="DIVREWARD_TEST_GRPC_TOKENS")
 
-    class _Serving:
-        async def models(self) -> Any:
-            from divreward.core import AdvantageConfig
-            from divreward.schema import ModelsResponse, NoDiversityParams, RewardParams
-
-            return ModelsResponse(
-                scorers={},
-                defaults=RewardParams(
-                    quality={}, diversity=NoDiversityParams(), advantage=AdvantageConfig()
-                ),
-                limits={},
-            )
-
     m = RewardGrpcMethods()
     m.api = Api("reward", LimitsArgs(), auth, IngressArgs())
-    m.serving = _Serving()
+    m.serving = StubServing()
     return m
 
 

@@ -368,3 +368,12 @@ def test_a_dead_replica_or_node_is_a_503_with_retry_after() -> None:
         err = to_service_error(exc)
         assert (err.status, err.kind, err.retry_after_s) == (503, "overloaded", 1.0)
         assert type(exc).__name__ in err.message
+
+
+def test_serve_with_address_refuses_local_sizing_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """--address joins a cluster sized by `ray start`: --num-cpus is refused up front."""
+    from divreward.cli import main
+
+    assert main(["serve", "--address", "127.0.0.1:1", "--num-cpus", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "with --address they belong to `ray start`" in err
