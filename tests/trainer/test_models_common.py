@@ -11,6 +11,7 @@ import torch
 from trainer_tiny import TINY_TEST_ENTRIES, load_tiny_adapter, perturb_lora
 
 from divreward.trainer.models import ADAPTERS, DiffusionAdapter, PromptEmbeds, get_adapter
+from divreward.trainer.models.base import PromptCache
 from divreward.trainer.models.tiny import TINY_BUILDERS, TINY_MODELS, ensure_tiny_model
 
 FAMILIES = sorted(ADAPTERS)
@@ -335,6 +336,20 @@ def test_prompt_embeds_helpers():
         PromptEmbeds(["a", "b"], {"x": torch.zeros(3, 1)})
     with pytest.raises(ValueError, match="keys differ"):
         PromptEmbeds.cat([pe, PromptEmbeds(["c"], {"y": torch.zeros(1, 1)})])
+
+
+def test_prompt_cache_is_a_bounded_lru(adapter):
+    cache = PromptCache(2)
+    cache.put("a", {"x": torch.zeros(1)})
+    cache.put("b", {"x": torch.ones(1)})
+    cache.get("a")  # "a" is now the most recent
+    cache.put("c", {"x": torch.ones(1)})
+    assert "a" in cache and "c" in cache and "b" not in cache and len(cache) == 2
+    with pytest.raises(ValueError, match="cache size must be >= 1"):
+        PromptCache(0)
+    adapter._cache = PromptCache(2)
+    with pytest.raises(ValueError, match="exceed the prompt cache"):
+        adapter.encode_prompts(["p1", "p2", "p3"])
 
 
 def test_tiny_builds_are_cached_and_guarded(tmp_path):

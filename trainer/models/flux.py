@@ -58,7 +58,7 @@ class FluxAdapter(DiffusionAdapter):
         vae_dtype: torch.dtype = torch.float32,
         autocast_dtype: torch.dtype | None = None,
         gradient_checkpointing: bool = False,
-        prompt_cache_size: int = 1024,
+        prompt_cache_size: int = 256,
     ) -> FluxAdapter:
         """``model``: a hub id or a local pipeline directory."""
         from diffusers import FluxPipeline

@@ -62,7 +62,7 @@ class SD3Adapter(DiffusionAdapter):
         vae_dtype: torch.dtype = torch.float32,
         autocast_dtype: torch.dtype | None = None,
         gradient_checkpointing: bool = False,
-        prompt_cache_size: int = 1024,
+        prompt_cache_size: int = 256,
     ) -> SD3Adapter:
         """``model``: a hub id or a local pipeline directory. ``text_encoder_3=False``
         skips T5 (zeros in its place, as the pipeline does without it); None: skip it when
