@@ -81,7 +81,9 @@ class RewardSource(Protocol):
         self, prompt: str, images: torch.Tensor, group_id: str, *, select: bool = True
     ) -> concurrent.futures.Future[GroupRewards]: ...
 
-    def metrics(self, groups: Sequence[torch.Tensor]) -> dict[str, Any]: ...
+    def metrics(
+        self, groups: Sequence[torch.Tensor], embeddings: Sequence[np.ndarray] | None = None
+    ) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
@@ -196,25 +198,44 @@ class ServiceRewards(_Base):
             embeddings=None if div.embeddings is None else np.asarray(div.embeddings),
         )
 
-    def metrics(self, groups: Sequence[torch.Tensor]) -> dict[str, Any]:
-        """The service's /v1/metrics on evaluation groups (DreamSim space)."""
-        from divreward.client._http import HttpRoute, HttpTransport
+    def metrics(
+        self, groups: Sequence[torch.Tensor], embeddings: Sequence[np.ndarray] | None = None
+    ) -> dict[str, Any]:
+        """Diversity metrics of evaluation groups (DreamSim space).
+
+        Over HTTP: the service's ``POST /v1/metrics`` on the images. Over gRPC (the
+        client has no metrics call): :func:`divreward.core.evaluate_groups`, the function
+        behind that endpoint, on the service's embeddings of the same images (those the
+        rewards returned, else ``embed``).
+        """
+        if self.cfg.reward_url.startswith(("grpc://", "grpcs://")):
+            from divreward.core import evaluate_groups
+
+            if embeddings is None:
+                embeddings = [np.asarray(self.client.embed(g).embeddings) for g in groups]
+
+            return evaluate_groups(list(embeddings))
+        import httpx
+
         from divreward.client._requests import ImageOptions
-        from divreward.client.retry import new_request_id
         from divreward.schema import MetricsRequest, MetricsResponse
 
         opts = ImageOptions()
-        rid = new_request_id()
-        req = MetricsRequest(
-            groups=[{"images": opts.encode(g)} for g in groups],  # type: ignore[misc]
-            request_id=rid,
-        )
-        t = self.client._t  # the client has no metrics() method (yet): its transport does
-        if isinstance(t, HttpTransport):
-            out = t.call(HttpRoute("POST", "/v1/metrics"), req, MetricsResponse, rid)
-        else:
-            out = t.call("Metrics", req, MetricsResponse, rid)
-        return dict(out.metrics)
+        body = {"groups": [{"images": opts.encode(g)} for g in groups]}
+        req = MetricsRequest.model_validate(body)
+        url = self.cfg.reward_url.rstrip("/") + "/v1/metrics"
+        try:
+            resp = httpx.post(
+                url,
+                content=req.model_dump_json(),
+                headers={"content-type": "application/json"},
+                timeout=self.cfg.reward_timeout_s,
+            )
+        except httpx.HTTPError as exc:
+            raise RewardsUnavailableError(f"POST {url}: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code != 200:
+            raise RewardsUnavailableError(f"POST {url}: {resp.status_code}: {resp.text[:500]}")
+        return dict(MetricsResponse.model_validate_json(resp.content).metrics)
 
     def close(self) -> None:
         super().close()
@@ -294,7 +315,9 @@ class InProcessRewards(_Base):
             out.bonus, out.diversity = rd.intrinsic, rd.diversity
         return out
 
-    def metrics(self, groups: Sequence[torch.Tensor]) -> dict[str, Any]:
+    def metrics(
+        self, groups: Sequence[torch.Tensor], embeddings: Sequence[np.ndarray] | None = None
+    ) -> dict[str, Any]:
         from divreward.core import evaluate_groups
 
         emb = self.models[self.cfg.inprocess_embedder]
