@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -102,8 +103,10 @@ def _train_flow(s: ToySettings, log: Callable[[str], None]) -> FlowNet:
         prompts=toy_prompts(s.k), width=s.flow_width, depth=s.flow_depth, size=x0.shape[-1]
     )
     opt = torch.optim.AdamW(net.parameters(), lr=s.flow_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=s.flow_lr, total_steps=s.flow_steps, pct_start=0.05
+    warm = max(1, s.flow_steps // 20)  # linear warm-up, then cosine decay to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * i / s.flow_steps)),
     )
     g = torch.Generator().manual_seed(s.seed + 2)
     t0 = time.perf_counter()
