@@ -9,7 +9,7 @@ PROFILE ?= real
 CONFIG  ?=
 TINY_DIR ?= .cache/tiny-models
 
-.PHONY: help venv test test-fast test-slow lint format serve demo demo-serve tiny-models bench \
+.PHONY: help venv test test-fast test-slow lint format serve demo demo-serve tiny-models bench bench-collapse \
         proto compose-config k8s-check clean
 
 help: ## list the targets
@@ -55,6 +55,9 @@ tiny-models: venv ## build the tiny random models into $(TINY_DIR)
 bench: venv ## run the benchmarks in bench/ (results in bench/results/)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/clustering.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve_overhead.py
+
+bench-collapse: venv ## the mode-collapse experiment on the toy world (< 25 min on 2 cores; bench/results/collapse/)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m divreward.toy.collapse --out bench/results/collapse $(COLLAPSE_ARGS)
 
 proto: venv ## regenerate the gRPC code from divreward/proto/divreward.proto
 	$(BIN)/python -m divreward.proto.generate
