@@ -58,3 +58,31 @@ def test_a_bad_entry_is_a_clear_error_naming_it(path: str, kind: str, message: s
         load_plugin("scorers.mine", path, kind)  # type: ignore[arg-type]
     assert str(err.value).startswith("scorers.mine: ")
     assert isinstance(err.value, ValueError)
+
+
+def _docs_module(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """docs/plugins.md's my_rewards.py, written out and importable."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
+    blocks = text.split("```python\n")[1:]
+    source = next(b.split("```")[0] for b in blocks if b.startswith('"""my_rewards.py'))
+    (tmp_path / "my_rewards.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_the_docs_example_plugins_load_and_score(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _docs_module(tmp_path, monkeypatch)
+    s = load_plugin(
+        "scorers.brightness",
+        "my_rewards:brightness",
+        "scorer",
+        LoadOptions(options={"target": 0.6}),
+    )
+    grey = np.full((8, 8, 3), 102, dtype=np.uint8)  # brightness 0.4
+    assert s.score([grey], ["p"]) == pytest.approx([0.8])
+    assert s.info.name == "brightness" and s.info.options["plugin"] == "my_rewards:brightness"
+    e = load_plugin("embedder", "my_rewards:mean_colour", "embedder")
+    red = np.zeros((4, 4, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    assert e.embed([red])[0] == pytest.approx(np.array([2, 1, 1]) / np.sqrt(6), abs=1e-6)
