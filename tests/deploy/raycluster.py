@@ -94,11 +94,18 @@ class RayNode:
         return {p.pid for p in group_processes(self.pgid)}
 
     def kill(self) -> None:
-        """SIGKILL to every process of the node at once (a machine that dies)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=30)
+        """SIGKILL to every process of the node at once (a machine that dies), then wait
+        until the kernel has removed them all."""
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            if self.proc is not None and self.proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+            if not group_processes(self.pgid) or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
     def stop(self, timeout_s: float = 40.0) -> int | None:
         """SIGTERM to ``ray start`` (it drains and stops its processes), then SIGKILL
@@ -210,14 +217,27 @@ class LocalCluster:
         self.wait_nodes({"head": resources}, timeout_s=120, node=node)
         return node
 
-    def add_worker(self, name: str, resources: dict[str, float], num_cpus: int = 1) -> RayNode:
-        argv = worker_argv(self.gcs_port, resources, num_cpus, self.object_store_bytes)
-        n = sum(1 for x in self.nodes if x.name == name)
-        log = self.workdir / f"{name}-{n}.log"
-        node = RayNode(name, resources, argv, log, env=self.env).start()
-        self.nodes.append(node)
-        self.wait_nodes({name: resources}, timeout_s=120, node=node)
-        return node
+    def add_worker(
+        self, name: str, resources: dict[str, float], num_cpus: int = 1, attempts: int = 3
+    ) -> RayNode:
+        """Start a worker node and wait until it is ALIVE. ``ray start`` gives up when the
+        GCS does not answer within 30 s (an overloaded 2-core machine, a GCS busy with a
+        dead node): start it again then, as an orchestrator restarting the Pod would."""
+        for attempt in range(1, attempts + 1):
+            argv = worker_argv(self.gcs_port, resources, num_cpus, self.object_store_bytes)
+            n = sum(1 for x in self.nodes if x.name == name)
+            log = self.workdir / f"{name}-{n}.log"
+            node = RayNode(name, resources, argv, log, env=self.env).start()
+            self.nodes.append(node)
+            try:
+                self.wait_nodes({name: resources}, timeout_s=120, node=node)
+                return node
+            except RuntimeError:  # ray start exited
+                node.kill()
+                self.nodes.remove(node)
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     def alive_nodes(self) -> list[dict[str, Any]]:
         from ray.util.state import list_nodes

@@ -20,7 +20,9 @@ shared cores; the constants below set it.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import json
 import os
 import re
 import threading
@@ -46,6 +48,7 @@ from divreward.core import (
     diversegrpo_rewards,
     drift_rewards,
 )
+from divreward.images import encode_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.serve, pytest.mark.timeout(900)]
 
@@ -417,21 +420,75 @@ class Prober:
             t.join(timeout=120)
 
     def _readyz(self) -> None:
-        with httpx.Client(timeout=40) as c:
+        """A probe every 0.5 s, each on its own (a slow answer does not delay the next),
+        with a 5 s budget like a Kubernetes probe's timeout: no answer in time is not
+        ready."""
+
+        def probe(c: httpx.Client) -> None:
+            t0 = time.monotonic()
+            try:
+                outcome = str(c.get(f"{self.d.base_url}/readyz").status_code)
+            except httpx.TimeoutException:
+                outcome = "timeout"
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            self.readyz.append(Probe(t0, time.monotonic(), outcome))
+
+        with (
+            httpx.Client(timeout=5) as c,
+            concurrent.futures.ThreadPoolExecutor(12) as pool,
+        ):
             while not self.stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    outcome = str(c.get(f"{self.d.base_url}/readyz").status_code)
-                except httpx.HTTPError as exc:
-                    outcome = type(exc).__name__
-                self.readyz.append(Probe(t0, time.monotonic(), outcome))
+                pool.submit(probe, c)
                 self.stop.wait(0.5)
 
     def _raw(self, url: str) -> None:
-        n = 0
+        if url.startswith("http"):
+            self._raw_http(url)
+        else:
+            self._raw_grpc(url)
+
+    def _record(self, t0: float, outcome: str, ok: bool | None) -> None:
+        self.raw.append(Probe(t0, time.monotonic(), outcome, ok))
+
+    def _right(self, rewards: Any, advantages: Any) -> bool:
+        return bool(
+            np.allclose(rewards, self.expected.rewards, **TOL)
+            and np.allclose(advantages, self.expected.advantages, **TOL)
+        )
+
+    def _raw_http(self, url: str) -> None:
+        """Plain POST /v1/rewards, no retries: the status and Retry-After as sent."""
+        files = [encode_image(im, "PNG") for im in self.group.images]
+        body = {
+            "groups": [
+                {
+                    "prompt": self.group.prompt,
+                    "images": [base64.b64encode(f).decode("ascii") for f in files],
+                }
+            ],
+            "diversity": {"method": self.group.method},
+        }
+        with httpx.Client(base_url=url, timeout=60, headers=AUTH) as c:
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = c.post("/v1/rewards", json=body)
+                except httpx.HTTPError as exc:
+                    self._record(t0, f"http:{type(exc).__name__}", None)
+                    continue
+                if r.status_code == 200:
+                    (g,) = r.json()["groups"]
+                    self._record(t0, "http:200", self._right(g["rewards"], g["advantages"]))
+                else:
+                    retry_after = "+retry-after" if r.headers.get("retry-after") else ""
+                    self._record(t0, f"http:{r.status_code}{retry_after}", None)
+                self.stop.wait(0.3)
+
+    def _raw_grpc(self, url: str) -> None:
+        """Unary gRPC Rewards through the client with retries off: the status code."""
         with RewardClient(url, retry=NO_RETRY, timeout_s=60.0, headers=AUTH) as client:
             while not self.stop.is_set():
-                n += 1
                 t0 = time.monotonic()
                 ok: bool | None = None
                 try:
@@ -440,19 +497,14 @@ class Prober:
                         diversity={"method": self.group.method},
                     )
                     outcome = "200"
-                    ok = bool(
-                        np.allclose(res.groups[0].rewards, self.expected.rewards, **TOL)
-                        and np.allclose(res.groups[0].advantages, self.expected.advantages, **TOL)
-                    )
+                    ok = self._right(res.groups[0].rewards, res.groups[0].advantages)
                 except ServiceUnavailableError as exc:
                     outcome = "UNAVAILABLE" if "UNAVAILABLE" in str(exc) else f"unreachable {exc}"
                 except RewardServiceError as exc:
                     outcome = str(exc.status)
-                    if exc.status in (429, 503):
-                        outcome += "+retry-after" if "retry" in exc.detail.lower() else ""
                 except Exception as exc:
                     outcome = f"{type(exc).__name__}: {exc}"[:200]
-                self.raw.append(Probe(t0, time.monotonic(), f"{url[:4]}:{outcome}", ok))
+                self._record(t0, f"grpc:{outcome}", ok)
                 self.stop.wait(0.3)
 
 
@@ -486,6 +538,7 @@ def test_load_and_faults(deployed: Deployed) -> None:
     assert model_images.get("clipscore") == n_images, model_images
     assert all(p.outcome == "200" for p in probe_a.readyz), [p.outcome for p in probe_a.readyz]
     report["A"] = {"groups": len(plan), "seconds": round(a.seconds, 1)}
+    print("multinode phase A:", report["A"], flush=True)
 
     # -- phase B: a scorer replica's process killed mid-run ------------------------
     roles = _node_roles(d.cluster)
@@ -503,6 +556,11 @@ def test_load_and_faults(deployed: Deployed) -> None:
     b = fut.result(timeout=600)
     # Later phases still run when one fails: the report then says what each one saw.
     failures: list[str] = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            failures.append(message[:3000])
+
     try:
         _check_answers(plan, "B", b, a)
     except AssertionError as exc:
@@ -514,7 +572,9 @@ def test_load_and_faults(deployed: Deployed) -> None:
         "killed_after_groups": killed_at,
         "seconds": round(b.seconds, 1),
         "server_side_failed_attempts": retried,
+        "groups_lost": {k: str(e)[:200] for k, e in b.errors.items()},
     }
+    print("multinode phase B:", report["B"], flush=True)
 
     # Serve replaces the dead replica on the scorers node.
     def two_pickscores() -> bool:
@@ -555,22 +615,31 @@ def test_load_and_faults(deployed: Deployed) -> None:
         "seconds": round(c.seconds, 1),
         "recovered_after_s": round(t_ready - t_kill, 1),
         "server_side_attempts": by_status,
+        "groups_lost": {k: str(e)[:200] for k, e in c.errors.items()},
     }
-    # /readyz tells the truth: never 200 while no diversity node exists, 503 at least
-    # once then, 200 again once recovered.
-    outage = [p for p in probe_c.readyz if p.started > t_kill + 0.5 and p.ended < t_replace]
-    assert outage and all(p.outcome != "200" for p in outage), [
-        (round(p.started - t_kill, 1), p.outcome) for p in probe_c.readyz
-    ]
-    assert any(p.outcome == "503" for p in outage)
-    assert [p.outcome for p in probe_c.readyz if p.started > t_ready][-1:] == ["200"]
+    # /readyz tells the truth: never 200 while no diversity node exists, not ready at
+    # least once then, 200 again once recovered.
+    readyz = [(round(p.started - t_kill, 1), p.outcome) for p in probe_c.readyz]
+    outage = [p for p in probe_c.readyz if p.started > t_kill + 1.0 and p.ended < t_replace + 2.0]
+    report["C"]["readyz_during_outage"] = sorted({p.outcome for p in outage})
+    check(bool(outage), f"no /readyz probe during the outage: {readyz}")
+    check(
+        all(p.outcome != "200" for p in outage),
+        f"/readyz said 200 with no diversity node: {readyz}",
+    )
+    check(any(p.outcome in ("503", "timeout") for p in outage), f"/readyz: {readyz}")
+    after = [p.outcome for p in probe_c.readyz if p.started > t_ready]
+    check(after[-1:] == ["200"], f"/readyz after recovery: {after}")
     # Requests in flight during the outage: a success with the right numbers, or a
     # retryable refusal (503/429 with Retry-After, or UNAVAILABLE); never a wrong answer.
     allowed = {"http:200", "grpc:200", "http:503+retry-after", "http:429+retry-after"}
     allowed |= {"grpc:UNAVAILABLE", "grpc:RESOURCE_EXHAUSTED"}
     outcomes = [(round(p.started - t_kill, 1), p.outcome) for p in probe_c.raw]
-    report["C"]["raw_outcomes"] = sorted({o for _, o in outcomes})
-    print("multinode report:", report)
-    assert all(p.ok for p in probe_c.raw if p.outcome.endswith(":200")), outcomes
-    assert {o for _, o in outcomes} <= allowed, outcomes
+    report["C"]["raw_outcomes"] = {o: sum(1 for _, x in outcomes if x == o) for _, o in outcomes}
+    check(
+        all(p.ok for p in probe_c.raw if p.outcome.endswith(":200")),
+        f"a wrong answer: {outcomes}",
+    )
+    check({o for _, o in outcomes} <= allowed, f"not retryable: {outcomes}")
+    print("multinode report:", json.dumps(report, indent=1, default=str))
     assert not failures, "\n".join(failures)
