@@ -149,10 +149,16 @@ def _check_contract(model: Any, kind: ModelKind, entry: str, path: str) -> None:
 
 
 def load_plugin(
-    entry: str, path: str, kind: ModelKind, opts: LoadOptions | None = None
+    entry: str,
+    path: str,
+    kind: ModelKind,
+    opts: LoadOptions | None = None,
+    *,
+    name: str | None = None,
 ) -> Scorer | Embedder:
     """Build the model of config entry ``entry`` from ``path``, check it against the
-    contract of ``kind``, and return it named after the entry.
+    contract of ``kind``, and return it named ``name`` (default: the entry's last dotted
+    part, ``scorers.mine`` -> ``mine``).
 
     ``opts`` is passed to the factory as is (device, dtype, source, and the entry's
     ``options``). Raises :class:`PluginError` naming ``entry`` and ``path``.
@@ -170,6 +176,6 @@ def load_plugin(
             f"{entry}: plugin {path!r}: the factory raised {type(exc).__name__}: {exc}"
         ) from exc
     _check_contract(model, kind, entry, path)
-    name = entry.rpartition(".")[2]
+    name = name or entry.rpartition(".")[2]
     model.info = replace(model.info, name=name, options={**model.info.options, "plugin": path})
     return model  # type: ignore[no-any-return]

@@ -23,8 +23,8 @@ def test_scorer_plugin_is_loaded_with_its_options_and_named_after_its_entry() ->
 
 
 def test_embedder_plugin_passes_the_contract() -> None:
-    m = load_plugin("embedder", "plugin_examples:colours", "embedder")
-    assert isinstance(m, Embedder) and m.info.name == "embedder"
+    m = load_plugin("embedder", "plugin_examples:colours", "embedder", name="hist")
+    assert isinstance(m, Embedder) and m.info.name == "hist"
     e = m.embed([IMG])
     assert e.shape == (1, 3) and e.dtype == np.float32
     assert np.linalg.norm(e[0]) == pytest.approx(1.0, abs=1e-6)
