@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from torch import Tensor
@@ -300,9 +300,9 @@ class DiffusionAdapter(ABC):
             raise ValueError(f"add_lora: a LoRA ({self._lora_adapter!r}) is already attached")
         if rank < 1 or alpha <= 0:
             raise ValueError(f"add_lora: need rank >= 1 and alpha > 0, got {rank}, {alpha}")
-        init_arg: bool | str = {"gaussian": "gaussian", "default": True}.get(init, init)
-        if init_arg not in ("gaussian", True):
+        if init not in ("gaussian", "default"):
             raise ValueError(f"add_lora: init must be 'gaussian' or 'default', got {init!r}")
+        init_arg: Literal["gaussian"] | bool = "gaussian" if init == "gaussian" else True
         target_modules = list(targets if targets is not None else self.default_lora_targets)
         names = [n for n, _ in self.transformer.named_modules()]
         unmatched = [
@@ -347,15 +347,15 @@ class DiffusionAdapter(ABC):
         lora_A.weight``), detached copies on CPU."""
         from peft.utils import get_peft_model_state_dict
 
-        self._need_lora("lora_state_dict")
-        sd = get_peft_model_state_dict(self.transformer, adapter_name=self._lora_adapter)
+        name = self._need_lora("lora_state_dict")
+        sd = get_peft_model_state_dict(self.transformer, adapter_name=name)
         return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
     def load_lora_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load weights saved by :meth:`lora_state_dict` into the attached LoRA (resume)."""
         from peft.utils import set_peft_model_state_dict
 
-        self._need_lora("load_lora_state_dict")
+        name = self._need_lora("load_lora_state_dict")
         own = self.lora_state_dict()
         if set(own) != set(state):
             missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -363,13 +363,13 @@ class DiffusionAdapter(ABC):
                 f"load_lora_state_dict: keys differ from this LoRA's (missing {missing[:3]}, "
                 f"unexpected {extra[:3]})"
             )
-        set_peft_model_state_dict(self.transformer, state, adapter_name=self._lora_adapter)
+        set_peft_model_state_dict(self.transformer, state, adapter_name=name)
 
     def save_lora(self, path: str | Path) -> None:
         """Write the LoRA where ``pipeline.load_lora_weights(path)`` loads it, with its rank
         and alpha as adapter metadata (so the loaded LoRA has the trained scale)."""
-        self._need_lora("save_lora")
-        peft_config = self.transformer.peft_config[self._lora_adapter]  # type: ignore[index]
+        name = self._need_lora("save_lora")
+        peft_config: Any = cast(Any, self.transformer).peft_config[name]
         type(self.pipeline).save_lora_weights(
             save_directory=str(path),
             transformer_lora_layers=self.lora_state_dict(),
@@ -389,9 +389,11 @@ class DiffusionAdapter(ABC):
         finally:
             self.transformer.enable_adapters()  # type: ignore[operator]
 
-    def _need_lora(self, what: str) -> None:
+    def _need_lora(self, what: str) -> str:
+        """The attached adapter's name; a clear error naming ``what`` without one."""
         if self._lora_adapter is None:
             raise ValueError(f"{what}: no LoRA attached (call add_lora first)")
+        return self._lora_adapter
 
     # --- sampling and the training step --------------------------------------------------
 

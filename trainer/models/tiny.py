@@ -57,7 +57,7 @@ def _clip_tokenizer() -> Any:  # ~1.5 s to build from the BPE; shared by both bu
 def _clip_config(**overrides: Any) -> Any:
     from transformers import CLIPTextConfig
 
-    cfg = {
+    cfg: dict[str, Any] = {
         "bos_token_id": _CLIP_BOS,
         "eos_token_id": _CLIP_EOS,
         "pad_token_id": _CLIP_EOS,
@@ -178,7 +178,6 @@ def _build_flux(seed: int) -> Any:
             relative_attention_num_buckets=8,
             pad_token_id=0,
             eos_token_id=1,
-            decoder_start_token_id=0,
         )
     )
     torch.manual_seed(seed + 3)
