@@ -75,7 +75,7 @@ class StreamSession:
             call = self._transport.open_stream(new_request_id())
             replies: asyncio.Queue[object] = asyncio.Queue()
             # Everything unanswered is in the outbox in submission order (see _requeue).
-            writer = asyncio.create_task(self._write(call, set()))
+            writer = asyncio.create_task(self._write(call, {}))
             reader = asyncio.create_task(self._read(call, replies))
             answered = False
             try:
@@ -158,14 +158,20 @@ class StreamSession:
             if not fut.done():
                 self._outbox.put_nowait(sub)
 
-    async def _write(self, call: grpc.aio.StreamStreamCall, sent: set[str]) -> None:
+    async def _write(
+        self,
+        call: grpc.aio.StreamStreamCall,
+        sent: dict[str, asyncio.Future[GroupSubmissionResult]],
+    ) -> None:
+        """Write each waiting submission once per stream (a submission made again with
+        the same request id after its answer, as a retry, is written again)."""
         while True:
             sub = await self._outbox.get()
             rid = sub.request_id or ""
             entry = self._pending.get(rid)
-            if entry is None or entry[1].done() or rid in sent:
+            if entry is None or entry[1].done() or sent.get(rid) is entry[1]:
                 continue
-            sent.add(rid)
+            sent[rid] = entry[1]
             await call.write(to_proto(sub))
 
     def _fail_all(self, exc: Exception) -> None:

@@ -26,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import inspect
+import logging
 import os
 import queue
 import threading
@@ -59,7 +60,7 @@ from divreward.client._requests import (
 )
 from divreward.client._stream import StreamSession
 from divreward.client.errors import RewardServiceError
-from divreward.client.retry import RetryPolicy, new_request_id
+from divreward.client.retry import RetryPolicy, new_request_id, retryable_http_status
 from divreward.schema import (
     EmbedResponse,
     HealthResponse,
@@ -73,6 +74,7 @@ from divreward.schema_stream import GroupSubmissionResult
 __all__ = ["AsyncRewardClient", "ClientSettings", "RewardClient"]
 
 Transport = Literal["http", "grpc"]
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -329,11 +331,22 @@ class AsyncRewardClient:
             lambda: group_submission(group, namespace=self._s.namespace, opts=opts, **params)
         )
         t = self._transport()
-        if isinstance(t, AsyncGrpcTransport):
-            if self._session is None:
-                self._session = StreamSession(t)
-            return await self._session.submit(sub)
-        return await self._call("submit", sub, GroupSubmissionResult, sub.request_id)
+        if isinstance(t, AsyncHttpTransport):  # the transport retries a 429/5xx answer
+            return await self._call("submit", sub, GroupSubmissionResult, sub.request_id)
+        if self._session is None:
+            self._session = StreamSession(t)
+        # On the stream a group's error comes in-band: retry the transient ones (429, 5xx:
+        # a replica that died with the group) as the transport does, with the same id.
+        for attempt in range(1, t.retry.max_attempts + 1):
+            result = await self._session.submit(sub)
+            err = result.error
+            if err is None or attempt == t.retry.max_attempts:
+                break
+            if not retryable_http_status(err.status):
+                break
+            log.info("group %s: %s %s; retrying", result.group_id, err.status, err.kind)
+            await asyncio.sleep(t.retry.delay(attempt))
+        return result
 
     async def submit(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
+import re
 import threading
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +39,9 @@ from divreward.client.encoding import downsize, encode_images
 from divreward.images import ImageError, decode_image
 from divreward.proto import divreward_pb2 as pb
 from divreward.proto import divreward_pb2_grpc as pb_grpc
-from divreward.schema import AdvantageConfig, HealthResponse, RewardsRequest
+from divreward.proto.convert import from_proto, to_proto
+from divreward.schema import AdvantageConfig, ErrorInfo, HealthResponse, RewardsRequest
+from divreward.schema_stream import GroupSubmission, GroupSubmissionResult
 
 FAST = RetryPolicy(max_attempts=4, backoff_s=0.0, max_backoff_s=0.0, jitter=0.0)
 
@@ -751,3 +754,55 @@ def test_metrics_sends_each_group_s_images(mock_http: Any) -> None:
     assert body["recall_k"] == 3 and body["request_id"] == "m1"
     for got, want in zip(body["groups"] + body["reference"], [*groups, make_group(2)], strict=True):
         np.testing.assert_array_equal(np.stack(_decode_all(got["images"])), want)
+
+
+class _StreamServicer(pb_grpc.RewardServiceServicer):
+    """RewardStream answering each submission in-band: the scripted error statuses for its
+    first attempts, then the rewards; records the request ids it saw."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.seen: list[str] = []
+
+    def RewardStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        for message in request_iterator:
+            sub = from_proto(message, GroupSubmission)
+            self.seen.append(sub.request_id or "")
+            n = len(self.seen)
+            answer: dict[str, Any] = {"group_id": sub.group_id, "request_id": sub.request_id}
+            if n <= len(self.statuses):
+                status = self.statuses[n - 1]
+                answer["error"] = ErrorInfo(kind="overloaded", message=f"try {n}", status=status)
+            else:
+                answer["rewards"] = [1.0] * len(sub.images)
+            yield to_proto(GroupSubmissionResult(**answer))
+
+
+@pytest.mark.parametrize(
+    ("statuses", "answers", "error"),
+    [
+        ([503, 429], 3, None),  # a replica died with the group: retried, same id
+        ([503] * 4, 4, "server answered 503: overloaded: try 4"),  # the budget runs out
+        ([422], 1, "server answered 422: overloaded: try 1"),  # refused: not retried
+        ([408], 1, "server answered 408"),  # an incomplete group's timeout: not retried
+    ],
+)
+def test_a_transient_error_in_the_stream_is_retried_with_the_same_request_id(
+    statuses: list[int], answers: int, error: str | None
+) -> None:
+    servicer = _StreamServicer(statuses)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_RewardServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with RewardClient(f"grpc://127.0.0.1:{port}", retry=FAST, downsize=False) as c:
+            fut = c.submit(Group("p", make_group(0), group_id="g"), request_id="rid-s")
+            if error is None:
+                assert fut.result(30).rewards == [1.0, 1.0]
+            else:
+                with pytest.raises(RewardServiceError, match=re.escape(error)):
+                    fut.result(30)
+    finally:
+        server.stop(0)
+    assert servicer.seen == ["rid-s"] * answers
