@@ -1,3 +1,3 @@
 """The GRPO trainer (Flow-GRPO / DiverseGRPO / DRIFT on diffusers + peft), imported as
-``divreward.trainer``. Not written yet: trainers use :mod:`divreward.client` and
-:mod:`divreward.adapters` to call the service today."""
+``divreward.trainer``: ``divreward train --preset NAME`` runs :func:`loop.train` on a
+:class:`config.TrainConfig`; docs/trainer.md says how to train."""
