@@ -175,6 +175,12 @@ class TrainConfig(BaseModel):
         default="http://127.0.0.1:8000",
         description="The reward service: http://host:8000 or grpc://host:9000.",
     )
+    reward_token_env: str | None = Field(
+        default="DIVREWARD_API_TOKEN",
+        description="Environment variable holding the service's bearer token (sent as "
+        "'authorization: Bearer ...' when set; the token itself never enters a config). "
+        "A service listening beyond loopback requires one.",
+    )
     reward_timeout_s: float = Field(default=300.0, gt=0.0, description="Per attempt.")
     reward_retries: int = Field(
         default=5,

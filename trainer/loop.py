@@ -353,11 +353,14 @@ def train(
     adapter: Any | None = None,
     rewards: RewardSource | None = None,
     print_fn: Callable[[str], None] | None = None,
+    on_step_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA with GRPO as ``cfg`` says; returns the per-step metrics.
 
     resume: a checkpoint directory, or 'latest' (the newest under output_dir).
     adapter / rewards: injected ones (tests); by default loaded from cfg.
+    on_step_end(step, metrics): called on the main process after each step is logged
+    (and after its checkpoint and evaluation), e.g. for an experiment's own evaluation.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -500,6 +503,8 @@ def train(
                         writer.log(step, ev)
                     say(f"eval step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in ev.items()))
                 accelerator.wait_for_everyone()
+            if on_step_end is not None and is_main:
+                on_step_end(step, m)
     finally:
         bar.close()
         if writer is not None:

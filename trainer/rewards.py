@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,10 +141,12 @@ class ServiceRewards(_Base):
         super().__init__(cfg, max_workers=max(4, 2 * cfg.prompts_per_step))
         from divreward.client import RetryPolicy, RewardClient
 
+        token = os.environ.get(cfg.reward_token_env) if cfg.reward_token_env else None
         self.client = client or RewardClient(
             cfg.reward_url,
             timeout_s=cfg.reward_timeout_s,
             retry=RetryPolicy(max_attempts=cfg.reward_retries),
+            headers={"authorization": f"Bearer {token}"} if token else None,
         )
 
     def _call(self, prompt: str, images: torch.Tensor, group_id: str, diversity: Any) -> Any:
@@ -201,41 +204,15 @@ class ServiceRewards(_Base):
     def metrics(
         self, groups: Sequence[torch.Tensor], embeddings: Sequence[np.ndarray] | None = None
     ) -> dict[str, Any]:
-        """Diversity metrics of evaluation groups (DreamSim space).
+        """The service's /v1/metrics (HTTP, or the Metrics RPC) on evaluation groups."""
+        from divreward.client import RewardClientError
 
-        Over HTTP: the service's ``POST /v1/metrics`` on the images. Over gRPC (the
-        client has no metrics call): :func:`divreward.core.evaluate_groups`, the function
-        behind that endpoint, on the service's embeddings of the same images (those the
-        rewards returned, else ``embed``).
-        """
-        if self.cfg.reward_url.startswith(("grpc://", "grpcs://")):
-            from divreward.core import evaluate_groups
-
-            if embeddings is None:
-                embeddings = [np.asarray(self.client.embed(g).embeddings) for g in groups]
-
-            return evaluate_groups(list(embeddings))
-        import httpx
-
-        from divreward.client._requests import ImageOptions
-        from divreward.schema import MetricsRequest, MetricsResponse
-
-        opts = ImageOptions()
-        body = {"groups": [{"images": opts.encode(g)} for g in groups]}
-        req = MetricsRequest.model_validate(body)
-        url = self.cfg.reward_url.rstrip("/") + "/v1/metrics"
         try:
-            resp = httpx.post(
-                url,
-                content=req.model_dump_json(),
-                headers={"content-type": "application/json"},
-                timeout=self.cfg.reward_timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            raise RewardsUnavailableError(f"POST {url}: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code != 200:
-            raise RewardsUnavailableError(f"POST {url}: {resp.status_code}: {resp.text[:500]}")
-        return dict(MetricsResponse.model_validate_json(resp.content).metrics)
+            return dict(self.client.metrics([g.float().cpu() for g in groups]).metrics)
+        except RewardClientError as exc:
+            raise RewardsUnavailableError(
+                f"/v1/metrics at {self.cfg.reward_url}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def close(self) -> None:
         super().close()

@@ -238,3 +238,27 @@ def test_the_loss_replays_the_rollouts_prompt_noise(tiny_root: Path, tmp_path: P
         err_clean = (clean - ro.log_probs[:, j]).abs().max().item()
         assert err_same < 1e-6
         assert err_clean > 1e-4  # the check above would see a noise mismatch
+
+
+def test_bearer_token_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
+) -> None:
+    import divreward.client
+
+    seen: dict[str, Any] = {}
+
+    class FakeClient:
+        def __init__(self, url: str, **kwargs: Any) -> None:
+            seen.update(kwargs, url=url)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(divreward.client, "RewardClient", FakeClient)
+    monkeypatch.setenv("DIVREWARD_API_TOKEN", "s3cret")
+    ServiceRewards(_cfg(tiny_root, tmp_path, "reward_url=grpc://h:9000")).close()
+    assert seen["url"] == "grpc://h:9000"
+    assert seen["headers"] == {"authorization": "Bearer s3cret"}
+    monkeypatch.delenv("DIVREWARD_API_TOKEN")
+    ServiceRewards(_cfg(tiny_root, tmp_path, "reward_url=grpc://h:9000")).close()
+    assert seen["headers"] is None
