@@ -198,7 +198,11 @@ def _options_of(
     def decorate(init: Callable[[Any, ClientSettings], None]) -> Any:
         @functools.wraps(init)
         def __init__(self: Any, *args: P.args, **kwargs: P.kwargs) -> None:  # noqa: N807
-            init(self, settings(*args, **kwargs))
+            try:
+                options = settings(*args, **kwargs)
+            except TypeError as exc:  # a misspelt option: say whose
+                raise TypeError(f"{type(self).__name__}: {exc}") from None
+            init(self, options)
 
         __init__.__signature__ = signature  # type: ignore[attr-defined]
         return __init__

@@ -521,8 +521,10 @@ def test_both_clients_take_one_settings_object_with_the_documented_defaults() ->
         ({"timeot_s": 1}, TypeError, "unexpected keyword argument 'timeot_s'"),
     ]:
         for cls in (RewardClient, AsyncRewardClient):
-            with pytest.raises(error, match=message):
+            with pytest.raises(error, match=message) as info:
                 cls("http://h:1", **kwargs)
+            if error is TypeError:
+                assert str(info.value).startswith(f"{cls.__name__}: ")
     with pytest.raises(ValueError, match="start it with http:// or grpc://"):
         RewardClient("h:1")
 
