@@ -32,7 +32,15 @@ from torch import Tensor
 
 from divreward.trainer.sde import StepOut, sde_step_with_logprob
 
-__all__ = ["DiffusionAdapter", "PromptCache", "PromptEmbeds", "Rollout", "dtype_kwarg", "load_vae"]
+__all__ = [
+    "DiffusionAdapter",
+    "PromptCache",
+    "PromptEmbeds",
+    "Rollout",
+    "check_autocast",
+    "dtype_kwarg",
+    "load_vae",
+]
 
 Index = Tensor | list[int] | slice
 
@@ -45,6 +53,17 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     except ImportError:
         return {"torch_dtype": dtype}
     return {"dtype": dtype}
+
+
+def check_autocast(
+    device: str | torch.device, dtype: torch.dtype, autocast_dtype: torch.dtype | None
+) -> None:
+    """Autocast is a CUDA option (CPU runs in the model dtype); checked before loading."""
+    if autocast_dtype is not None and torch.device(device).type != "cuda":
+        raise ValueError(
+            f"autocast_dtype={autocast_dtype} is for CUDA; device {device} runs in the "
+            f"model dtype ({dtype})"
+        )
 
 
 def load_vae(model: str, dtype: torch.dtype) -> Any:
@@ -180,11 +199,7 @@ class DiffusionAdapter(ABC):
         self.transformer = pipeline.transformer
         self.device = torch.device(device)
         self.dtype = dtype
-        if autocast_dtype is not None and self.device.type != "cuda":
-            raise ValueError(
-                f"autocast_dtype={autocast_dtype} is for CUDA; device {self.device} runs in "
-                f"the model dtype ({dtype})"
-            )
+        check_autocast(self.device, dtype, autocast_dtype)
         self.autocast_dtype = autocast_dtype
         # Encoded prompts stay on the device: SD3.5 with T5 holds ~2.7 MB per text in bf16
         # (333 tokens x 4096), Flux ~4 MB (512 tokens), hence a bounded LRU.

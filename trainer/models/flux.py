@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg, load_vae
+from divreward.trainer.models.base import (
+    DiffusionAdapter,
+    PromptEmbeds,
+    check_autocast,
+    dtype_kwarg,
+    load_vae,
+)
 
 __all__ = ["FluxAdapter"]
 
@@ -63,6 +69,7 @@ class FluxAdapter(DiffusionAdapter):
         """``model``: a hub id or a local pipeline directory."""
         from diffusers import FluxPipeline
 
+        check_autocast(device, dtype, autocast_dtype)
         extra: dict[str, Any] = {}
         if vae_dtype != dtype:  # the VAE loaded in its own dtype (fp32 decoding)
             extra["vae"] = load_vae(model, vae_dtype)

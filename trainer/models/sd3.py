@@ -18,7 +18,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg, load_vae
+from divreward.trainer.models.base import (
+    DiffusionAdapter,
+    PromptEmbeds,
+    check_autocast,
+    dtype_kwarg,
+    load_vae,
+)
 
 __all__ = ["SD3Adapter"]
 
@@ -70,6 +76,7 @@ class SD3Adapter(DiffusionAdapter):
         null), load it otherwise."""
         from diffusers import StableDiffusion3Pipeline
 
+        check_autocast(device, dtype, autocast_dtype)
         if text_encoder_3 is None:
             text_encoder_3 = not _saved_without_t5(model)
         extra: dict[str, Any] = {}
