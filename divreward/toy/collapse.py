@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -71,9 +70,15 @@ class CollapseConfig(BaseModel):
     toy: dict[str, Any] = Field(default_factory=dict, description="ToySettings overrides.")
     preferred: list[int] = Field(default_factory=lambda: [0, 1], description="Preferred modes.")
     margin: float = Field(default=0.2, ge=0.0, lt=1.0, description="Quality of others: 1-margin.")
+    quality_scale: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="Q is scaled by this: 5 makes the preferred-vs-other gap 1.0, the order "
+        "of PickScore differences, so the papers' beta = 0.7 weighs the bonus as they do.",
+    )
     methods: list[str] = Field(default_factory=lambda: list(METHODS))
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    steps: int = Field(default=40, ge=1, description="Training steps per run (the budget).")
+    steps: int = Field(default=80, ge=1, description="Training steps per run (the budget).")
     group_size: int = Field(default=16, ge=2)
     prompts_per_step: int = Field(default=1, ge=1)
     num_steps: int = Field(default=8, ge=2, description="Denoising steps.")
@@ -82,7 +87,12 @@ class CollapseConfig(BaseModel):
     clip_range: float = Field(default=1e-4, gt=0.0)
     lora_rank: int = Field(default=8, ge=1)
     kl_weight: float = Field(default=0.01, gt=0.0)
-    sa_reg_weight: float = Field(default=0.01, gt=0.0)
+    sa_reg_weight: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="SA-Reg's weight. The presets' 0.01 left the toy policy unchanged (the "
+        "W2 term is ~1e-4 there); 10 froze it; 1.0 binds without freezing (1-seed check).",
+    )
     beta: float = Field(default=0.7, ge=0.0, description="DiverseGRPO's bonus weight.")
     drift_lam: float = Field(default=0.5, ge=0.0, description="DRIFT's lambda.")
     eval_every: int = Field(default=5, ge=1)
@@ -96,6 +106,7 @@ class CollapseConfig(BaseModel):
     out_dir: str = "bench/results/collapse"
     cache_dir: str = ".cache/toy-collapse"
     grid_samples: int = Field(default=32, ge=1)
+    threads: int = Field(default=1, ge=1, description="torch threads in this process.")
 
     def toy_settings(self) -> ToySettings:
         return ToySettings(**{"k": self.k, "seed": self.toy_seed, **self.toy})
@@ -132,7 +143,12 @@ class _LocalModels:
 
 
 def quality_options(toy_dir: Path, cfg: CollapseConfig) -> dict[str, Any]:
-    return {"model_dir": str(toy_dir), "preferred": list(cfg.preferred), "margin": cfg.margin}
+    return {
+        "model_dir": str(toy_dir),
+        "preferred": list(cfg.preferred),
+        "margin": cfg.margin,
+        "scale": cfg.quality_scale,
+    }
 
 
 def _inprocess_rewards(train_cfg: Any, models: _LocalModels) -> Any:
@@ -147,30 +163,6 @@ def _inprocess_rewards(train_cfg: Any, models: _LocalModels) -> Any:
             self.models = {"toy_quality": models.quality, "toy_embedder": models.embedder}
 
     return PluginRewards()
-
-
-class Recording:
-    """Wraps a reward source; before the first group of each step it calls ``on_step``
-    (the loop has no per-step hook: evaluation runs here, between two steps)."""
-
-    def __init__(self, inner: Any, on_step: Callable[[int], None]) -> None:
-        self.inner = inner
-        self.on_step = on_step
-        self._step = 0
-
-    def submit(self, prompt: str, images: torch.Tensor, group_id: str, *, select: bool = True):
-        if group_id.startswith("s"):
-            step = int(group_id[1:].split("/", 1)[0])
-            if step != self._step:
-                self._step = step
-                self.on_step(step)
-        return self.inner.submit(prompt, images, group_id, select=select)
-
-    def metrics(self, groups: Sequence[torch.Tensor]) -> dict[str, Any]:
-        return dict(self.inner.metrics(groups))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # ----------------------------------------------------------------------------- service
@@ -232,7 +224,7 @@ def reward_service(toy_dir: Path, cfg: CollapseConfig) -> Iterator[str]:
 def ideal_distribution(base_hist: np.ndarray, cfg: CollapseConfig) -> np.ndarray:
     """p*(m) ∝ p_base(m) exp(w_m / tau): the KL-regularised optimum of the quality reward."""
     w = np.full(cfg.k, 1.0 - cfg.margin)
-    w[list(cfg.preferred)] = 1.0
+    w[list(cfg.preferred)] = 1.0  # tau is in units of the unscaled quality
     p = np.maximum(base_hist, 1e-12) * np.exp((w - w.max()) / cfg.tau())
     return p / p.sum()
 
@@ -362,17 +354,20 @@ def run_one(
     evals: list[dict[str, Any]] = []
     finals: dict[str, torch.Tensor] = {}
 
-    def on_step(step: int) -> None:
-        done = step - 1  # updates applied so far
-        if done % cfg.eval_every == 0:
+    def on_step_end(step: int, metrics: dict[str, float]) -> None:
+        if step % cfg.eval_every == 0:
             m, _ = evaluate_policy(adapter, tc, models, cfg, seed=10_000)
-            evals.append({"step": done, **m})
+            evals.append({"step": step, **m})
 
     inner = ServiceRewards(tc) if cfg.backend == "service" else _inprocess_rewards(tc, models)
     t0 = time.perf_counter()
-    res = train(tc, adapter=adapter, rewards=Recording(inner, on_step), print_fn=lambda s: None)
+    m, _ = evaluate_policy(adapter, tc, models, cfg, seed=10_000)  # the base policy
+    evals.append({"step": 0, **m})
+    res = train(
+        tc, adapter=adapter, rewards=inner, print_fn=lambda s: None, on_step_end=on_step_end
+    )
     m, images = evaluate_policy(adapter, tc, models, cfg, seed=10_000)
-    if not evals or evals[-1]["step"] != cfg.steps:
+    if evals[-1]["step"] != cfg.steps:
         evals.append({"step": cfg.steps, **m})
     finals["images"] = images
     wall = time.perf_counter() - t0
@@ -400,7 +395,20 @@ def run_one(
 
 
 def run_experiment(cfg: CollapseConfig, log: Callable[[str], None] = print) -> Path:
-    """Pre-train (cached), serve the plugins, run every (method, seed), write the report."""
+    """Pre-train (cached), serve the plugins, run every (method, seed), write the report.
+
+    Runs with one torch thread (``threads``; restored after): the networks are small,
+    and two threads on two busy cores are many times slower than one.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_experiment(cfg, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_experiment(cfg: CollapseConfig, log: Callable[[str], None]) -> Path:
     from divreward.toy.report import write_report
 
     unknown = [m for m in cfg.methods if m not in METHODS]
@@ -466,7 +474,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         data[key.strip()] = yaml.safe_load(raw)
     if args.out:
         data["out_dir"] = args.out
-    torch.set_num_threads(int(os.environ.get("DIVREWARD_TOY_THREADS", "1")))
     cfg = CollapseConfig(**data)
     run_experiment(cfg)
     return 0

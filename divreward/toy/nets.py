@@ -44,7 +44,8 @@ class _Block(nn.Module):
 
 
 class FlowNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
-    """v(x, sigma, prompt) for x of shape (B, 3, size, size); v = noise - x0."""
+    """v(x, sigma, prompt) for x of shape (B, 3, size, size); v = noise - x0, computed from
+    the network's prediction of x0."""
 
     @register_to_config
     def __init__(
@@ -65,7 +66,8 @@ class FlowNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.norm_out = nn.LayerNorm(width)
         self.fc_out = nn.Linear(width, n)
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
+        """The predicted clean image x0 at (x, sigma)."""
         b = x.shape[0]
         sigma = sigma.reshape(-1).expand(b) if sigma.numel() == 1 else sigma.reshape(b)
         t = timestep_embedding(sigma, self.config.time_dim).to(x.dtype)
@@ -73,6 +75,14 @@ class FlowNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         for block in self.blocks:
             h = block(h)
         return self.fc_out(nn.functional.silu(self.norm_out(h))).reshape(x.shape)
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
+        """The velocity ``(x - x0_hat) / sigma`` (x0-parametrised: an Euler step to sigma 0
+        lands on the predicted clean image; sigma is floored at 1e-3)."""
+        b = x.shape[0]
+        s = sigma.reshape(-1).expand(b) if sigma.numel() == 1 else sigma.reshape(b)
+        x0 = self.denoise(x, s, cond)
+        return (x - x0) / s.clamp_min(1e-3).to(x.dtype).reshape(b, *([1] * (x.ndim - 1)))
 
 
 class ModeCNN(nn.Module):

@@ -1,10 +1,10 @@
 """The toy rewards as plugins (``module:factory``), served like any built-in model.
 
 - ``divreward.toy.plugins:quality_scorer`` — a quality scorer that mildly prefers some
-  modes: ``Q(x) = sum_m p(m | x) w_m`` with ``p`` the mode classifier's softmax,
+  modes: ``Q(x) = scale * sum_m p(m | x) w_m`` with ``p`` the mode classifier's softmax,
   ``w_m = 1`` for the preferred modes and ``1 - margin`` for the others.
   Options: ``model_dir`` (a toy directory), ``preferred`` (mode indices, default [0]),
-  ``margin`` (default 0.2).
+  ``margin`` (default 0.2), ``scale`` (default 1.0).
 - ``divreward.toy.plugins:embedder`` — the diversity embedding: the unit-normalised
   64-d penultimate features of a small CNN trained on the mode labels (a second network,
   other seed and data than the classifier). Options: ``model_dir``.
@@ -99,21 +99,25 @@ class _ToyModel:
 
 
 class ToyQualityScorer(_ToyModel, Scorer):
-    def __init__(self, model_dir: Path, preferred: Sequence[int], margin: float) -> None:
+    def __init__(
+        self, model_dir: Path, preferred: Sequence[int], margin: float, scale: float = 1.0
+    ) -> None:
         super().__init__(
             model_dir,
             "classifier.safetensors",
             "scorer",
             "toy_quality",
-            {"preferred": list(preferred), "margin": margin},
+            {"preferred": list(preferred), "margin": margin, "scale": scale},
         )
         bad = [m for m in preferred if not 0 <= int(m) < self.k]
         if bad:
             raise ValueError(f"toy quality: preferred modes {bad} outside 0..{self.k - 1}")
         if not 0 <= margin < 1:
             raise ValueError(f"toy quality: margin must be in [0, 1), got {margin}")
-        self.weights = np.full(self.k, 1.0 - margin)
-        self.weights[[int(m) for m in preferred]] = 1.0
+        if not scale > 0:
+            raise ValueError(f"toy quality: scale must be > 0, got {scale}")
+        self.weights = np.full(self.k, scale * (1.0 - margin))
+        self.weights[[int(m) for m in preferred]] = scale
 
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
         check_prompts(images, prompts)
@@ -147,7 +151,7 @@ class ToyEmbedder(_ToyModel, Embedder):
 
 
 def quality_scorer(opts: LoadOptions) -> ToyQualityScorer:
-    _unknown(opts, {"model_dir", "preferred", "margin"}, "toy quality")
+    _unknown(opts, {"model_dir", "preferred", "margin", "scale"}, "toy quality")
     preferred = opts.options.get("preferred", [0])
     if isinstance(preferred, int):
         preferred = [preferred]
@@ -155,6 +159,7 @@ def quality_scorer(opts: LoadOptions) -> ToyQualityScorer:
         _model_dir(opts, "toy quality"),
         [int(m) for m in preferred],
         float(opts.options.get("margin", 0.2)),
+        float(opts.options.get("scale", 1.0)),
     )
 
 

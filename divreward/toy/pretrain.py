@@ -3,7 +3,8 @@
 ``ensure_toy(root, k=8, seed=0)`` returns a directory holding
 
 - ``flow/``: the :class:`~divreward.toy.nets.FlowNet` (diffusers ``save_pretrained``),
-  trained by conditional flow matching on the K modes, with the generic prompt
+  trained by conditional flow matching (x0-parametrised: the loss is the MSE of the
+  predicted clean image, which fixes the velocity) on the K modes, with the generic prompt
   (``GENERIC_PROMPT``) standing for the whole mixture 30% of the time;
 - ``classifier.safetensors``: a :class:`~divreward.toy.nets.ModeCNN` trained on the mode
   labels (the experiment's mode labeller and the quality scorer's backbone);
@@ -54,7 +55,7 @@ GENERIC_PROMPT = "a toy image"
 class ToySettings:
     k: int = 8
     seed: int = 0
-    flow_steps: int = 1500
+    flow_steps: int = 2000
     flow_batch: int = 128
     flow_width: int = 256
     flow_depth: int = 2
@@ -120,8 +121,8 @@ def _train_flow(s: ToySettings, log: Callable[[str], None]) -> FlowNet:
         ln = torch.sigmoid(torch.randn(s.flow_batch, generator=g))
         sigma = torch.where(torch.rand(s.flow_batch, generator=g) < 0.5, u, ln)
         xs = (1 - sigma)[:, None, None, None] * x + sigma[:, None, None, None] * noise
-        v = net(xs, sigma, net.prompt_table(lab))
-        loss = torch.nn.functional.mse_loss(v, noise - x)
+        x0_hat = net.denoise(xs, sigma, net.prompt_table(lab))
+        loss = torch.nn.functional.mse_loss(x0_hat, x)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -204,8 +204,9 @@ def write_report(out: Path, cfg: Any, records: list[dict[str, Any]], meta: dict[
     lines = [
         "# Mode-collapse experiment: results",
         "",
-        f"K = {cfg.k} modes, preferred {[names[i] for i in cfg.preferred]} (quality 1.0; "
-        f"others {1 - cfg.margin:.2f}); {cfg.steps} steps x {cfg.group_size * cfg.prompts_per_step}"
+        f"K = {cfg.k} modes, preferred {[names[i] for i in cfg.preferred]} (quality "
+        f"{cfg.quality_scale:g}; others {cfg.quality_scale * (1 - cfg.margin):g}); "
+        f"{cfg.steps} steps x {cfg.group_size * cfg.prompts_per_step}"
         f" images per method and seed; seeds {sorted({r['seed'] for r in records})}; "
         f"evaluation on {cfg.eval_samples} samples every {cfg.eval_every} steps. Backend: "
         f"{cfg.backend} ({cfg.transport}).",
