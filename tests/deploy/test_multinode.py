@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "serve-cluster-tiny.yaml"
 
 N_TRAINERS = 16  # as in the issue
-GROUPS_PER_PHASE = 4  # per trainer and phase (the issue's 50 scaled down, see above)
+GROUPS_PER_PHASE = 8  # per trainer and phase (the issue's 50 scaled down, see above)
 GROUP_SIZES = (4, 6)
 IMAGE_SIDE = 48
 METHODS = ("diversegrpo", "drift")
