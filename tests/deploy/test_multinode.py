@@ -372,6 +372,20 @@ def _delta(
 GROUP_ROUTES = {"/v1/groups": "http", "grpc:RewardStream": "grpc"}
 
 
+def _answered_once(delta: dict[tuple[str, str, str, str], float], transport: str) -> float:
+    """Groups computed and answered with 200 over a transport: 200s minus the answers
+    replayed from the request-id cache."""
+    ok = _requests_by_status(delta).get(f"{transport}:200", 0.0)
+    replays = sum(
+        v
+        for (metric, app, route, _), v in delta.items()
+        if metric == "divreward_idempotent_replays_total"
+        and app == "reward"
+        and GROUP_ROUTES.get(route) == transport
+    )
+    return ok - replays
+
+
 def _requests_by_status(delta: dict[tuple[str, str, str, str], float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for (metric, app, route, status), v in delta.items():
@@ -565,8 +579,13 @@ def test_load_and_faults(deployed: Deployed) -> None:
         _check_answers(plan, "B", b, a)
     except AssertionError as exc:
         failures.append(f"phase B: {exc}"[:3000])
-    by_status = _requests_by_status(_delta(_counters(d.base_url), before))
+    delta = _delta(_counters(d.base_url), before)
+    by_status = _requests_by_status(delta)
     retried = {k: v for k, v in by_status.items() if not k.endswith(":200")}
+    # Prometheus still adds up: each group computed and answered once (the failed
+    # attempts are the non-200s).
+    check(_answered_once(delta, "http") == n_http, f"phase B counters: {by_status}")
+    check(_answered_once(delta, "grpc") == len(plan) - n_http, f"phase B: {by_status}")
     report["B"] = {
         "killed_pid": victim.pid,
         "killed_after_groups": killed_at,
@@ -610,7 +629,10 @@ def test_load_and_faults(deployed: Deployed) -> None:
         _check_answers(plan, "C", c, a)
     except AssertionError as exc:
         failures.append(f"phase C: {exc}"[:3000])
-    by_status = _requests_by_status(_delta(_counters(d.base_url), before))
+    delta = _delta(_counters(d.base_url), before)
+    by_status = _requests_by_status(delta)
+    check(_answered_once(delta, "http") == n_http, f"phase C counters: {by_status}")
+    check(_answered_once(delta, "grpc") == len(plan) - n_http, f"phase C: {by_status}")
     report["C"] = {
         "seconds": round(c.seconds, 1),
         "recovered_after_s": round(t_ready - t_kill, 1),
