@@ -12,11 +12,11 @@ Written to the output directory:
 - ``base_histogram.png``: the base model's mode histogram;
 - ``summary.json``: every number of the table.
 
-Matched reward (the papers' comparison): q* = the highest mean quality that every
-method's seed-averaged curve reaches (capped at GRPO's final quality). For each run, the
-diversity at the first evaluation where its quality reaches q* is read off its curve by
-linear interpolation between evaluations; the gain of a method is
-``(div_method - div_GRPO) / div_GRPO`` with seeds paired by index, reported as mean ± std.
+Matched reward (the papers' comparison): each run's final checkpoint against the GRPO run
+of the same seed at the same mean quality. GRPO's diversity there is read off its
+evaluation curve where its quality first reaches the run's final quality (linear
+interpolation between evaluations); the gain is ``(div_run - div_GRPO) / div_GRPO``,
+reported as mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -95,28 +95,27 @@ def write_report(out: Path, cfg: Any, records: list[dict[str, Any]], meta: dict[
         for m in methods
     }
     base = records[0]["evals"][0]
-    seed_curves = {m: _curves(records, m, "quality")[1].mean(axis=0) for m in methods}
-    reached = min(float(c.max()) for c in seed_curves.values())
-    q_star = reached
-    if "grpo" in methods:
-        q_star = min(reached, float(seed_curves["grpo"][-1]))
+    # The papers' comparison: a method's final checkpoint against the GRPO checkpoint of
+    # the same reward (read off GRPO's curve of the same seed index).
     matched: dict[str, dict[str, list[float | None]]] = {}
-    for m in methods:
-        runs = sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
-        matched[m] = {
-            key: [matched_diversity(r["evals"], q_star, key) for r in runs]
-            for key in ("vendi", "pairwise", "coverage")
-        }
     gains: dict[str, dict[str, list[float]]] = {}
     if "grpo" in methods:
+        grpo_runs = {r["seed"]: r for r in records if r["method"] == "grpo"}
         for m in methods:
-            gains[m] = {}
-            for key in ("vendi", "pairwise"):
-                g = []
-                for a, b in zip(matched[m][key], matched["grpo"][key], strict=False):
-                    if a is not None and b is not None and b > 0:
-                        g.append(100.0 * (a - b) / b)
-                gains[m][key] = g
+            matched[m] = {"quality": [], "vendi": [], "pairwise": [], "coverage": []}
+            gains[m] = {"vendi": [], "pairwise": []}
+            for r in sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"]):
+                g = grpo_runs.get(r["seed"])
+                q = r["evals"][-1]["quality"]
+                matched[m]["quality"].append(q)
+                for key in ("vendi", "pairwise", "coverage"):
+                    matched[m][key].append(
+                        None if g is None else matched_diversity(g["evals"], q, key)
+                    )
+                for key in ("vendi", "pairwise"):
+                    ref = matched[m][key][-1]
+                    if ref is not None and ref > 0:
+                        gains[m][key].append(100.0 * (r["evals"][-1][key] - ref) / ref)
 
     # ---- plots
     colours = plt.get_cmap("tab10")
@@ -131,12 +130,11 @@ def write_report(out: Path, cfg: Any, records: list[dict[str, Any]], meta: dict[
             ax.plot(q.mean(0), d.mean(0), "-o", ms=3, color=colours(i), label=METHODS[m][0])
             ax.plot(q.mean(0)[-1], d.mean(0)[-1], "*", ms=12, color=colours(i))
         ax.plot([base["quality"]], [base[key]], "ks", ms=7, label="base model")
-        ax.axvline(q_star, color="grey", ls=":", lw=1)
         ax.set_xlabel("mean quality reward")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Diversity vs reward along training (mean over seeds; ★ = final; ⋯ = q*)")
+    fig.suptitle("Diversity vs reward along training (mean over seeds; ★ = final)")
     fig.tight_layout()
     fig.savefig(out / "pareto.png", dpi=110)
     plt.close(fig)
@@ -230,24 +228,25 @@ def write_report(out: Path, cfg: Any, records: list[dict[str, Any]], meta: dict[
         )
     lines += [
         "",
-        f"## Diversity at matched reward q* = {q_star:.4f}",
+        "## Diversity gain at matched reward",
         "",
-        "q* is the highest mean quality every method's seed-averaged curve reaches (capped at "
-        "GRPO's final quality); each run's diversity is read where its quality curve first "
-        "reaches q*. Gains are relative to GRPO (no reg.), seeds paired; n = seeds that reach "
-        "q* in both runs.",
+        "Each run's final checkpoint against the GRPO (no reg.) run of the same seed at the "
+        "same mean quality: GRPO's diversity is read off its evaluation curve where its "
+        "quality first reaches the run's final quality (linear interpolation between "
+        "evaluations). n = seeds where GRPO reaches that quality.",
         "",
-        "| method | Vendi at q* | pairwise at q* | coverage at q* | Vendi gain vs GRPO | "
-        "pairwise gain vs GRPO | n |",
-        "|---|---|---|---|---|---|---|",
+        "| method | final quality | Vendi | GRPO's Vendi there | Vendi gain | pairwise | "
+        "GRPO's pairwise there | pairwise gain | n |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in methods:
-        g = gains.get(m, {})
+        if not matched:
+            break
+        g, mm = gains[m], matched[m]
         lines.append(
-            f"| {METHODS[m][0]} | {_fmt(matched[m]['vendi'], 2)} | "
-            f"{_fmt(matched[m]['pairwise'])} | {_fmt(matched[m]['coverage'], 1)} | "
-            f"{_fmt(g.get('vendi', []), 1)} % | {_fmt(g.get('pairwise', []), 1)} % | "
-            f"{len(g.get('vendi', []))} |"
+            f"| {METHODS[m][0]} | {_fmt(mm['quality'])} | {_fmt(final[m]['vendi'], 2)} | "
+            f"{_fmt(mm['vendi'], 2)} | {_fmt(g['vendi'], 1)} % | {_fmt(final[m]['pairwise'])}"
+            f" | {_fmt(mm['pairwise'])} | {_fmt(g['pairwise'], 1)} % | {len(g['vendi'])} |"
         )
     lines += [
         "",
@@ -257,7 +256,6 @@ def write_report(out: Path, cfg: Any, records: list[dict[str, Any]], meta: dict[
     ]
     (out / "collapse.md").write_text("\n".join(lines))
     summary = {
-        "q_star": q_star,
         "base_histogram": base_hist.tolist(),
         "ideal": ideal.tolist(),
         "final": final,
