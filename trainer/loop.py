@@ -373,7 +373,8 @@ def train(
     out_dir = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)  # the LoRA's gaussian init
     if adapter is None:
-        adapter = load_adapter(cfg, device)
+        with accelerator.main_process_first():  # builds a tiny model once, not per rank
+            adapter = load_adapter(cfg, device)
     params = adapter.add_lora(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
     optimizer = torch.optim.AdamW(
         params,
@@ -384,7 +385,10 @@ def train(
     )
     ema = EMA(params, decay=cfg.ema_decay, update_every=cfg.ema_every) if cfg.ema else None
     own_rewards = rewards is None
-    rewards = rewards if rewards is not None else make_reward_source(cfg, device=str(device))
+    reward_device = "cpu" if device.type == "cpu" else str(device)  # "cpu:0" under gloo
+    if rewards is None:
+        with accelerator.main_process_first():
+            rewards = make_reward_source(cfg, device=reward_device)
     prompts = read_prompts(cfg.prompts_path())
     eval_prompts = read_prompts(cfg.eval_prompts_path())
     noiser = PromptNoiser(d.noise_prompt, cfg.seed) if cfg.prompt_noise else None
@@ -484,6 +488,7 @@ def train(
                 vals = accelerator.reduce(torch.tensor([m[k] for k in keys], device=device), "mean")
                 m = dict(zip(keys, vals.tolist(), strict=True))
             m["train/optimizer_steps"] = float(opt_steps)
+            m["perf/processes"] = float(world)
             result.history.append(m)
             if is_main and writer is not None:
                 writer.log(step, m)
