@@ -11,6 +11,7 @@ first request.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = [
     "connect_diversity",
     "ingress_options",
 ]
+
+log = logging.getLogger("ray.serve")
 
 #: Deployment names inside the diversity application.
 DIVERSITY_INGRESS = "DiversityIngress"
@@ -55,18 +58,27 @@ def ingress_options(name: str, ingress: IngressArgs) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DiversityHandles:
-    """Handles to the diversity application's ingress and embedder."""
+    """Handles to the diversity application's ingress and embedder (both None when a
+    quality-only reward app runs without one)."""
 
     app_name: str
     ingress: Any
     embedder: Any
 
+    @property
+    def deployed(self) -> bool:
+        return self.ingress is not None
 
-def connect_diversity(app_name: str, timeout_s: float = CONNECT_TIMEOUT_S) -> DiversityHandles:
+
+def connect_diversity(
+    app_name: str, required: bool = True, timeout_s: float = CONNECT_TIMEOUT_S
+) -> DiversityHandles:
     """Handles to the diversity application ``app_name``, checked to exist.
 
-    Raises RuntimeError at once when Serve has no application of that name, or when it
-    has not registered both deployments within ``timeout_s`` (or failed to deploy).
+    Raises RuntimeError at once when Serve has no application of that name (unless not
+    ``required``: a reward app whose default method needs no embeddings then runs
+    quality-only, and refuses requests for a diversity term), or when it has not
+    registered both deployments within ``timeout_s`` (or failed to deploy).
     """
     from ray import serve
     from ray.serve.exceptions import RayServeException
@@ -75,6 +87,11 @@ def connect_diversity(app_name: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Di
     while True:
         apps = serve.status().applications
         app = apps.get(app_name)
+        if app is None and not required:
+            log.warning(
+                "no diversity application %r: this reward app serves quality only", app_name
+            )
+            return DiversityHandles(app_name, None, None)
         if app is None:
             raise RuntimeError(
                 f"diversity_app: Serve has no application named {app_name!r} (it runs "

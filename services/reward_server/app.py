@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from divreward.methods import METHODS
 from divreward.services.common.api import Api
 from divreward.services.common.app import make_app
 from divreward.services.common.deployments import connect_diversity, ingress_options
@@ -58,8 +59,10 @@ class RewardIngress(RewardGrpcMethods):
 
     def __init__(self, scorers: dict[str, Any], args: RewardAppArgs, assembler: Any) -> None:
         self.args = args
-        # Raises (and so fails the deploy) if the diversity app is missing or misnamed.
-        diversity = connect_diversity(args.diversity_app)
+        # Raises (and so fails the deploy) if the diversity app is missing or misnamed,
+        # unless the default method needs no embeddings (a quality-only reward app).
+        needs = METHODS[args.default_diversity].needs_embeddings
+        diversity = connect_diversity(args.diversity_app, required=needs)
         self.serving = RewardServing(scorers, diversity, args)
         self.groups = GroupService(self.serving, assembler)
         self.api = Api("reward", args.limits, args.auth, args.ingress)

@@ -114,8 +114,20 @@ class RewardServing:
         self.observe(name, n, out.batch_images, out.model_s)
         return out
 
+    def _diversity_app(self) -> DiversityHandles:
+        """The diversity app's handles; a 400 when this reward app runs without one."""
+        if not self.link.deployed:
+            raise ServiceError(
+                400,
+                "invalid_request",
+                f"this server runs no diversity application ({self.link.app_name!r}): it "
+                "serves quality only; use diversity method 'none'",
+                valid=["none"],
+            )
+        return self.link
+
     async def _embed(self, ref: Any, n: int) -> ModelOutput:
-        out: ModelOutput = await self.link.embedder.embed.remote(ref)
+        out: ModelOutput = await self._diversity_app().embedder.embed.remote(ref)
         self.observe(out.card.name, n, out.batch_images, out.model_s)
         return out
 
@@ -146,6 +158,8 @@ class RewardServing:
         params = resolve_diversity(req.diversity, self.args.core, self.args.default_diversity)
         adv = resolve_advantage(req.advantage, self.args.core)
         needs_embeddings = METHODS[params.method].needs_embeddings
+        if needs_embeddings:
+            self._diversity_app()  # refused before any decoding if there is none
 
         async def one(g: int) -> tuple[RewardGroupResult, list[ModelCard]]:
             group = req.groups[g]
@@ -198,26 +212,26 @@ class RewardServing:
 
     # -- delegated to the diversity application ----------------------------------
     async def embed(self, req: EmbedRequest) -> EmbedResponse:
-        return _raise_errors(await self.link.ingress.embed.remote(req))
+        return _raise_errors(await self._diversity_app().ingress.embed.remote(req))
 
     async def diversity(self, req: DiversityRequest) -> DiversityResponse:
-        return _raise_errors(await self.link.ingress.diversity.remote(req))
+        return _raise_errors(await self._diversity_app().ingress.diversity.remote(req))
 
     async def metrics(self, req: MetricsRequest) -> MetricsResponse:
-        return _raise_errors(await self.link.ingress.metrics.remote(req))
+        return _raise_errors(await self._diversity_app().ingress.metrics.remote(req))
 
     # -- /v1/models, readiness ---------------------------------------------------
     async def models(self) -> ModelsResponse:
         names = list(self.scorers)
         cards = await asyncio.gather(*(self.scorers[n].info.remote() for n in names))
-        embedder = await self.link.embedder.info.remote()
+        embedder = await self.link.embedder.info.remote() if self.link.deployed else None
         # The largest input any model looks at: clients downsize images to it.
         sides = await asyncio.gather(
             *(self.scorers[n].max_resolution.remote() for n in names),
-            self.link.embedder.max_resolution.remote(),
+            *([self.link.embedder.max_resolution.remote()] if self.link.deployed else []),
         )
         return ModelsResponse(
-            **response_meta(self.args, [*cards, embedder], None),
+            **response_meta(self.args, [*cards, *([embedder] if embedder else [])], None),
             scorers=dict(zip(names, cards, strict=True)),
             embedder=embedder,
             defaults=RewardParams(
@@ -251,7 +265,8 @@ class RewardServing:
             *(probe(f"scorer:{n}", h.ready.remote) for n, h in self.scorers.items())
         )
         states = dict(results)
-        states.update(await diversity_ready())
+        if self.link.deployed:  # a quality-only reward app has nothing more to probe
+            states.update(await diversity_ready())
         return states
 
 

@@ -377,3 +377,32 @@ def test_serve_with_address_refuses_local_sizing_flags(capsys: pytest.CaptureFix
     assert main(["serve", "--address", "127.0.0.1:1", "--num-cpus", "2"]) == 2
     err = capsys.readouterr().err
     assert "with --address they belong to `ray start`" in err
+
+
+def test_a_quality_only_reward_app_refuses_diversity_before_any_work() -> None:
+    """Without a diversity app (allowed when the default method needs no embeddings),
+    a request for a diversity term is a 400 saying so, and readiness does not wait for
+    the missing app."""
+    from types import SimpleNamespace
+
+    from divreward.services.common.deployments import DiversityHandles
+    from divreward.services.config import RewardAppArgs
+    from divreward.services.reward_server.serving import RewardServing
+
+    async def ok() -> None:
+        return None
+
+    scorer = SimpleNamespace(ready=SimpleNamespace(remote=ok))
+    serving = RewardServing(
+        {"pickscore": scorer},
+        DiversityHandles("diversity", None, None),
+        RewardAppArgs(default_diversity="none"),
+    )
+    req = RewardsRequest.model_validate(
+        {"groups": [{"prompt": "p", "images": [b"not decoded"]}], "diversity": {"method": "drift"}}
+    )
+    with pytest.raises(ServiceError) as info:
+        asyncio.run(serving.rewards(req))
+    assert info.value.status == 400 and info.value.valid == ["none"]
+    assert "runs no diversity application ('diversity')" in info.value.message
+    assert asyncio.run(serving.ready()) == {"scorer:pickscore": "ok"}
