@@ -101,7 +101,7 @@ def run(kind: str, url: str | None, tiny_dir: Path, steps: int, out: Path) -> di
     if url is None:
         overrides.append("reward_backend=inprocess")
     else:
-        overrides.append(f"reward_url={url}")
+        overrides += [f"reward_url={url}", "reward_timeout_s=60", "reward_retries=3"]
     cfg = load_config("tiny-cpu", overrides)
     hist = train(cfg, print_fn=lambda s: None).history[1:]  # step 1 is warm-up
     wait = [h["perf/wait_s"] for h in hist]

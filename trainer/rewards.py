@@ -152,6 +152,7 @@ class ServiceRewards(_Base):
     def _call(self, prompt: str, images: torch.Tensor, group_id: str, diversity: Any) -> Any:
         from divreward.client import Group, RewardClientError
 
+        fut: concurrent.futures.Future[Any] | None = None
         try:
             fut = self.client.submit(
                 Group(prompt, images, group_id=group_id),
@@ -160,8 +161,12 @@ class ServiceRewards(_Base):
                 advantage={"eps": self.cfg.advantage_eps},
                 return_embeddings=diversity.get("method") != "none",
             )
-            res = fut.result()
-        except RewardClientError as exc:
+            # the client retries each attempt within reward_timeout_s; this bounds the whole
+            # group even if an answer is lost (e.g. on a broken stream)
+            res = fut.result(timeout=self.cfg.reward_timeout_s * self.cfg.reward_retries + 30)
+        except (RewardClientError, concurrent.futures.TimeoutError) as exc:
+            if fut is not None:
+                fut.cancel()
             raise RewardsUnavailableError(
                 f"group {group_id!r}: the reward service at {self.cfg.reward_url} did not "
                 f"answer after {self.cfg.reward_retries} attempts ({type(exc).__name__}: {exc}); "
