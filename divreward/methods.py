@@ -22,14 +22,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from divreward.core import (
-    AdvantageConfig,
-    DiverseGRPOConfig,
-    DRIFTConfig,
-    diversegrpo_rewards,
-    drift_rewards,
-    group_advantages,
-)
+from divreward.core.advantages import group_advantages
+from divreward.core.config import AdvantageConfig, DiverseGRPOConfig, DRIFTConfig
+from divreward.core.diversegrpo import diversegrpo_rewards
+from divreward.core.drift import drift_rewards
 
 __all__ = [
     "METHODS",
