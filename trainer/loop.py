@@ -455,7 +455,9 @@ def train(
                 kept_adv.append(torch.as_tensor(res.advantages, dtype=torch.float32))
             batch = _cat(kept_ro)
             adv = torch.cat(kept_adv)
-            live = torch.nonzero(adv != 0).flatten()
+            # zero advantage (a group of equal rewards): no policy gradient, left out; with
+            # several processes kept, so that every rank takes the same optimiser steps
+            live = torch.nonzero(adv != 0).flatten() if world == 1 else torch.arange(len(adv))
             embeds = adapter.encode_prompts(kept_prompts)
 
             # ---- 4. update: inner epochs of PPO over minibatches and timesteps -----
