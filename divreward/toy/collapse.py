@@ -70,6 +70,12 @@ class CollapseConfig(BaseModel):
     toy: dict[str, Any] = Field(default_factory=dict, description="ToySettings overrides.")
     preferred: list[int] = Field(default_factory=lambda: [0, 1], description="Preferred modes.")
     margin: float = Field(default=0.2, ge=0.0, lt=1.0, description="Quality of others: 1-margin.")
+    crisp_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Weight of the plugin's crispness term in Q (quality within every mode); "
+        "0 in the reported setting (docs/collapse.md says what 1 and 3 did).",
+    )
     quality_scale: float = Field(
         default=5.0,
         gt=0.0,
@@ -148,6 +154,7 @@ def quality_options(toy_dir: Path, cfg: CollapseConfig) -> dict[str, Any]:
         "preferred": list(cfg.preferred),
         "margin": cfg.margin,
         "scale": cfg.quality_scale,
+        "crisp_weight": cfg.crisp_weight,
     }
 
 

@@ -28,7 +28,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.95, 0.85, 0.1),
 }
 MAX_MODES = len(SHAPES) * len(COLOURS)
-_BACKGROUND = 0.12
+_BACKGROUND = 0.12  # grey level of the background
 
 
 @dataclass(frozen=True)
