@@ -59,7 +59,7 @@ from divreward.client._requests import (
     snapshot_images,
 )
 from divreward.client._stream import StreamSession
-from divreward.client.errors import RewardServiceError
+from divreward.client.errors import RewardServiceError, RewardTimeoutError
 from divreward.client.retry import RetryPolicy, new_request_id, retryable_http_status
 from divreward.schema import (
     EmbedResponse,
@@ -340,9 +340,20 @@ class AsyncRewardClient:
         if self._session is None:
             self._session = StreamSession(t)
         # On the stream a group's error comes in-band: retry the transient ones (429, 5xx:
-        # a replica that died with the group) as the transport does, with the same id.
+        # a replica that died with the group) as the transport does, with the same id;
+        # and each attempt has the client's timeout, as a unary call has.
         for attempt in range(1, t.retry.max_attempts + 1):
-            result = await self._session.submit(sub)
+            try:
+                result = await asyncio.wait_for(self._session.submit(sub), t.timeout_s)
+            except TimeoutError:
+                if not t.retry.retry_timeouts or attempt == t.retry.max_attempts:
+                    raise RewardTimeoutError(
+                        f"{t.target}: no answer to group {sub.group_id!r} on the stream "
+                        f"within {t.timeout_s} s (attempt {attempt})",
+                        request_id=sub.request_id,
+                    ) from None
+                log.info("group %s: no answer in %s s; sending it again", sub.group_id, t.timeout_s)
+                continue
             err = result.error
             if err is None or attempt == t.retry.max_attempts:
                 break

@@ -6,6 +6,7 @@ the async one (its settings, its background loop, submit's copies, stream's boun
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import io
 import re
@@ -762,15 +763,18 @@ class _StreamServicer(pb_grpc.RewardServiceServicer):
     """RewardStream answering each submission in-band: the scripted error statuses for its
     first attempts, then the rewards; records the request ids it saw."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], swallow: int = 0) -> None:
         self.statuses = statuses
+        self.swallow = swallow  # leave this many first submissions unanswered
         self.seen: list[str] = []
 
     def RewardStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         for message in request_iterator:
             sub = from_proto(message, GroupSubmission)
             self.seen.append(sub.request_id or "")
-            n = len(self.seen)
+            if len(self.seen) <= self.swallow:
+                continue
+            n = len(self.seen) - self.swallow
             answer: dict[str, Any] = {"group_id": sub.group_id, "request_id": sub.request_id}
             if n <= len(self.statuses):
                 status = self.statuses[n - 1]
@@ -808,3 +812,27 @@ def test_a_transient_error_in_the_stream_is_retried_with_the_same_request_id(
     finally:
         server.stop(0)
     assert servicer.seen == ["rid-s"] * answers
+
+
+@pytest.mark.parametrize("retry_timeouts", [True, False])
+def test_a_group_the_stream_never_answers_times_out_per_attempt(retry_timeouts: bool) -> None:
+    servicer = _StreamServicer([], swallow=1)  # the first submission is lost
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_RewardServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    retry = dataclasses.replace(FAST, retry_timeouts=retry_timeouts)
+    url = f"grpc://127.0.0.1:{port}"
+    try:
+        with RewardClient(url, retry=retry, timeout_s=0.5, downsize=False) as c:
+            fut = c.submit(Group("p", make_group(0), group_id="g"), request_id="rid-t")
+            if retry_timeouts:  # sent again with its id, answered the second time
+                assert fut.result(30).rewards == [1.0, 1.0]
+            else:
+                with pytest.raises(
+                    RewardTimeoutError, match=r"no answer to group 'g' on the stream within 0\.5 s"
+                ):
+                    fut.result(30)
+    finally:
+        server.stop(0)
+    assert servicer.seen == ["rid-t"] * (2 if retry_timeouts else 1)
