@@ -122,6 +122,12 @@ class ModelDeploymentArgs(_Args):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Model options (e.g. pickscore scale_divisor)."
     )
+    plugin: str | None = Field(
+        default=None,
+        description="Import path 'package.module:factory' of a model outside the registry "
+        "(docs/plugins.md): the factory gets LoadOptions with these options and must return "
+        "a Scorer/Embedder, checked against the built-in models' contract at start-up.",
+    )
     batch: BatchArgs = Field(default_factory=BatchArgs)
 
     @model_validator(mode="after")
@@ -154,8 +160,23 @@ class EmbedderArgs(ModelDeploymentArgs):
 
     @model_validator(mode="after")
     def _embedder(self) -> EmbedderArgs:
-        _check_kind(self.name, "embedder", "embedder.name")
+        _check_entry(self.name, self.plugin, "embedder", "embedder.name")
         return self
+
+
+def _check_entry(name: str, plugin: str | None, kind: str, field: str) -> None:
+    """A registry model of the right kind, or a plugin whose import path resolves (the
+    contract is checked where the model loads, in its replica)."""
+    if plugin is None:
+        _check_kind(name, kind, field)
+        return
+    if name in REGISTRY:
+        raise ValueError(
+            f"{field}: {name!r} names a registered model; give the plugin another name"
+        )
+    from divreward.models.plugins import check_import_path
+
+    check_import_path(plugin, field.removesuffix(".name"))
 
 
 def _check_kind(name: str, kind: str, field: str) -> None:
@@ -320,7 +341,8 @@ class AssemblyArgs(_Args):
 class RewardAppArgs(ServiceArgs):
     scorers: dict[str, ScorerArgs] = Field(
         default_factory=lambda: {"pickscore": ScorerArgs()},
-        description="Quality scorers, one deployment each: registry name -> settings.",
+        description="Quality scorers, one deployment each: registry name (or a plugin's "
+        "name, with its import path in `plugin`) -> settings.",
     )
     default_diversity: MethodName = "diversegrpo"  # type: ignore[valid-type]
     assembly: AssemblyArgs = Field(
@@ -333,8 +355,8 @@ class RewardAppArgs(ServiceArgs):
     def _scorers(self) -> RewardAppArgs:
         if not self.scorers:
             raise ValueError("scorers: configure at least one quality scorer")
-        for name in self.scorers:
-            _check_kind(name, "scorer", f"scorers.{name}")
+        for name, s in self.scorers.items():
+            _check_entry(name, s.plugin, "scorer", f"scorers.{name}")
         if all(s.weight == 0 for s in self.scorers.values()):
             raise ValueError("scorers: at least one scorer needs a non-zero default weight")
         return self

@@ -151,14 +151,26 @@ class _ModelServer:
         weights_dir: str | None = None,
         tiny_dir: str | None = None,
     ) -> None:
-        spec = get_spec(name)
-        if spec.kind != self.kind:
-            raise ValueError(f"{name!r} is a {spec.kind}, not a {self.kind}")
         self.name = name
         self.batch = args.batch
-        opts = load_options(name, args, profile, weights_dir, Path(tiny_dir) if tiny_dir else None)
         t0 = time.perf_counter()
-        self.model: Scorer | Embedder = load_model(name, opts)
+        self.model: Scorer | Embedder
+        if args.plugin is not None:  # docs/plugins.md: loaded and checked by its import path
+            from divreward.models.plugins import load_plugin
+
+            device = args.device or ("cuda" if args.num_gpus > 0 else "cpu")
+            opts = LoadOptions(
+                device=device, dtype=args.dtype, source=args.source, options=dict(args.options)
+            )
+            entry = f"scorers.{name}" if self.kind == "scorer" else "embedder"
+            self.model = load_plugin(entry, args.plugin, self.kind, opts, name=name)  # type: ignore[arg-type]
+        else:
+            spec = get_spec(name)
+            if spec.kind != self.kind:
+                raise ValueError(f"{name!r} is a {spec.kind}, not a {self.kind}")
+            tiny = Path(tiny_dir) if tiny_dir else None
+            opts = load_options(name, args, profile, weights_dir, tiny)
+            self.model = load_model(name, opts)
         self.card = ModelCard.from_info(self.model.info)
         if self.card.profile == "tiny":
             log.warning(

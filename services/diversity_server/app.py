@@ -93,7 +93,7 @@ async def _returning_errors(call: Awaitable[T]) -> T | ServiceError:
 
 def build_diversity_app(args: DiversityAppArgs) -> Application:
     """The diversity application from typed args (Python and config files alike)."""
-    tiny_dir = prepare_profile(args, [args.embedder.name])
+    tiny_dir = prepare_profile(args, [] if args.embedder.plugin else [args.embedder.name])
     embedder = EmbedderDeployment.options(**model_deployment_options(EMBEDDER, args.embedder)).bind(
         args.embedder.name,
         args.embedder,

@@ -84,7 +84,7 @@ class RewardIngress(RewardGrpcMethods):
 
 def build_reward_app(args: RewardAppArgs) -> Application:
     """The reward application from typed args (Python and config files alike)."""
-    tiny_dir = prepare_profile(args, list(args.scorers))
+    tiny_dir = prepare_profile(args, [n for n, s in args.scorers.items() if s.plugin is None])
     scorers = {
         name: ScorerDeployment.options(**model_deployment_options(scorer_name(name), s)).bind(
             name, s, args.profile, args.weights_dir, str(tiny_dir) if tiny_dir else None
