@@ -89,10 +89,11 @@ def probe_image() -> np.ndarray:
     return np.stack([x * 8, y * 8, (x + y) * 4], axis=-1).astype(np.uint8)
 
 
-def _check_contract(model: Any, kind: ModelKind, entry: str, path: str) -> None:
+def _check_contract(obj: object, kind: ModelKind, entry: str, path: str) -> None:
     where = f"{entry}: plugin {path!r}"
+    model: Any = obj
     base = _KINDS[kind]
-    if not isinstance(model, base):
+    if not isinstance(obj, base):
         raise PluginError(
             f"{where}: the factory returned a {type(model).__name__}, not a "
             f"divreward.models.base.{base.__name__} (the entry is a {kind})"

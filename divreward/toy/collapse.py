@@ -133,13 +133,13 @@ class _LocalModels:
         from divreward.models.base import LoadOptions
         from divreward.models.plugins import load_plugin
 
-        self.quality = load_plugin(
+        self.quality: Any = load_plugin(
             "toy_quality",
             "divreward.toy.plugins:quality_scorer",
             "scorer",
             LoadOptions(options=quality_options(toy_dir, cfg)),
         )
-        self.embedder = load_plugin(
+        self.embedder: Any = load_plugin(
             "toy_embedder",
             "divreward.toy.plugins:embedder",
             "embedder",

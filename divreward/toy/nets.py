@@ -43,7 +43,7 @@ class _Block(nn.Module):
         return h + self.fc2(nn.functional.silu(self.fc1(self.norm(h))))
 
 
-class FlowNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
+class FlowNet(ModelMixin, ConfigMixin, PeftAdapterMixin):  # type: ignore[misc]
     """v(x, sigma, prompt) for x of shape (B, 3, size, size); v = noise - x0, computed from
     the network's prediction of x0."""
 
@@ -70,7 +70,7 @@ class FlowNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """The predicted clean image x0 at (x, sigma)."""
         b = x.shape[0]
         sigma = sigma.reshape(-1).expand(b) if sigma.numel() == 1 else sigma.reshape(b)
-        t = timestep_embedding(sigma, self.config.time_dim).to(x.dtype)
+        t = timestep_embedding(sigma, self.config.time_dim).to(x.dtype)  # type: ignore[attr-defined]
         h = self.fc_in(torch.cat([x.reshape(b, -1), cond.to(x.dtype), t], dim=-1))
         for block in self.blocks:
             h = block(h)

@@ -140,7 +140,7 @@ def _train_flow(s: ToySettings, log: Callable[[str], None]) -> FlowNet:
 def ode_sample(net: FlowNet, prompt_index: int, n: int, steps: int, seed: int) -> torch.Tensor:
     """(n, 3, 16, 16) images in [0, 1] by Euler steps from sigma 1 to 0."""
     g = torch.Generator().manual_seed(seed)
-    size = net.config.size
+    size = int(net.config.size)  # type: ignore[attr-defined]
     x = torch.randn((n, 3, size, size), generator=g)
     cond = net.prompt_table(torch.full((n,), prompt_index, dtype=torch.long))
     sig = torch.linspace(1, 0, steps + 1)

@@ -22,6 +22,7 @@ reported as mean ± std over seeds.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ __all__ = ["matched_diversity", "write_report"]
 METRICS = ("quality", "coverage", "entropy", "kl_ideal", "pairwise", "vendi")
 
 
-def _fmt(values: list[float], digits: int = 3) -> str:
+def _fmt(values: Sequence[float | None], digits: int = 3) -> str:
     a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if a.size == 0:
         return "n/a"
