@@ -137,6 +137,7 @@ def test_a_bad_path_fails_the_config_naming_the_entry(toy_dir: Path) -> None:
         _args(toy_dir, plugin="no_such_module_x:f")
 
 
+@pytest.mark.slow  # a replica that fails its start-up, retried once (~1 min)
 def test_a_factory_breaking_the_contract_stops_the_deploy(serve_app: Any, toy_dir: Path) -> None:
     from ray import serve
 
