@@ -165,3 +165,24 @@ def test_a_factory_breaking_the_contract_stops_the_deploy(serve_app: Any, toy_di
         for name in ("bad_reward", "bad_diversity"):
             with contextlib.suppress(Exception):  # best effort cleanup
                 serve.delete(name)
+
+
+def test_the_docs_config_validates_and_a_typo_is_named(tmp_path: Path, monkeypatch: Any) -> None:
+    """docs/plugins.md's my_rewards.py and plugins.yaml pass the strict config check; a
+    misspelt factory fails it, naming the entry."""
+    import yaml
+
+    from divreward.services.deploy_config import ConfigError, validate_config
+
+    text = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
+    module = next(
+        b.split("```")[0] for b in text.split("```python\n")[1:] if b.startswith('"""my_rewards.py')
+    )
+    config = yaml.safe_load(text.split("```yaml\n")[1].split("```")[0])
+    (tmp_path / "my_rewards.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    validate_config(config)
+    scorer = config["applications"][1]["args"]["scorers"]["brightness"]
+    scorer["plugin"] = "my_rewards:brightnes"
+    with pytest.raises(ConfigError, match=r"scorers\.brightness: plugin 'my_rewards:brightnes'"):
+        validate_config(config)
