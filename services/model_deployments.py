@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from divreward.models._common import recording_passes
 from divreward.models.base import Embedder, LoadOptions, Scorer
 from divreward.models.registry import get_spec, load_model
 from divreward.schema import ModelCard
@@ -186,6 +187,9 @@ class _ModelServer:
         self._apply_batch(self.batch)
 
     def _apply_batch(self, batch: BatchArgs) -> None:
+        # The model's own chunking reads the same limits, so one Serve batch is one
+        # forward pass (the metric reports the passes the model actually ran).
+        self.model.set_batch_limits(batch.max_batch_images, batch.max_batch_pixels)
         # @serve.batch adds these setters to the wrapped method at run time.
         self._batched.set_max_batch_size(batch.max_batch_images)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -201,11 +205,20 @@ class _ModelServer:
     def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
         raise NotImplementedError
 
+    def _forward_recorded(
+        self, images: list[np.ndarray], prompts: list[str] | None
+    ) -> tuple[np.ndarray, list[int]]:
+        """The forward of one batch and the image count of each pass the model ran (a
+        model that does not chunk through ``iter_chunks`` counts as one pass)."""
+        with recording_passes() as passes:
+            values = self._forward(images, prompts)
+        return values, passes or [len(images)]
+
     # Serve keeps one batch queue per decorated function per process; a Serve replica
     # is its own actor process holding one deployment instance, so the queue is that
     # replica's.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_batch_cost)
-    async def _batched(self, chunks: list[Chunk]) -> list[tuple[np.ndarray, int, float]]:
+    async def _batched(self, chunks: list[Chunk]) -> list[tuple[np.ndarray, list[int], float]]:
         images = [img for c in chunks for img in c.images]
         prompts = (
             [p for c in chunks for p in (c.prompts or [])]
@@ -215,18 +228,18 @@ class _ModelServer:
         t0 = time.perf_counter()
         # The forward pass runs in a thread so the replica's event loop keeps collecting
         # the next batch meanwhile (torch releases the GIL).
-        values = await asyncio.to_thread(self._forward, images, prompts)
+        values, passes = await asyncio.to_thread(self._forward_recorded, images, prompts)
         dt = time.perf_counter() - t0
         if values.shape[0] != len(images):
             raise RuntimeError(
                 f"{self.kind} {self.name!r} returned {values.shape[0]} rows for "
                 f"{len(images)} images"
             )
-        out: list[tuple[np.ndarray, int, float]] = []
+        out: list[tuple[np.ndarray, list[int], float]] = []
         start = 0
         for c in chunks:
             n = len(c.images)
-            out.append((values[start : start + n], len(images), dt))
+            out.append((values[start : start + n], passes, dt))
             start += n
         return out
 
@@ -236,11 +249,13 @@ class _ModelServer:
         chunks = plan_chunks(images, prompts, self.batch)
         parts = await asyncio.gather(*(self._batched(c) for c in chunks))
         values = np.concatenate([p[0] for p in parts], axis=0)
+        # Chunks of this call that rode in the same batch share its pass list and time.
+        batches = list({id(p[1]): p for p in parts}.values())
         return ModelOutput(
             values=values,
             card=self.card,
-            batch_images=[p[1] for p in parts],
-            model_s=sum(p[2] for p in parts),
+            batch_images=[n for p in batches for n in p[1]],
+            model_s=sum(p[2] for p in batches),
         )
 
 
@@ -291,6 +306,12 @@ EmbedderDeployment = serve.deployment(EmbedderServer, name="embedder")
 
 def model_deployment_options(name: str, args: ModelDeploymentArgs) -> dict[str, Any]:
     """Serve options of a model deployment from its args (resources, scaling, batching)."""
+    both = sorted({"max_batch", "max_batch_pixels"} & set(args.options))
+    if both:
+        raise ValueError(
+            f"model {name!r}: options {both} would set the batch a second time; in a "
+            "deployment set batch.max_batch_images / batch.max_batch_pixels (its user_config)"
+        )
     opts: dict[str, Any] = {
         "name": name,
         "ray_actor_options": {

@@ -101,13 +101,19 @@ def preprocess(processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor:
     return processor(images=pil, return_tensors="pt")["pixel_values"]
 
 
-def image_features(bundle: ClipBundle, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """``(N, P)`` float32 unit-norm projected image embeddings, in pixel-bounded chunks."""
+def image_features(
+    bundle: ClipBundle,
+    images: Sequence[np.ndarray],
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """``(N, P)`` float32 unit-norm projected image embeddings, in chunks of at most
+    ``max_batch`` images and ``max_pixels`` input pixels."""
     import torch
 
     out = []
     with torch.inference_mode():
-        for sl in iter_chunks(images, DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS):
+        for sl in iter_chunks(images, max_batch, max_pixels):
             pixels = preprocess(bundle.processor, images[sl]).to(bundle.device, bundle.dtype)
             emb = bundle.model.get_image_features(pixel_values=pixels).pooler_output  # (B, P)
             out.append(_unit(emb.float()).cpu())
@@ -115,15 +121,18 @@ def image_features(bundle: ClipBundle, images: Sequence[np.ndarray]) -> torch.Te
     return torch.cat(out) if out else torch.zeros((0, proj))
 
 
-def text_features(bundle: ClipBundle, texts: Sequence[str]) -> torch.Tensor:
-    """``(N, P)`` float32 unit-norm projected text embeddings (77-token truncation)."""
+def text_features(
+    bundle: ClipBundle, texts: Sequence[str], max_batch: int = DEFAULT_MAX_BATCH
+) -> torch.Tensor:
+    """``(N, P)`` float32 unit-norm projected text embeddings (77-token truncation), in
+    chunks of at most ``max_batch`` texts."""
     import torch
 
     out = []
     with torch.inference_mode():
-        for start in range(0, len(texts), DEFAULT_MAX_BATCH):
+        for start in range(0, len(texts), max_batch):
             tok = bundle.tokenizer(
-                list(texts[start : start + DEFAULT_MAX_BATCH]),
+                list(texts[start : start + max_batch]),
                 padding=True,
                 truncation=True,
                 max_length=CONTEXT_LENGTH,
@@ -137,10 +146,16 @@ def text_features(bundle: ClipBundle, texts: Sequence[str]) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros((0, proj))
 
 
-def cosine(bundle: ClipBundle, images: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+def cosine(
+    bundle: ClipBundle,
+    images: Sequence[np.ndarray],
+    texts: Sequence[str],
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
     """``cos(image_i, text_i)`` for each pair, float64 ``(N,)``."""
-    img = image_features(bundle, images)
-    txt = text_features(bundle, texts)
+    img = image_features(bundle, images, max_batch, max_pixels)
+    txt = text_features(bundle, texts, max_batch)
     return (img * txt).sum(dim=-1).double().numpy()
 
 

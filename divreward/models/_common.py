@@ -4,12 +4,14 @@ unit-normalisation, deterministic tiny-model seeding. Imports torch lazily."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from divreward.images import to_canonical_batch
+from divreward.models.base import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -18,14 +20,28 @@ __all__ = [
     "check_options",
     "iter_chunks",
     "option",
+    "recording_passes",
     "seeded",
 ]
 
-# A forward pass never sees more than this many images, nor (summed over the chunk)
-# more decoded input pixels than DEFAULT_MAX_PIXELS: bounds host memory for the
-# preprocessing copies (float32, 3 channels) as well as the model's activations.
-DEFAULT_MAX_BATCH = 32
-DEFAULT_MAX_PIXELS = 32 * 1024 * 1024
+# The defaults (base.DEFAULT_MAX_BATCH / DEFAULT_MAX_PIXELS) bound host memory for the
+# preprocessing copies (float32, 3 channels) as well as the model's activations; each
+# model reads its own ``max_batch`` / ``max_batch_pixels`` (base.BatchLimits).
+
+_recorder = threading.local()
+
+
+@contextlib.contextmanager
+def recording_passes() -> Iterator[list[int]]:
+    """Collect the image count of every chunk that :func:`iter_chunks` yields in this
+    thread while the block runs: the forward-pass sizes of a model call."""
+    sizes: list[int] = []
+    previous = getattr(_recorder, "sizes", None)
+    _recorder.sizes = sizes
+    try:
+        yield sizes
+    finally:
+        _recorder.sizes = previous
 
 
 def canonical(images: Any) -> list[np.ndarray]:
@@ -45,14 +61,19 @@ def iter_chunks(
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    sizes: list[int] | None = getattr(_recorder, "sizes", None)
     start, pixels = 0, 0
     for i, img in enumerate(images):
         n = int(img.shape[0]) * int(img.shape[1])
         if i > start and (i - start >= max_batch or pixels + n > max_pixels):
+            if sizes is not None:
+                sizes.append(i - start)
             yield slice(start, i)
             start, pixels = i, 0
         pixels += n
     if start < len(images):
+        if sizes is not None:
+            sizes.append(len(images) - start)
         yield slice(start, len(images))
 
 

@@ -15,6 +15,13 @@ from typing import Any, Literal
 import numpy as np
 
 ModelKind = Literal["scorer", "embedder"]
+
+# Default forward-pass limits of every model: at most this many images, and at most this
+# many input pixels (H*W summed over the chunk, before the model's own resize). A Serve
+# model deployment replaces both with its ``user_config`` (``max_batch_images``,
+# ``max_batch_pixels``) through :meth:`BatchLimits.set_batch_limits`.
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_PIXELS = 32 * 1024 * 1024
 Profile = Literal["real", "tiny"]
 
 
@@ -48,7 +55,23 @@ class LoadOptions:
     options: dict[str, Any] = field(default_factory=dict)  # per-model options
 
 
-class Scorer(ABC):
+class BatchLimits:
+    """The one batch setting of a model: its chunking reads ``max_batch`` (images per
+    forward pass) and ``max_batch_pixels`` (pixels per forward pass)."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch_pixels: int = DEFAULT_MAX_PIXELS
+
+    def set_batch_limits(self, max_batch: int, max_batch_pixels: int) -> None:
+        """Set the forward-pass limits (ValueError naming the limit if one is < 1)."""
+        for key, value in (("max_batch", max_batch), ("max_batch_pixels", max_batch_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+        self.max_batch = max_batch
+        self.max_batch_pixels = max_batch_pixels
+
+
+class Scorer(BatchLimits, ABC):
     """Quality scorer: ``score(images, prompts)[i]`` rates ``images[i]`` for ``prompts[i]``."""
 
     info: ModelInfo
@@ -63,7 +86,7 @@ class Scorer(ABC):
         """
 
 
-class Embedder(ABC):
+class Embedder(BatchLimits, ABC):
     """Image embedder: ``embed(images)`` -> ``(N, dim)`` float32, rows unit-normalised."""
 
     info: ModelInfo

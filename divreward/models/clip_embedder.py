@@ -31,7 +31,8 @@ class CLIPEmbedder(Embedder):
 
     def embed(self, images: Sequence[Any]) -> np.ndarray:
         imgs = canonical(images)
-        return clip.image_features(self.bundle, imgs).numpy().astype(np.float32)  # (N, dim)
+        emb = clip.image_features(self.bundle, imgs, self.max_batch, self.max_batch_pixels)
+        return emb.numpy().astype(np.float32)  # (N, dim)
 
 
 def load(opts: LoadOptions) -> CLIPEmbedder:

@@ -55,7 +55,8 @@ class CLIPScore(Scorer):
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
         check_prompts(images, prompts)
         imgs = canonical(images)
-        cos = clip.cosine(self.bundle, imgs, [self.prefix + p for p in prompts])  # (N,)
+        texts = [self.prefix + p for p in prompts]
+        cos = clip.cosine(self.bundle, imgs, texts, self.max_batch, self.max_batch_pixels)
         return self.weight * np.maximum(cos, 0.0)
 
 

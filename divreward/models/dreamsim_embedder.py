@@ -46,8 +46,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from divreward.models._common import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_PIXELS,
     canonical,
     check_options,
     iter_chunks,
@@ -140,7 +138,7 @@ class DreamSimEmbedder(Embedder):
         imgs = canonical(images)
         out = [np.zeros((0, self.dim), np.float32)]
         with torch.inference_mode():
-            for sl in iter_chunks(imgs, DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS):
+            for sl in iter_chunks(imgs, self.max_batch, self.max_batch_pixels):
                 x = torch.stack([squash_resize(img, self.image_size) for img in imgs[sl]])
                 emb = self.model.embed(x.to(self.device, self.dtype)).float()  # (B, dim)
                 emb = emb / emb.norm(dim=-1, keepdim=True)

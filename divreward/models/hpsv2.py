@@ -41,8 +41,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from divreward.models._common import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_PIXELS,
     canonical,
     check_options,
     iter_chunks,
@@ -131,7 +129,7 @@ class HPSv2(Scorer):
         dim = int(self.model.text_projection.shape[1])
         img_out, txt_out = [torch.zeros((0, dim))], [torch.zeros((0, dim))]
         with torch.inference_mode():
-            for sl in iter_chunks(images, DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS):
+            for sl in iter_chunks(images, self.max_batch, self.max_batch_pixels):
                 pixels = preprocess(images[sl], self.image_size).to(self.device, self.dtype)
                 tokens = self.tokenizer(list(prompts[sl])).to(self.device)  # (B, 77) int64
                 img = self.model.encode_image(pixels).float()  # (B, D)

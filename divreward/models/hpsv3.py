@@ -65,7 +65,7 @@ from divreward.models._checkpoint import (
     module_shapes,
 )
 from divreward.models._common import canonical, check_options, iter_chunks, option, seeded
-from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
+from divreward.models.base import DEFAULT_MAX_PIXELS, LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     WeightsNotFoundError,
     check_device,
@@ -96,7 +96,9 @@ PIXELS = 256 * 28 * 28  # 200704 = 448 x 448: min_pixels = max_pixels of the ref
 MAX_RATIO = 200  # qwen_vl_utils refuses more extreme aspect ratios
 OPTIONS = ("pixels", "base_source", "max_batch", "max_batch_pixels")
 DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_BATCH_PIXELS = 8 * PIXELS
+# Input pixels (before the resize), as every model counts them: each image is resized to
+# the fixed ``pixels`` budget, so ``max_batch`` alone bounds the forward pass's size.
+DEFAULT_MAX_BATCH_PIXELS = DEFAULT_MAX_PIXELS
 
 # Qwen2-VL's special tokens after its 151643 BPE tokens, in id order (the tiny tokenizer
 # reproduces them; <|Reward|> is added at load time, as the reference does).
@@ -483,7 +485,7 @@ class HPSv3(Scorer):
             self._check_prompt(i, prompt)
         resized = [self.resize(img, i) for i, img in enumerate(arrays)]
         out = np.empty((len(resized), 2), dtype=np.float64)
-        for sl in iter_chunks(resized, self.max_batch, self.max_batch_pixels):
+        for sl in iter_chunks(arrays, self.max_batch, self.max_batch_pixels):
             enc = self.encode(resized[sl], prompts[sl])
             out[sl] = self.forward(enc).numpy()
         return out

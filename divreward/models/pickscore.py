@@ -36,7 +36,7 @@ class PickScore(Scorer):
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
         check_prompts(images, prompts)
         imgs = canonical(images)
-        cos = clip.cosine(self.bundle, imgs, prompts)  # (N,) float64
+        cos = clip.cosine(self.bundle, imgs, prompts, self.max_batch, self.max_batch_pixels)
         return clip.logit_scale(self.bundle) * cos / self.scale_divisor
 
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from divreward.core import CoreConfig, DiverseGRPOConfig, DRIFTConfig
 from divreward.images import encode_image
+from divreward.models.base import BatchLimits
 from divreward.schema import (
     DiverseGRPOParams,
     DiversityRequest,
@@ -69,7 +70,9 @@ def test_batch_limits_are_retuned_by_user_config() -> None:
     # What Serve calls with the deployment's user_config (no model needed for this).
     server = object.__new__(ScorerServer)
     server.batch = BatchArgs()
+    server.model = BatchLimits()  # type: ignore[assignment]  # the model's batch setting
     server.reconfigure({"max_batch_images": 7, "batch_wait_timeout_s": 0.02})
+    assert server.model.max_batch == 7
     assert server.batch == BatchArgs(max_batch_images=7, batch_wait_timeout_s=0.02)
     assert ScorerServer._batched._get_max_batch_size() == 7  # type: ignore[attr-defined]
     assert ScorerServer._batched._get_batch_wait_timeout_s() == 0.02  # type: ignore[attr-defined]
