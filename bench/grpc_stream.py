@@ -1,5 +1,5 @@
 """gRPC unary and streaming against HTTP, and a simulated trainer that overlaps
-generation with reward computation (issue #5).
+generation with reward computation.
 
 Three measurements against one reward service (by default a local Serve instance on the
 tiny models, started here on free loopback ports; ``--http/--grpc`` target another):

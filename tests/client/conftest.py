@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from client_helpers import Service
+from helpers import Service
 
 
 @pytest.fixture(scope="session")

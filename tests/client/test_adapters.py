@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from client_helpers import Service, make_images
+from helpers import Service, make_images
 from PIL import Image
 
 from divreward.adapters import flow_grpo, trl, verl

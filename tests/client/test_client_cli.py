@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_helpers import Service, make_images
+from helpers import Service, make_images
 from PIL import Image
 
 from divreward.cli import main

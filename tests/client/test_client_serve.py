@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from client_helpers import Service, make_images
+from helpers import Service, make_images
 
 from divreward.client import RewardClient
 from divreward.core import evaluate_groups

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from client_helpers import make_images
+from helpers import make_images
 
 from divreward.client import (
     NO_RETRY,

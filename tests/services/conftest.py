@@ -4,7 +4,7 @@ seen through its HTTP and gRPC front doors."""
 from __future__ import annotations
 
 import pytest
-from services_helpers import Service
+from helpers import Service
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import Service, make_images
 from PIL import Image
-from services_helpers import Service, make_images
 
 from divreward.client import Group, RewardClient
 from divreward.safe_pickle import safe_loads

@@ -18,7 +18,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from services_helpers import Service, make_images
+from helpers import Service, make_images
 
 from divreward.client import (
     Group,

@@ -1,14 +1,17 @@
-"""Helpers of the client tests."""
+"""Helpers shared by the client and service tests: the running service's addresses and
+small deterministic images."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Service:
+    """The running reward service through its two front doors."""
+
     http_url: str
     grpc_url: str
     grpc_target: str  # host:port for raw grpcio stubs
