@@ -89,6 +89,13 @@ class ModelDeploymentArgs(_Args):
         "target_ongoing_requests, ...); used with num_replicas='auto'.",
     )
     num_cpus: float = Field(default=0.25, ge=0.0, description="Logical CPUs per replica.")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads of each replica. None = the CPUs it is given, "
+        "max(1, floor(num_cpus)): a replica with a fraction of a CPU runs its model on one "
+        "thread, so give a CPU-only model whole cores (num_cpus) or set this.",
+    )
     num_gpus: float = Field(
         default=0.0,
         ge=0.0,

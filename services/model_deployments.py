@@ -41,6 +41,7 @@ __all__ = [
     "load_options",
     "plan_chunks",
     "readiness_image",
+    "replica_threads",
 ]
 
 log = logging.getLogger("ray.serve")
@@ -133,6 +134,14 @@ def load_options(
     return replace(opts, source=args.source, dtype=args.dtype, options=dict(args.options))
 
 
+def replica_threads(args: ModelDeploymentArgs) -> int:
+    """torch intra-op threads of a replica: ``torch_threads``, else the CPUs it is given
+    (``max(1, floor(num_cpus))``, as Ray sets a replica's ``OMP_NUM_THREADS``)."""
+    if args.torch_threads is not None:
+        return args.torch_threads
+    return max(1, math.floor(args.num_cpus))
+
+
 def readiness_image() -> np.ndarray:
     """A small deterministic (32, 32, 3) uint8 image for readiness calls."""
     y, x = np.mgrid[0:32, 0:32]
@@ -154,6 +163,9 @@ class _ModelServer:
     ) -> None:
         self.name = name
         self.batch = args.batch
+        import torch
+
+        torch.set_num_threads(replica_threads(args))
         t0 = time.perf_counter()
         self.model: Scorer | Embedder
         if args.plugin is not None:  # docs/plugins.md: loaded and checked by its import path
@@ -177,7 +189,15 @@ class _ModelServer:
             log.warning(
                 "%s %r runs TINY RANDOM WEIGHTS: its outputs are meaningless", self.kind, name
             )
-        log.info("loaded %s %r in %.1fs: %s", self.kind, name, time.perf_counter() - t0, self.card)
+        dt = time.perf_counter() - t0
+        log.info(
+            "loaded %s %r in %.1fs (%d torch threads): %s",
+            self.kind,
+            name,
+            dt,
+            torch.get_num_threads(),
+            self.card,
+        )
         self._apply_batch(self.batch)
 
     # -- configuration ------------------------------------------------------------
