@@ -59,6 +59,7 @@ class ClipBundle:
     dtype: torch.dtype
     resolved: list[Resolved]  # model weights file first, then config, processor dir
     max_resolution: int  # the processor's crop side
+    preprocess: str = "pil"  # "pil": the reference processor; "tensor": preprocess_tensor
 
 
 def load_clip(opts: LoadOptions, processor_source: str | None) -> ClipBundle:
@@ -90,7 +91,14 @@ def load_clip(opts: LoadOptions, processor_source: str | None) -> ClipBundle:
     processor = CLIPImageProcessorPil.from_pretrained(str(proc.path))
     crop = processor.crop_size
     side = int(crop["height"]) if isinstance(crop, dict) else int(crop.height)
-    return ClipBundle(model, tokenizer, processor, device, dtype, [weights, config, proc], side)
+    mode = opts.options.get("preprocess", "pil")
+    if mode not in PREPROCESS:
+        raise ValueError(f"option 'preprocess' must be one of {PREPROCESS}, got {mode!r}")
+    resolved = [weights, config, proc]
+    return ClipBundle(model, tokenizer, processor, device, dtype, resolved, side, mode)
+
+
+PREPROCESS = ("pil", "tensor")
 
 
 def preprocess(processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -99,6 +107,49 @@ def preprocess(processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor:
 
     pil: list[Image.Image] = [Image.fromarray(img) for img in images]
     return processor(images=pil, return_tensors="pt")["pixel_values"]
+
+
+def _resize_side(h: int, w: int, short: int) -> tuple[int, int]:
+    """The processor's shortest-side resize (aspect kept, long side truncated)."""
+    if h <= w:
+        return short, int(short * w / h)
+    return int(short * h / w), short
+
+
+def preprocess_tensor(processor: Any, images: Sequence[np.ndarray], device: str) -> torch.Tensor:
+    """The same preprocessing as :func:`preprocess` as batched tensor operations on
+    ``device``: images of one size are resized together (bicubic with antialiasing, PIL's
+    kernel), rounded to uint8 levels as PIL does, centre-cropped and normalised. Equal to
+    the PIL processor within 2 uint8 levels per pixel before normalisation
+    (tests/models/test_clip_preprocess.py); ``(N, 3, S, S)`` float32 on ``device``."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    short = int(processor.size["shortest_edge"])
+    crop = processor.crop_size
+    ch, cw = int(crop["height"]), int(crop["width"])
+    mean = torch.tensor(processor.image_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
+    scale = float(processor.rescale_factor)
+    out = torch.empty((len(images), 3, ch, cw), device=device)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault((int(img.shape[0]), int(img.shape[1])), []).append(i)
+    for (h, w), idx in by_shape.items():
+        x = torch.from_numpy(np.stack([images[i] for i in idx])).to(device)
+        x = x.permute(0, 3, 1, 2).float()  # (B, 3, H, W) in 0..255
+        nh, nw = _resize_side(h, w, short)
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True)
+            x = x.round().clamp(0, 255)
+        top, left = (nh - ch) // 2, (nw - cw) // 2
+        if top < 0 or left < 0:  # smaller than the crop: the processor pads; keep its path
+            ref = preprocess(processor, [images[i] for i in idx]).to(device)
+            out[idx] = ref
+            continue
+        x = x[:, :, top : top + ch, left : left + cw]
+        out[idx] = (x * scale - mean) / std
+    return out
 
 
 def image_features(
@@ -114,7 +165,11 @@ def image_features(
     out = []
     with torch.inference_mode():
         for sl in iter_chunks(images, max_batch, max_pixels):
-            pixels = preprocess(bundle.processor, images[sl]).to(bundle.device, bundle.dtype)
+            if bundle.preprocess == "tensor":
+                pixels = preprocess_tensor(bundle.processor, images[sl], bundle.device)
+            else:
+                pixels = preprocess(bundle.processor, images[sl])
+            pixels = pixels.to(bundle.device, bundle.dtype)
             emb = bundle.model.get_image_features(pixel_values=pixels).pooler_output  # (B, P)
             out.append(_unit(emb.float()).cpu())
     proj = bundle.model.config.projection_dim

@@ -18,7 +18,7 @@ from divreward.models._common import canonical, check_options, option
 from divreward.models.base import Embedder, LoadOptions, ModelInfo
 from divreward.models.weights import model_info
 
-OPTIONS = ("processor_source",)
+OPTIONS = ("processor_source", "preprocess")
 DEFAULT_SOURCE = "openai/clip-vit-base-patch32"
 
 

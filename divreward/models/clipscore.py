@@ -38,7 +38,7 @@ FORMS: dict[str, tuple[float, str]] = {  # form -> (weight, caption prefix)
     "hessel": (2.5, "A photo depicts "),
     "torchmetrics": (100.0, ""),
 }
-OPTIONS = ("form", "weight", "prefix", "processor_source")
+OPTIONS = ("form", "weight", "prefix", "processor_source", "preprocess")
 DEFAULT_SOURCE = "openai/clip-vit-base-patch32"
 
 

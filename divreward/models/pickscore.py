@@ -23,7 +23,7 @@ from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import model_info
 
 PROCESSOR_SOURCE = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-OPTIONS = ("scale_divisor", "processor_source")
+OPTIONS = ("scale_divisor", "processor_source", "preprocess")
 
 
 class PickScore(Scorer):
