@@ -45,7 +45,13 @@ def test_user_config_sets_the_forward_pass_and_the_metric(
     monkeypatch.setattr("ray.serve.get_replica_context", lambda: ctx)
     server, seen = _server(tiny_zoo)
     # One event loop for every call: @serve.batch's queue lives on the loop it started on.
-    asyncio.run(asyncio.wait_for(_calls(server, seen), timeout=60))
+    lazy = ScorerServer._batched.set_max_batch_size.__self__  # type: ignore[attr-defined]
+    try:
+        asyncio.run(asyncio.wait_for(_calls(server, seen), timeout=60))
+    finally:
+        # In a replica the queue lives as long as the process; here it must not outlive
+        # this test's event loop (Ray creates it again on first use).
+        lazy._queue = None
 
 
 async def _calls(server: ScorerServer, seen: list[int]) -> None:
