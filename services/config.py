@@ -117,7 +117,9 @@ class ModelDeploymentArgs(_Args):
         default=512, ge=-1, description="Calls waiting for a replica (-1 = unbounded)."
     )
     max_constructor_retry_count: int = Field(
-        default=2, ge=0, description="Start-up retries before the deployment fails."
+        default=2,
+        ge=1,
+        description="Start-up attempts before the deployment fails (Serve requires >= 1).",
     )
     device: str | None = Field(
         default=None, description="Override the device (default: cuda when num_gpus > 0)."

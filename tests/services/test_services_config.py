@@ -216,3 +216,15 @@ def test_cli_applies_flags_over_a_config_file(
     for app in config["applications"]:
         assert app["args"]["profile"] == "tiny"
         assert app["args"]["tiny_models_dir"] == str(tmp_path.resolve())
+
+
+def test_constructor_retry_count_below_servers_minimum_is_refused_at_validation() -> None:
+    """Serve refuses max_constructor_retry_count < 1 only at deploy time; the args say it
+    first, naming the field."""
+    from pydantic import ValidationError
+
+    from divreward.services.config import ModelDeploymentArgs
+
+    with pytest.raises(ValidationError, match="max_constructor_retry_count"):
+        ModelDeploymentArgs(max_constructor_retry_count=0)
+    assert ModelDeploymentArgs(max_constructor_retry_count=1).max_constructor_retry_count == 1
