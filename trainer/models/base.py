@@ -33,12 +33,14 @@ from torch import Tensor
 from divreward.trainer.sde import StepOut, sde_step_with_logprob
 
 __all__ = [
+    "ATTENTION_LORA_TARGETS",
     "DiffusionAdapter",
     "PromptCache",
     "PromptEmbeds",
     "Rollout",
     "check_autocast",
     "dtype_kwarg",
+    "load_pipeline",
     "load_vae",
 ]
 
@@ -71,6 +73,45 @@ def load_vae(model: str, dtype: torch.dtype) -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL.from_pretrained(model, subfolder="vae", **dtype_kwarg(dtype))
+
+
+#: Flow-GRPO's LoRA targets in the joint-attention blocks of SD3 and Flux (TRAINER.md).
+ATTENTION_LORA_TARGETS: tuple[str, ...] = (
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "attn.to_k",
+    "attn.to_out.0",
+    "attn.to_q",
+    "attn.to_v",
+)
+
+
+def load_pipeline(
+    pipeline_cls: Any,
+    model: str,
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    vae_dtype: torch.dtype,
+    autocast_dtype: torch.dtype | None,
+    gradient_checkpointing: bool,
+    **components: Any,
+) -> Any:
+    """A diffusers pipeline from a hub id or a local directory, on ``device``, for an
+    adapter: the VAE in its own dtype (fp32 decoding by default), no progress bars, and
+    ``components`` passed on (e.g. ``text_encoder_3=None``). The autocast choice is
+    checked before any weights load."""
+    check_autocast(device, dtype, autocast_dtype)
+    if vae_dtype != dtype:
+        components["vae"] = load_vae(model, vae_dtype)
+    pipe = pipeline_cls.from_pretrained(model, **dtype_kwarg(dtype), **components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    if gradient_checkpointing:
+        pipe.transformer.enable_gradient_checkpointing()
+    return pipe
 
 
 @dataclass

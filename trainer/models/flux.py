@@ -21,11 +21,10 @@ import torch
 from torch import Tensor
 
 from divreward.trainer.models.base import (
+    ATTENTION_LORA_TARGETS,
     DiffusionAdapter,
     PromptEmbeds,
-    check_autocast,
-    dtype_kwarg,
-    load_vae,
+    load_pipeline,
 )
 
 __all__ = ["FluxAdapter"]
@@ -35,14 +34,7 @@ class FluxAdapter(DiffusionAdapter):
     family: ClassVar[str] = "flux"
     # Flow-GRPO's Flux targets: SD3's attention projections plus the feed-forwards.
     default_lora_targets: ClassVar[tuple[str, ...]] = (
-        "attn.add_k_proj",
-        "attn.add_q_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-        "attn.to_k",
-        "attn.to_out.0",
-        "attn.to_q",
-        "attn.to_v",
+        *ATTENTION_LORA_TARGETS,
         "ff.net.0.proj",
         "ff.net.2",
         "ff_context.net.0.proj",
@@ -69,15 +61,15 @@ class FluxAdapter(DiffusionAdapter):
         """``model``: a hub id or a local pipeline directory."""
         from diffusers import FluxPipeline
 
-        check_autocast(device, dtype, autocast_dtype)
-        extra: dict[str, Any] = {}
-        if vae_dtype != dtype:  # the VAE loaded in its own dtype (fp32 decoding)
-            extra["vae"] = load_vae(model, vae_dtype)
-        pipe = FluxPipeline.from_pretrained(model, **dtype_kwarg(dtype), **extra)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
-        if gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+        pipe = load_pipeline(
+            FluxPipeline,
+            model,
+            device=device,
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            autocast_dtype=autocast_dtype,
+            gradient_checkpointing=gradient_checkpointing,
+        )
         return cls(
             pipe,
             device=device,

@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 
 from divreward.trainer.models.base import (
+    ATTENTION_LORA_TARGETS,
     DiffusionAdapter,
     PromptEmbeds,
-    check_autocast,
-    dtype_kwarg,
-    load_vae,
+    load_pipeline,
 )
 
 __all__ = ["SD3Adapter"]
@@ -40,16 +39,7 @@ def _saved_without_t5(model: str) -> bool:
 class SD3Adapter(DiffusionAdapter):
     family: ClassVar[str] = "sd3"
     # Flow-GRPO's SD3 targets (TRAINER.md).
-    default_lora_targets: ClassVar[tuple[str, ...]] = (
-        "attn.add_k_proj",
-        "attn.add_q_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-        "attn.to_k",
-        "attn.to_out.0",
-        "attn.to_q",
-        "attn.to_v",
-    )
+    default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_LORA_TARGETS
 
     def __init__(self, pipeline: Any, *, max_sequence_length: int = 256, **kwargs: Any) -> None:
         super().__init__(pipeline, **kwargs)
@@ -76,19 +66,21 @@ class SD3Adapter(DiffusionAdapter):
         null), load it otherwise."""
         from diffusers import StableDiffusion3Pipeline
 
-        check_autocast(device, dtype, autocast_dtype)
         if text_encoder_3 is None:
             text_encoder_3 = not _saved_without_t5(model)
-        extra: dict[str, Any] = {}
+        no_t5: dict[str, Any] = {}
         if not text_encoder_3:
-            extra = {"text_encoder_3": None, "tokenizer_3": None}
-        if vae_dtype != dtype:  # the VAE loaded in its own dtype (fp32 decoding)
-            extra["vae"] = load_vae(model, vae_dtype)
-        pipe = StableDiffusion3Pipeline.from_pretrained(model, **dtype_kwarg(dtype), **extra)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
-        if gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
+            no_t5 = {"text_encoder_3": None, "tokenizer_3": None}
+        pipe = load_pipeline(
+            StableDiffusion3Pipeline,
+            model,
+            device=device,
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            autocast_dtype=autocast_dtype,
+            gradient_checkpointing=gradient_checkpointing,
+            **no_t5,
+        )
         return cls(
             pipe,
             device=device,
