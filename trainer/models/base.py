@@ -7,8 +7,9 @@ reference policy is the same network with the LoRA disabled (:meth:`reference`),
 second copy.
 
 A family implements six small methods (prompt encoding, the empty prompt for CFG, initial
-noise, the sigma schedule, the velocity, decoding); the rollout, the training step, LoRA
-handling and saving are written once here, so that the rollout and the step share one
+noise, the sigma schedule, the denoiser's velocity, decoding); loading a diffusers
+pipeline, classifier-free guidance, the rollout, the training step, LoRA handling and
+saving are written once here, so that the rollout and the step share one
 numeric path: same latents (stored float32), same sigmas, same dtype, same batch layout.
 That is what makes the PPO ratio exactly 1 on the first inner epoch.
 
@@ -25,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal, Self, cast
 
 import torch
 from torch import Tensor
@@ -35,12 +36,12 @@ from divreward.trainer.sde import StepOut, sde_step_with_logprob
 __all__ = [
     "ATTENTION_LORA_TARGETS",
     "DiffusionAdapter",
+    "LatentDiffusionAdapter",
     "PromptCache",
     "PromptEmbeds",
     "Rollout",
     "check_autocast",
     "dtype_kwarg",
-    "load_pipeline",
     "load_vae",
 ]
 
@@ -86,32 +87,6 @@ ATTENTION_LORA_TARGETS: tuple[str, ...] = (
     "attn.to_q",
     "attn.to_v",
 )
-
-
-def load_pipeline(
-    pipeline_cls: Any,
-    model: str,
-    *,
-    device: str | torch.device,
-    dtype: torch.dtype,
-    vae_dtype: torch.dtype,
-    autocast_dtype: torch.dtype | None,
-    gradient_checkpointing: bool,
-    **components: Any,
-) -> Any:
-    """A diffusers pipeline from a hub id or a local directory, on ``device``, for an
-    adapter: the VAE in its own dtype (fp32 decoding by default), no progress bars, and
-    ``components`` passed on (e.g. ``text_encoder_3=None``). The autocast choice is
-    checked before any weights load."""
-    check_autocast(device, dtype, autocast_dtype)
-    if vae_dtype != dtype:
-        components["vae"] = load_vae(model, vae_dtype)
-    pipe = pipeline_cls.from_pretrained(model, **dtype_kwarg(dtype), **components)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    if gradient_checkpointing:
-        pipe.transformer.enable_gradient_checkpointing()
-    return pipe
 
 
 @dataclass
@@ -253,6 +228,44 @@ class DiffusionAdapter(ABC):
                 module.requires_grad_(False)
                 module.eval()
 
+    @classmethod
+    def from_diffusers(
+        cls,
+        pipeline_cls: Any,
+        model: str,
+        *,
+        device: str | torch.device,
+        dtype: torch.dtype,
+        vae_dtype: torch.dtype = torch.float32,
+        autocast_dtype: torch.dtype | None = None,
+        gradient_checkpointing: bool = False,
+        prompt_cache_size: int = 256,
+        components: dict[str, Any] | None = None,
+        **adapter_options: Any,
+    ) -> Self:
+        """An adapter over a diffusers pipeline (``pipeline_cls``) from a hub id or a local
+        directory, on ``device``: the VAE in its own dtype (fp32 decoding by default), no
+        progress bars, ``components`` passed to the loader (e.g. ``text_encoder_3=None``)
+        and ``adapter_options`` to the family's constructor. The autocast choice is checked
+        before any weights load."""
+        check_autocast(device, dtype, autocast_dtype)
+        components = dict(components or {})
+        if vae_dtype != dtype:
+            components["vae"] = load_vae(model, vae_dtype)
+        pipe = pipeline_cls.from_pretrained(model, **dtype_kwarg(dtype), **components)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        if gradient_checkpointing:
+            pipe.transformer.enable_gradient_checkpointing()
+        return cls(
+            pipe,
+            device=device,
+            dtype=dtype,
+            autocast_dtype=autocast_dtype,
+            prompt_cache_size=prompt_cache_size,
+            **adapter_options,
+        )
+
     # --- what a family implements --------------------------------------------------------
 
     @classmethod
@@ -280,17 +293,10 @@ class DiffusionAdapter(ABC):
         """(T+1,) float32 schedule the pipeline would use, ending at 0."""
 
     @abstractmethod
-    def velocity(
-        self,
-        x: Tensor,
-        sigma: Tensor,
-        embeds: PromptEmbeds,
-        *,
-        guidance: float,
-        detach_uncond: bool = False,
-    ) -> Tensor:
-        """(B, *latent) float32 velocity at (x, sigma); x is float32, the model runs in its
-        dtype. With CFG and ``detach_uncond`` the unconditional branch carries no gradient."""
+    def _denoise(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, guidance: float) -> Tensor:
+        """The denoiser's velocity for ``len(embeds)`` rows: ``x`` (B, *latent) float32,
+        ``t`` (B,) float32 sigmas, 1 = noise. Runs in the model dtype; any float dtype out
+        (:meth:`velocity` casts to float32 and applies CFG around it)."""
 
     @abstractmethod
     def _decode_latents(self, x: Tensor) -> Tensor:
@@ -458,6 +464,35 @@ class DiffusionAdapter(ABC):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def velocity(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        embeds: PromptEmbeds,
+        *,
+        guidance: float,
+        detach_uncond: bool = False,
+    ) -> Tensor:
+        """(B, *latent) float32 velocity at (x, sigma); x is float32, the model runs in its
+        dtype. With CFG (a family with a :meth:`negative_embeds` and ``guidance > 1``, the
+        pipelines' rule) one batched forward of ``[uncond; text]`` gives
+        ``uncond + guidance * (text - uncond)``; with ``detach_uncond`` the unconditional
+        branch carries no gradient."""
+        n = x.shape[0]
+        if len(embeds) != n:
+            raise ValueError(f"velocity: {len(embeds)} prompt rows for {n} latents")
+        t = torch.as_tensor(sigma, device=self.device, dtype=torch.float32)
+        t = t.expand(n) if t.ndim == 0 else t  # (B,) as the scheduler's timesteps
+        neg = self.negative_embeds() if guidance > 1.0 else None
+        if neg is None:
+            return self._denoise(x, t, embeds, guidance).float()
+        both = PromptEmbeds.cat([neg.repeat(n), embeds])
+        out = self._denoise(torch.cat([x, x]), torch.cat([t, t]), both, guidance).float()
+        uncond, text = out.chunk(2)
+        if detach_uncond:
+            uncond = uncond.detach()
+        return uncond + guidance * (text - uncond)
+
     @torch.no_grad()
     def rollout(
         self,
@@ -564,3 +599,38 @@ class DiffusionAdapter(ABC):
             sigma_max_next=rollout.sigmas[1],
             prev_sample=prev,
         )
+
+
+class LatentDiffusionAdapter(DiffusionAdapter):
+    """A pipeline with a VAE (SD3, Flux): latents ``(B, C, H / f, W / f)`` drawn as the
+    pipeline draws them, decoded with the VAE's scaling and shift factors."""
+
+    @abstractmethod
+    def _latent_patch(self) -> tuple[int, str]:
+        """The transformer's spatial patch on the latent grid, and what it is (errors)."""
+
+    @abstractmethod
+    def _latent_channels(self) -> int:
+        """C of the unpatched latents."""
+
+    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        f = self.pipeline.vae_scale_factor
+        p, what = self._latent_patch()
+        if height % (f * p) or width % (f * p):
+            raise ValueError(
+                f"height and width must be multiples of {f * p} (VAE factor {f} x {what}); "
+                f"got {height}x{width}"
+            )
+        return height // f, width // f
+
+    def initial_latents(self, n: int, *, height: int, width: int, generator: Any = None) -> Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        h, w = self._latent_hw(height, width)
+        shape = (n, self._latent_channels(), h, w)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    def _decode_latents(self, x: Tensor) -> Tensor:
+        vae = self.pipeline.vae
+        x = x / vae.config.scaling_factor + vae.config.shift_factor
+        return vae.decode(x.to(vae.dtype), return_dict=False)[0]

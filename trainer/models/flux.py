@@ -22,15 +22,14 @@ from torch import Tensor
 
 from divreward.trainer.models.base import (
     ATTENTION_LORA_TARGETS,
-    DiffusionAdapter,
+    LatentDiffusionAdapter,
     PromptEmbeds,
-    load_pipeline,
 )
 
 __all__ = ["FluxAdapter"]
 
 
-class FluxAdapter(DiffusionAdapter):
+class FluxAdapter(LatentDiffusionAdapter):
     family: ClassVar[str] = "flux"
     # Flow-GRPO's Flux targets: SD3's attention projections plus the feed-forwards.
     default_lora_targets: ClassVar[tuple[str, ...]] = (
@@ -46,38 +45,14 @@ class FluxAdapter(DiffusionAdapter):
         self.max_sequence_length = max_sequence_length
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str,
-        *,
-        device: str | torch.device,
-        dtype: torch.dtype,
-        max_sequence_length: int = 512,
-        vae_dtype: torch.dtype = torch.float32,
-        autocast_dtype: torch.dtype | None = None,
-        gradient_checkpointing: bool = False,
-        prompt_cache_size: int = 256,
-    ) -> FluxAdapter:
-        """``model``: a hub id or a local pipeline directory."""
+    def from_pretrained(cls, model: str, **options: Any) -> FluxAdapter:
+        """``model``: a hub id or a local pipeline directory. ``options``:
+        :meth:`DiffusionAdapter.from_diffusers`'s (device, dtype, vae_dtype, autocast_dtype,
+        gradient_checkpointing, prompt_cache_size) and ``max_sequence_length`` (default
+        512)."""
         from diffusers import FluxPipeline
 
-        pipe = load_pipeline(
-            FluxPipeline,
-            model,
-            device=device,
-            dtype=dtype,
-            vae_dtype=vae_dtype,
-            autocast_dtype=autocast_dtype,
-            gradient_checkpointing=gradient_checkpointing,
-        )
-        return cls(
-            pipe,
-            device=device,
-            dtype=dtype,
-            autocast_dtype=autocast_dtype,
-            prompt_cache_size=prompt_cache_size,
-            max_sequence_length=max_sequence_length,
-        )
+        return cls.from_diffusers(FluxPipeline, model, **options)
 
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         with self._autocast():
@@ -96,21 +71,11 @@ class FluxAdapter(DiffusionAdapter):
     def negative_embeds(self) -> None:
         return None  # guidance is embedded: no CFG, no negative prompt
 
-    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
-        f = self.pipeline.vae_scale_factor
-        if height % (2 * f) or width % (2 * f):
-            raise ValueError(
-                f"height and width must be multiples of {2 * f} (VAE factor {f} x 2x2 "
-                f"packing); got {height}x{width}"
-            )
-        return height // f, width // f
+    def _latent_patch(self) -> tuple[int, str]:
+        return 2, "2x2 packing"
 
-    def initial_latents(self, n: int, *, height: int, width: int, generator: Any = None) -> Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        h, w = self._latent_hw(height, width)
-        shape = (n, self.transformer.config.in_channels // 4, h, w)
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+    def _latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels) // 4  # packed 2x2
 
     def sigmas(self, num_steps: int, *, height: int, width: int) -> Tensor:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -148,25 +113,12 @@ class FluxAdapter(DiffusionAdapter):
         x = x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(b, c4 // 4, h, w)
 
-    def velocity(
-        self,
-        x: Tensor,
-        sigma: Tensor,
-        embeds: PromptEmbeds,
-        *,
-        guidance: float,
-        detach_uncond: bool = False,
-    ) -> Tensor:
+    def _denoise(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, guidance: float) -> Tensor:
         from diffusers import FluxPipeline
 
         n, _, h, w = x.shape
-        if len(embeds) != n:
-            raise ValueError(f"velocity: {len(embeds)} prompt rows for {n} latents")
         pe = embeds.tensors["prompt_embeds"]
-        pooled = embeds.tensors["pooled_prompt_embeds"]
-        t = torch.as_tensor(sigma, device=self.device, dtype=torch.float32) * 1000
-        t = t.expand(n) if t.ndim == 0 else t
-        timestep = t.to(self.dtype) / 1000  # exactly the pipeline's arithmetic
+        timestep = (t * 1000).to(self.dtype) / 1000  # exactly the pipeline's arithmetic
         g = None
         if self.transformer.config.guidance_embeds:
             g = torch.full([n], guidance, device=self.device, dtype=torch.float32)
@@ -177,15 +129,10 @@ class FluxAdapter(DiffusionAdapter):
                 hidden_states=self.pack(x.to(self.dtype)),
                 timestep=timestep,
                 guidance=g,
-                pooled_projections=pooled,
+                pooled_projections=embeds.tensors["pooled_prompt_embeds"],
                 encoder_hidden_states=pe,
                 txt_ids=txt_ids,
                 img_ids=img_ids,
                 return_dict=False,
             )[0]
         return self.unpack(out.float(), h, w)
-
-    def _decode_latents(self, x: Tensor) -> Tensor:
-        vae = self.pipeline.vae
-        x = x / vae.config.scaling_factor + vae.config.shift_factor
-        return vae.decode(x.to(vae.dtype), return_dict=False)[0]

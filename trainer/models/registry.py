@@ -4,12 +4,14 @@ Adding a family (Qwen-Image, an SD3 variant, ...) is one file and one line:
 
 1. ``trainer/models/<family>.py``: a :class:`~divreward.trainer.models.base.DiffusionAdapter`
    subclass with ``family``, ``default_lora_targets`` and seven methods —
-   ``from_pretrained`` (the diffusers loader), ``_encode_uncached`` (the pipeline's
-   ``encode_prompt``; caching is the base class's), ``negative_embeds`` (CFG's empty prompt
-   or None), ``initial_latents`` (noise drawn as the pipeline draws it), ``sigmas`` (the
-   pipeline's schedule), ``velocity`` (one denoiser forward, float32 out) and
-   ``_decode_latents``. The rollout, the training step, LoRA, the reference policy and
-   saving come from the base class.
+   ``from_pretrained`` (the diffusers loader; ``from_diffusers`` does the loading),
+   ``_encode_uncached`` (the pipeline's ``encode_prompt``; caching is the base class's),
+   ``negative_embeds`` (CFG's empty prompt or None), ``initial_latents`` (noise drawn as
+   the pipeline draws it), ``sigmas`` (the pipeline's schedule), ``_denoise`` (one
+   denoiser forward; CFG is the base class's) and ``_decode_latents``. A pipeline with a
+   VAE subclasses :class:`~divreward.trainer.models.base.LatentDiffusionAdapter`, which
+   draws the noise and decodes given the latent channels and patch. The rollout, the
+   training step, LoRA, the reference policy and saving come from the base class.
 2. One line in :data:`ADAPTERS` below.
 3. A tiny builder in :mod:`divreward.trainer.models.tiny` and an entry in
    ``tests/trainer/trainer_tiny.py``: the contract tests then run on the new family (a test

@@ -2,9 +2,10 @@
 
 - Prompts: the pipeline's own ``encode_prompt`` (two CLIPs + T5; without T5 —
   ``text_encoder_3=False`` — the T5 part is zeros, as the pipeline does).
-- CFG: ``uncond + g * (text - uncond)`` in one batched forward of ``[uncond; text]``, as
-  the pipeline runs it; the empty negative prompt is encoded once. In the training step
-  the unconditional half is detached (gradients through the conditional branch only).
+- CFG (the adapter base's): ``uncond + g * (text - uncond)`` in one batched forward of
+  ``[uncond; text]``, as the pipeline runs it; the empty negative prompt is encoded once.
+  In the training step the unconditional half is detached (gradients through the
+  conditional branch only).
 - Timestep: ``sigma * 1000`` (the scheduler's timesteps); latents are
   ``(B, C, H / f, W / f)``, decoded with the VAE's scaling and shift factors.
 """
@@ -15,14 +16,12 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from divreward.trainer.models.base import (
     ATTENTION_LORA_TARGETS,
-    DiffusionAdapter,
+    LatentDiffusionAdapter,
     PromptEmbeds,
-    load_pipeline,
 )
 
 __all__ = ["SD3Adapter"]
@@ -36,7 +35,7 @@ def _saved_without_t5(model: str) -> bool:
     return entry is None or entry == [None, None]
 
 
-class SD3Adapter(DiffusionAdapter):
+class SD3Adapter(LatentDiffusionAdapter):
     family: ClassVar[str] = "sd3"
     # Flow-GRPO's SD3 targets (TRAINER.md).
     default_lora_targets: ClassVar[tuple[str, ...]] = ATTENTION_LORA_TARGETS
@@ -48,47 +47,20 @@ class SD3Adapter(DiffusionAdapter):
 
     @classmethod
     def from_pretrained(
-        cls,
-        model: str,
-        *,
-        device: str | torch.device,
-        dtype: torch.dtype,
-        text_encoder_3: bool | None = None,
-        max_sequence_length: int = 256,
-        vae_dtype: torch.dtype = torch.float32,
-        autocast_dtype: torch.dtype | None = None,
-        gradient_checkpointing: bool = False,
-        prompt_cache_size: int = 256,
+        cls, model: str, *, text_encoder_3: bool | None = None, **options: Any
     ) -> SD3Adapter:
         """``model``: a hub id or a local pipeline directory. ``text_encoder_3=False``
         skips T5 (zeros in its place, as the pipeline does without it); None: skip it when
         a local directory has none (its ``model_index.json`` lists ``text_encoder_3`` as
-        null), load it otherwise."""
+        null), load it otherwise. ``options``: :meth:`DiffusionAdapter.from_diffusers`'s
+        (device, dtype, vae_dtype, autocast_dtype, gradient_checkpointing,
+        prompt_cache_size) and ``max_sequence_length`` (default 256)."""
         from diffusers import StableDiffusion3Pipeline
 
         if text_encoder_3 is None:
             text_encoder_3 = not _saved_without_t5(model)
-        no_t5: dict[str, Any] = {}
-        if not text_encoder_3:
-            no_t5 = {"text_encoder_3": None, "tokenizer_3": None}
-        pipe = load_pipeline(
-            StableDiffusion3Pipeline,
-            model,
-            device=device,
-            dtype=dtype,
-            vae_dtype=vae_dtype,
-            autocast_dtype=autocast_dtype,
-            gradient_checkpointing=gradient_checkpointing,
-            **no_t5,
-        )
-        return cls(
-            pipe,
-            device=device,
-            dtype=dtype,
-            autocast_dtype=autocast_dtype,
-            prompt_cache_size=prompt_cache_size,
-            max_sequence_length=max_sequence_length,
-        )
+        no_t5 = {} if text_encoder_3 else {"text_encoder_3": None, "tokenizer_3": None}
+        return cls.from_diffusers(StableDiffusion3Pipeline, model, components=no_t5, **options)
 
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         with self._autocast():
@@ -111,22 +83,12 @@ class SD3Adapter(DiffusionAdapter):
             self._negative = PromptEmbeds([""], self._encode_uncached([""]))
         return self._negative
 
-    def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
-        f = self.pipeline.vae_scale_factor
+    def _latent_patch(self) -> tuple[int, str]:
         p = self.transformer.config.patch_size
-        if height % (f * p) or width % (f * p):
-            raise ValueError(
-                f"height and width must be multiples of {f * p} (VAE factor {f} x patch "
-                f"size {p}); got {height}x{width}"
-            )
-        return height // f, width // f
+        return p, f"patch size {p}"
 
-    def initial_latents(self, n: int, *, height: int, width: int, generator: Any = None) -> Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        h, w = self._latent_hw(height, width)
-        shape = (n, self.transformer.config.in_channels, h, w)
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+    def _latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
 
     def sigmas(self, num_steps: int, *, height: int, width: int) -> Tensor:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -150,49 +112,12 @@ class SD3Adapter(DiffusionAdapter):
         sched.set_timesteps(num_steps, device="cpu", **kwargs)
         return sched.sigmas.float().clone()
 
-    def velocity(
-        self,
-        x: Tensor,
-        sigma: Tensor,
-        embeds: PromptEmbeds,
-        *,
-        guidance: float,
-        detach_uncond: bool = False,
-    ) -> Tensor:
-        n = x.shape[0]
-        if len(embeds) != n:
-            raise ValueError(f"velocity: {len(embeds)} prompt rows for {n} latents")
-        t = torch.as_tensor(sigma, device=self.device, dtype=torch.float32) * 1000
-        timestep = t.expand(n) if t.ndim == 0 else t  # (B,) as the scheduler's timesteps
-        pe = embeds.tensors["prompt_embeds"]
-        pooled = embeds.tensors["pooled_prompt_embeds"]
-        cfg = guidance > 1.0  # the pipeline's rule
-        hidden = x.to(self.dtype)
-        if cfg:
-            neg = self.negative_embeds()
-            neg_pe = neg.tensors["prompt_embeds"].expand(n, *pe.shape[1:])
-            neg_pooled = neg.tensors["pooled_prompt_embeds"].expand(n, *pooled.shape[1:])
-            hidden = torch.cat([hidden, hidden])
-            timestep = torch.cat([timestep, timestep])
-            pe = torch.cat([neg_pe, pe])
-            pooled = torch.cat([neg_pooled, pooled])
+    def _denoise(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, guidance: float) -> Tensor:
         with self._autocast():
-            out = self.transformer(
-                hidden_states=hidden,
-                timestep=timestep,
-                encoder_hidden_states=pe,
-                pooled_projections=pooled,
+            return self.transformer(
+                hidden_states=x.to(self.dtype),
+                timestep=t * 1000,  # the scheduler's timesteps
+                encoder_hidden_states=embeds.tensors["prompt_embeds"],
+                pooled_projections=embeds.tensors["pooled_prompt_embeds"],
                 return_dict=False,
             )[0]
-        out = out.float()
-        if not cfg:
-            return out
-        uncond, text = out.chunk(2)
-        if detach_uncond:
-            uncond = uncond.detach()
-        return uncond + guidance * (text - uncond)
-
-    def _decode_latents(self, x: Tensor) -> Tensor:
-        vae = self.pipeline.vae
-        x = x / vae.config.scaling_factor + vae.config.shift_factor
-        return vae.decode(x.to(vae.dtype), return_dict=False)[0]

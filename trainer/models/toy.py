@@ -35,15 +35,11 @@ class ToyAdapter(DiffusionAdapter):
 
     @classmethod
     def from_pretrained(
-        cls,
-        model: str,
-        *,
-        device: str | torch.device,
-        dtype: torch.dtype,
-        autocast_dtype: torch.dtype | None = None,
-        prompt_cache_size: int = 1024,
+        cls, model: str, *, device: str | torch.device, dtype: torch.dtype, **options: Any
     ) -> ToyAdapter:
-        """``model``: a toy directory (with ``flow/``) or the ``flow/`` directory itself."""
+        """``model``: a toy directory (with ``flow/``) or the ``flow/`` directory itself.
+        ``options``: the adapter's (``autocast_dtype``; ``prompt_cache_size``, default 1024
+        here)."""
         from divreward.toy.nets import FlowNet
 
         path = Path(model)
@@ -54,14 +50,8 @@ class ToyAdapter(DiffusionAdapter):
                 "build one with divreward.toy.pretrain.ensure_toy"
             )
         net = FlowNet.from_pretrained(str(flow_dir), **dtype_kwarg(dtype)).to(device)
-        pipe = SimpleNamespace(transformer=net)
-        return cls(
-            pipe,
-            device=device,
-            dtype=dtype,
-            autocast_dtype=autocast_dtype,
-            prompt_cache_size=prompt_cache_size,
-        )
+        options.setdefault("prompt_cache_size", 1024)
+        return cls(SimpleNamespace(transformer=net), device=device, dtype=dtype, **options)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -107,20 +97,10 @@ class ToyAdapter(DiffusionAdapter):
         self._size(height, width)
         return torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float32)
 
-    def velocity(
-        self,
-        x: Tensor,
-        sigma: Tensor,
-        embeds: PromptEmbeds,
-        *,
-        guidance: float,
-        detach_uncond: bool = False,
-    ) -> Tensor:
+    def _denoise(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, guidance: float) -> Tensor:
         cond = embeds.tensors["prompt_embeds"].to(self.device, self.dtype)
-        s = torch.as_tensor(sigma, device=self.device).float().reshape(-1)
         with self._autocast():
-            v = self.transformer(x.to(self.device, self.dtype), s, cond)
-        return v.float()
+            return self.transformer(x.to(self.device, self.dtype), t, cond)
 
     def _decode_latents(self, x: Tensor) -> Tensor:
         return x.float()
