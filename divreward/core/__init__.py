@@ -10,83 +10,21 @@ scikit-learn); scipy.linalg / scipy.sparse are loaded by the solvers that use th
 (exact above 128 images, approximate) when they run.
 """
 
-from divreward.core.advantages import group_advantages
-from divreward.core.config import (
-    AdvantageConfig,
-    CoreConfig,
-    DiverseGRPOConfig,
-    DRIFTConfig,
-    NoisePromptConfig,
-    SubsetConfig,
-)
-from divreward.core.diversegrpo import DiverseGRPOResult, diversegrpo_bonus, diversegrpo_rewards
-from divreward.core.drift import (
-    DriftResult,
-    decoupled_advantages,
-    drift_rewards,
-    intra_group_diversity,
-    intrinsic_reward,
-    reward_concentrated_subset,
-    reward_contrast_subset,
-    select_subset,
-)
-from divreward.core.metrics import (
-    drift_diversity,
-    evaluate_groups,
-    generalized_precision,
-    generalized_recall,
-    mean_pairwise_distance,
-    vendi_score,
-)
-from divreward.core.prompt_noise import annealing_gamma, noisy_prompt_embedding
-from divreward.core.spectral import (
-    ClusterResult,
-    canonical_labels,
-    cosine_distances,
-    eigengap_k,
-    gaussian_affinity,
-    kmeans,
-    normalized_affinity,
-    select_sigma,
-    silhouette_score_precomputed,
-    spectral_cluster,
-)
+from divreward.core import advantages, config, diversegrpo, drift, metrics, prompt_noise, spectral
+from divreward.core.advantages import *  # noqa: F403
+from divreward.core.config import *  # noqa: F403
+from divreward.core.diversegrpo import *  # noqa: F403
+from divreward.core.drift import *  # noqa: F403
+from divreward.core.metrics import *  # noqa: F403
+from divreward.core.prompt_noise import *  # noqa: F403
+from divreward.core.spectral import *  # noqa: F403
 
 __all__ = [
-    "AdvantageConfig",
-    "ClusterResult",
-    "CoreConfig",
-    "DRIFTConfig",
-    "DiverseGRPOConfig",
-    "DiverseGRPOResult",
-    "DriftResult",
-    "NoisePromptConfig",
-    "SubsetConfig",
-    "annealing_gamma",
-    "canonical_labels",
-    "cosine_distances",
-    "decoupled_advantages",
-    "diversegrpo_bonus",
-    "diversegrpo_rewards",
-    "drift_diversity",
-    "drift_rewards",
-    "eigengap_k",
-    "evaluate_groups",
-    "gaussian_affinity",
-    "generalized_precision",
-    "generalized_recall",
-    "group_advantages",
-    "intra_group_diversity",
-    "intrinsic_reward",
-    "kmeans",
-    "mean_pairwise_distance",
-    "noisy_prompt_embedding",
-    "normalized_affinity",
-    "reward_concentrated_subset",
-    "reward_contrast_subset",
-    "select_sigma",
-    "select_subset",
-    "silhouette_score_precomputed",
-    "spectral_cluster",
-    "vendi_score",
+    *advantages.__all__,
+    *config.__all__,
+    *diversegrpo.__all__,
+    *drift.__all__,
+    *metrics.__all__,
+    *prompt_noise.__all__,
+    *spectral.__all__,
 ]

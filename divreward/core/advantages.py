@@ -6,6 +6,8 @@ import numpy as np
 
 from divreward.core.validation import ArrayLike, check_real, check_scores
 
+__all__ = ["group_advantages"]
+
 
 def group_advantages(rewards: ArrayLike, eps: float = 1e-6) -> np.ndarray:
     """``A_i = (R_i - mean(R)) / (std(R) + eps)`` over one group; float64 (G,).

@@ -12,6 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+__all__ = [
+    "AdvantageConfig",
+    "CoreConfig",
+    "DRIFTConfig",
+    "DiverseGRPOConfig",
+    "NoisePromptConfig",
+    "SubsetConfig",
+]
+
 SigmaMode = Literal["nn_median", "fixed", "all_pairs_median", "local_scaling"]
 KMode = Literal["eigengap", "eigengap_literal", "fixed", "silhouette"]
 Solver = Literal["auto", "exact", "approximate"]

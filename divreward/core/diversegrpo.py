@@ -22,6 +22,12 @@ from divreward.core.validation import (
     to_numpy,
 )
 
+__all__ = [
+    "DiverseGRPOResult",
+    "diversegrpo_bonus",
+    "diversegrpo_rewards",
+]
+
 
 @dataclass(frozen=True)
 class DiverseGRPOResult:

@@ -25,6 +25,17 @@ from divreward.core.validation import (
     check_scores,
 )
 
+__all__ = [
+    "DriftResult",
+    "decoupled_advantages",
+    "drift_rewards",
+    "intra_group_diversity",
+    "intrinsic_reward",
+    "reward_concentrated_subset",
+    "reward_contrast_subset",
+    "select_subset",
+]
+
 
 @dataclass(frozen=True)
 class DriftResult:

@@ -31,6 +31,15 @@ from divreward.core.validation import (
     check_unit_normalisable,
 )
 
+__all__ = [
+    "drift_diversity",
+    "evaluate_groups",
+    "generalized_precision",
+    "generalized_recall",
+    "mean_pairwise_distance",
+    "vendi_score",
+]
+
 # Reference rows per block in the k-NN manifold test: the (block, n) distance matrix
 # stays small whatever the number of reference images.
 _BLOCK = 2048

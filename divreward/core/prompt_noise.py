@@ -14,6 +14,8 @@ import numpy as np
 from divreward.core.config import NoisePromptConfig
 from divreward.core.validation import ArrayLike, check_real, to_numpy
 
+__all__ = ["annealing_gamma", "noisy_prompt_embedding"]
+
 
 def annealing_gamma(t: ArrayLike, tau1: float = 0.4, tau2: float = 1.0) -> np.ndarray:
     """Eq. 35: 1 for t <= tau1, (tau2 - t) / (tau2 - tau1) between, 0 for t >= tau2.

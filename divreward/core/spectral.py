@@ -33,6 +33,19 @@ from divreward.core.validation import (
     check_unit_normalisable,
 )
 
+__all__ = [
+    "ClusterResult",
+    "canonical_labels",
+    "cosine_distances",
+    "eigengap_k",
+    "gaussian_affinity",
+    "kmeans",
+    "normalized_affinity",
+    "select_sigma",
+    "silhouette_score_precomputed",
+    "spectral_cluster",
+]
+
 # A row of the spectral embedding whose norm is below this is left unnormalised: such a
 # row belongs to an image that is (nearly) disconnected from every chosen eigenvector,
 # and dividing by ~0 would blow round-off up into an arbitrary direction.
