@@ -19,6 +19,7 @@ from divreward.core.validation import (
     check_embeddings,
     check_same_length,
     check_scores,
+    plain_dict,
     to_numpy,
 )
 
@@ -52,18 +53,8 @@ class DiverseGRPOResult:
     solver: str
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: lists of floats / ints and plain scalars."""
-        return {
-            "quality": [float(v) for v in self.quality],
-            "bonus": [float(v) for v in self.bonus],
-            "rewards": [float(v) for v in self.rewards],
-            "advantages": [float(v) for v in self.advantages],
-            "labels": [int(v) for v in self.labels],
-            "k": int(self.k),
-            "sigma": float(self.sigma),
-            "beta": float(self.beta),
-            "solver": self.solver,
-        }
+        """JSON-friendly: lists of Python numbers and plain scalars."""
+        return plain_dict(self)
 
 
 def diversegrpo_bonus(labels: ArrayLike) -> np.ndarray:

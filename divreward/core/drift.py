@@ -23,6 +23,7 @@ from divreward.core.validation import (
     check_real,
     check_same_length,
     check_scores,
+    plain_dict,
 )
 
 __all__ = [
@@ -56,16 +57,8 @@ class DriftResult:
     decoupled: bool
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: lists of floats and plain scalars."""
-        return {
-            "quality": [float(v) for v in self.quality],
-            "diversity": [float(v) for v in self.diversity],
-            "intrinsic": [float(v) for v in self.intrinsic],
-            "rewards": [float(v) for v in self.rewards],
-            "advantages": [float(v) for v in self.advantages],
-            "lam": float(self.lam),
-            "decoupled": bool(self.decoupled),
-        }
+        """JSON-friendly: lists of Python numbers and plain scalars."""
+        return plain_dict(self)
 
 
 def intra_group_diversity(embeddings: ArrayLike) -> np.ndarray:

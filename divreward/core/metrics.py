@@ -143,6 +143,19 @@ def _pooled(x: ArrayLike | Sequence[ArrayLike], name: str) -> np.ndarray:
     return np.concatenate(check_groups(x, name), axis=0)
 
 
+def _samples_and_reference(
+    samples: ArrayLike | Sequence[ArrayLike], reference: ArrayLike | Sequence[ArrayLike]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets pooled to (n, D) arrays of the same D."""
+    s = _pooled(samples, "samples")
+    r = _pooled(reference, "reference")
+    if s.shape[1] != r.shape[1]:
+        raise ValueError(
+            f"reference: embeddings have {r.shape[1]} dims but samples have {s.shape[1]}"
+        )
+    return s, r
+
+
 def generalized_recall(
     samples: ArrayLike | Sequence[ArrayLike],
     reference: ArrayLike | Sequence[ArrayLike],
@@ -156,14 +169,8 @@ def generalized_recall(
     distribution the fine-tuned model still covers. Each argument is an (n, D) array
     or a list of groups (pooled). Needs more than k samples.
     """
-    k = check_positive_int(k, "k")
-    s = _pooled(samples, "samples")
-    r = _pooled(reference, "reference")
-    if s.shape[1] != r.shape[1]:
-        raise ValueError(
-            f"reference: embeddings have {r.shape[1]} dims but samples have {s.shape[1]}"
-        )
-    return _coverage(r, s, k, "samples")
+    s, r = _samples_and_reference(samples, reference)
+    return _coverage(r, s, check_positive_int(k, "k"), "samples")
 
 
 def generalized_precision(
@@ -173,14 +180,8 @@ def generalized_precision(
 ) -> float:
     """Improved precision (Kynkaenniemi et al. 2019): the fraction of ``samples`` inside
     the k-NN manifold of ``reference``. Needs more than k reference images."""
-    k = check_positive_int(k, "k")
-    s = _pooled(samples, "samples")
-    r = _pooled(reference, "reference")
-    if s.shape[1] != r.shape[1]:
-        raise ValueError(
-            f"reference: embeddings have {r.shape[1]} dims but samples have {s.shape[1]}"
-        )
-    return _coverage(s, r, k, "reference")
+    s, r = _samples_and_reference(samples, reference)
+    return _coverage(s, r, check_positive_int(k, "k"), "reference")
 
 
 def evaluate_groups(

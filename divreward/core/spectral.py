@@ -31,6 +31,7 @@ from divreward.core.validation import (
     check_positive_int,
     check_real,
     check_unit_normalisable,
+    plain_dict,
 )
 
 __all__ = [
@@ -83,13 +84,8 @@ class ClusterResult:
     solver: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "labels": [int(x) for x in self.labels],
-            "k": int(self.k),
-            "sigma": float(self.sigma),
-            "eigenvalues": [float(x) for x in self.eigenvalues],
-            "solver": self.solver,
-        }
+        """JSON-friendly: lists of Python numbers and plain scalars."""
+        return plain_dict(self)
 
 
 # --------------------------------------------------------------------------- distances
@@ -475,14 +471,27 @@ def _spectral_exact(x: np.ndarray, norms: np.ndarray, cfg: DiverseGRPOConfig) ->
         vals, vecs = np.linalg.eigh(m)  # ascending
     # decreasing (clusters are the largest), the leading nev only
     vals, vecs = vals[::-1][:nev], vecs[:, ::-1][:, :nev]
-    labels = _choose_k_and_labels(vecs, vals, cfg, d if cfg.k_mode == "silhouette" else None)
-    labels = canonical_labels(labels)
+    silhouette_d = d if cfg.k_mode == "silhouette" else None
+    return _clustered(vecs, vals, cfg, silhouette_d, sig, "exact")
+
+
+def _clustered(
+    vecs: np.ndarray,
+    vals: np.ndarray,
+    cfg: DiverseGRPOConfig,
+    d: np.ndarray | None,
+    sig: np.ndarray | float,
+    solver: Literal["exact", "approximate"],
+) -> ClusterResult:
+    """The result from the leading eigenpairs (decreasing): k chosen by ``cfg`` (``d``:
+    the distances, for the silhouette choice), labels numbered canonically."""
+    labels = canonical_labels(_choose_k_and_labels(vecs, vals, cfg, d))
     return ClusterResult(
         labels=labels,
         k=int(np.unique(labels).size),
         sigma=float(np.median(sig)),
         eigenvalues=vals.copy(),
-        solver="exact",
+        solver=solver,
     )
 
 
@@ -594,14 +603,7 @@ def _spectral_approximate(x: np.ndarray, cfg: DiverseGRPOConfig) -> ClusterResul
     scale = sparse.diags(1.0 / np.sqrt(deg))
     mat = (scale @ a @ scale).tocsr()  # (N, N) sparse M
     vals, vecs = _sparse_leading_eigen(mat, _n_eigen(n, cfg), cfg.seed)
-    labels = canonical_labels(_choose_k_and_labels(vecs, vals, cfg, None))
-    return ClusterResult(
-        labels=labels,
-        k=int(np.unique(labels).size),
-        sigma=float(np.median(sig)),
-        eigenvalues=vals.copy(),
-        solver="approximate",
-    )
+    return _clustered(vecs, vals, cfg, None, sig, "approximate")
 
 
 def resolve_solver(n: int, cfg: DiverseGRPOConfig) -> Literal["exact", "approximate"]:

@@ -8,6 +8,7 @@ says which image is wrong and why, so the services can pass it on as a 4xx as is
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,16 @@ def to_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x)
 
 
+def plain_dict(result: Any) -> dict[str, Any]:
+    """A result dataclass as JSON-friendly data: arrays become lists of Python numbers,
+    numpy scalars Python scalars, in field order."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(result):
+        v = getattr(result, f.name)
+        out[f.name] = v.tolist() if isinstance(v, np.ndarray | np.generic) else v
+    return out
+
+
 def _as_real(x: ArrayLike, label: str) -> np.ndarray:
     try:
         arr = to_numpy(x)
@@ -43,6 +54,17 @@ def _as_real(x: ArrayLike, label: str) -> np.ndarray:
     ):
         raise ValueError(f"{label}: expected real numbers (float or int), got dtype {arr.dtype}")
     return arr.astype(np.float64, copy=False)
+
+
+def _as_real_ndim(x: ArrayLike, label: str, ndim: int, layout: str) -> np.ndarray:
+    """:func:`_as_real` with ``ndim`` dimensions (``layout`` says what they are)."""
+    arr = _as_real(x, label)
+    if arr.ndim != ndim:
+        raise ValueError(
+            f"{label}: expected a {ndim}-D array ({layout}), got {arr.ndim}-D "
+            f"shape {tuple(arr.shape)}"
+        )
+    return arr
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -61,12 +83,7 @@ def check_embeddings(
     Raises ``ValueError`` naming the argument (and the image for non-finite values).
     """
     label = _label(name, where)
-    arr = _as_real(embeddings, label)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{label}: expected a 2-D array (N images, D dims), got {arr.ndim}-D "
-            f"shape {tuple(arr.shape)}"
-        )
+    arr = _as_real_ndim(embeddings, label, 2, "N images, D dims")
     n, d = arr.shape
     if n < min_rows:
         raise ValueError(f"{label}: needs at least {min_rows} image(s), got {n}")
@@ -104,12 +121,7 @@ def check_scores(
 ) -> np.ndarray:
     """``values`` as a float64 (N,) array of finite numbers with N >= ``min_len``."""
     label = _label(name, where)
-    arr = _as_real(values, label)
-    if arr.ndim != 1:
-        raise ValueError(
-            f"{label}: expected a 1-D array (one value per image), got {arr.ndim}-D "
-            f"shape {tuple(arr.shape)}"
-        )
+    arr = _as_real_ndim(values, label, 1, "one value per image")
     if arr.shape[0] < min_len:
         raise ValueError(f"{label}: needs at least {min_len} value(s), got {arr.shape[0]}")
     finite = np.isfinite(arr)
