@@ -5,10 +5,12 @@
 
 Without ``--config`` it runs :func:`~divreward.services.deploy_config.default_config`
 (diversity app at /diversity, reward app at /, on 127.0.0.1:8000). A config file is
-validated strictly (unknown keys are errors) and deployed the way ``serve run`` deploys
-it, so its ``deployments:`` overrides and ``runtime_env`` apply. Flags override the
-file: ``--profile``/``--tiny-dir``/``--weights-dir``/``--token-file`` every
-application's args, ``--host``/``--port`` the HTTP options.
+validated strictly (unknown keys are errors); each application is built by its builder
+with the file's ``deployments:`` overrides and ``runtime_env`` applied as Serve applies
+them, and deployed with ``serve.run`` (an override naming a deployment the application
+does not have stops it before anything starts, exit 2). Flags override the file:
+``--profile``/``--tiny-dir``/``--weights-dir``/``--token-file`` every application's args,
+``--host``/``--port`` the HTTP options.
 
 Without ``--address`` it starts a local Ray instance; with it (``--address
 127.0.0.1:6379``, or ``auto``) it joins an existing cluster, and Ctrl-C shuts Serve down
@@ -178,25 +180,28 @@ def run_serve(args: argparse.Namespace) -> int:
                 "belong to `ray start` on the cluster's nodes"
             )
         config = prepare_config(args)
+        from divreward.services.launch import config_start_options, config_targets
+
+        # Built here, before Ray starts: a bad override or args stop it at once.
+        targets = config_targets(config)
+        start_options = config_start_options(config)
     except (ValueError, OSError) as exc:
         print(f"divreward serve: {exc}", file=sys.stderr)
         return 2
 
     import ray
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
-    from divreward.services.launch import DeployError, shutdown, wait_running
+    from divreward.services.launch import DeployError, deploy, shutdown
 
-    schema = ServeDeploySchema.model_validate(config)
-    names = [a.name for a in schema.applications]
-    profiles = {a.args.get("profile", "real") for a in schema.applications}
+    names = [t.name for t in targets]
+    apps = config.get("applications", [])
+    profiles = {a.get("args", {}).get("profile", "real") for a in apps}
     if "tiny" in profiles:
         from divreward.services.profile import tiny_banner
 
         log.warning(tiny_banner("divreward serve"))
-    host, port = schema.http_options.host, schema.http_options.port
+    host, port = config["http_options"]["host"], config["http_options"]["port"]
     # A process started in the background by a non-interactive shell inherits SIGINT
     # ignored, and Ray installs its own SIGTERM handler in ray.init (it only logs):
     # (re)install both so that Ctrl-C and SIGTERM always mean a clean shutdown.
@@ -213,18 +218,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 num_gpus=args.num_gpus,
             )
         signal.signal(signal.SIGTERM, _raise_stop)
-        serve.start(
-            proxy_location=schema.proxy_location,
-            http_options=schema.http_options.model_dump(),
-            grpc_options=schema.grpc_options.model_dump(),
-        )
-        # What `serve run config.yaml` does: the controller builds each application from
-        # its import_path and args and applies the file's deployment overrides.
-        client = _get_global_client()
-        if client is None:
-            raise RuntimeError("Serve did not start (no controller client)")
-        client.deploy_apps(schema, _blocking=False)
-        wait_running(names, timeout_s=args.deploy_timeout)
+        serve.start(**start_options)
+        deploy(targets, timeout_s=args.deploy_timeout)
         print(
             f"divreward: serving {names} on http://{host}:{port} (profile "
             f"{'/'.join(sorted(profiles))}); Ctrl-C to stop",

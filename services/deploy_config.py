@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "builder_args_model",
     "default_config",
+    "import_builder",
     "load_config",
     "unknown_keys",
     "validate_config",
@@ -102,10 +103,16 @@ def unknown_keys(model: type[BaseModel], data: Any, path: str = "") -> list[str]
     return problems
 
 
+def import_builder(import_path: str) -> Any:
+    """The object ``module:attr`` (or ``module.attr``) names; ImportError or
+    AttributeError when there is none."""
+    module_name, _, attr = import_path.replace(":", ".").rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def builder_args_model(import_path: str) -> type[BaseModel] | None:
     """The pydantic model a builder's single argument is annotated with, if any."""
-    module_name, _, attr = import_path.replace(":", ".").rpartition(".")
-    builder = getattr(importlib.import_module(module_name), attr)
+    builder = import_builder(import_path)
     params = list(inspect.signature(builder).parameters.values())
     if len(params) != 1:
         return None

@@ -1,20 +1,33 @@
-"""Starting and stopping Ray, Serve and the two applications, for the CLI, the tests and
-the benchmark alike.
+"""Starting and stopping Ray, Serve and the applications: the one start-up path of the
+CLI (``divreward serve``), the tests and the benchmarks, on Serve's public API only
+(``serve.start``, ``serve.run``, ``serve.status``, ``serve.shutdown``).
 
-``serve.run`` blocks forever when a replica cannot be scheduled (it only logs a warning
-every 30 s), so :func:`deploy` submits the applications without waiting and polls their
-status with a deadline, failing with every deployment's message instead of hanging.
+``serve.run`` blocks until its application is RUNNING, and forever when a replica cannot
+be scheduled (it only logs a warning every 30 s). So :func:`deploy` runs each
+application's ``serve.run`` in a daemon thread, in order (the reward app's ingress looks
+its diversity app up when it starts: each application is submitted once the previous
+one is registered), and polls ``serve.status()`` against one deadline: it fails with
+every deployment's message as soon as one fails, at once when a ``serve.run`` raises,
+and at the deadline instead of hanging.
+
+A Serve config file (what ``divreward serve --config`` runs) becomes targets through
+:func:`config_targets`: each application is built by its typed builder with the file's
+``deployments:`` overrides and ``runtime_env`` applied the way Serve applies them
+(:class:`~divreward.services.common.deployments.Overrides`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from ray import serve
+from ray.serve import Application
 from ray.serve.config import HTTPOptions
 
 from divreward.services.config import DiversityAppArgs, RewardAppArgs
@@ -24,6 +37,9 @@ __all__ = [
     "DIVERSITY_ROUTE",
     "REWARD_APP",
     "DeployError",
+    "Target",
+    "config_start_options",
+    "config_targets",
     "deploy",
     "deploy_services",
     "serve_start_options",
@@ -41,6 +57,15 @@ DIVERSITY_ROUTE = "/diversity"
 
 class DeployError(RuntimeError):
     """An application failed to deploy (or did not become RUNNING in time)."""
+
+
+class Target(NamedTuple):
+    """One application to deploy: what ``serve.run`` gets."""
+
+    app: Application
+    name: str
+    route_prefix: str | None = "/"
+    logging_config: Mapping[str, Any] | None = None
 
 
 def serve_start_options(
@@ -88,39 +113,90 @@ def start(
     serve.start(**start_options)
 
 
-def deploy(
-    targets: list[tuple[Any, str, str | None]], timeout_s: float = 300.0, poll_s: float = 0.5
-) -> None:
-    """Deploy ``(application, name, route_prefix)`` targets and wait until all are
-    RUNNING; raise DeployError naming each failed or unfinished deployment."""
-    from ray.serve.api import RunTarget, run_many
+class _Run:
+    """``serve.run`` of one target in a daemon thread; what it raised, if anything."""
 
-    run_many(
-        [RunTarget(target=app, name=name, route_prefix=prefix) for app, name, prefix in targets],
-        wait_for_ingress_deployment_creation=False,
-        wait_for_applications_running=False,
-    )
-    wait_running([name for _, name, _ in targets], timeout_s, poll_s)
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._main, name=f"serve.run {target.name}", daemon=True
+        )
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            serve.run(
+                self.target.app,
+                name=self.target.name,
+                route_prefix=self.target.route_prefix,
+                logging_config=dict(self.target.logging_config)
+                if self.target.logging_config
+                else None,
+            )
+        except BaseException as exc:  # reported by the poller in the caller's thread
+            self.error = exc
+
+
+def deploy(
+    targets: Sequence[Target | tuple[Any, str, str | None]],
+    timeout_s: float = 300.0,
+    poll_s: float = 0.5,
+) -> None:
+    """Deploy the targets (``Target`` or ``(application, name, route_prefix)``) in order
+    and wait until all are RUNNING; raise DeployError naming each failed or unfinished
+    deployment, at once when one fails, or at the deadline."""
+    runs: list[_Run] = []
+    deadline = time.monotonic() + timeout_s
+    for target in targets:
+        runs.append(_Run(Target(*target)))
+        # The next application is submitted once this one is registered.
+        _poll([runs[-1].target.name], runs, deadline, timeout_s, poll_s, _registered)
+    _poll([r.target.name for r in runs], runs, deadline, timeout_s, poll_s, _running)
 
 
 def wait_running(names: list[str], timeout_s: float = 300.0, poll_s: float = 0.5) -> None:
     """Poll ``serve.status()`` until every named application is RUNNING; raise
     DeployError as soon as one is DEPLOY_FAILED, or at the deadline."""
-    deadline = time.monotonic() + timeout_s
+    _poll(names, [], time.monotonic() + timeout_s, timeout_s, poll_s, _running)
+
+
+def _registered(app: Any) -> bool:
+    return app is not None
+
+
+def _running(app: Any) -> bool:
+    return app is not None and app.status == "RUNNING"
+
+
+def _poll(
+    names: list[str],
+    runs: Sequence[_Run],
+    deadline: float,
+    timeout_s: float,
+    poll_s: float,
+    done: Callable[[Any], bool],
+) -> None:
     while True:
         status = serve.status()
         apps = {n: status.applications.get(n) for n in names}
         failed = {n: a for n, a in apps.items() if a is not None and a.status == "DEPLOY_FAILED"}
         if failed:
             raise DeployError(_describe(failed))
-        if all(a is not None and a.status == "RUNNING" for a in apps.values()):
+        for run in runs:
+            if run.error is not None:
+                exc = run.error
+                raise DeployError(
+                    f"application {run.target.name!r}: serve.run raised {type(exc).__name__}: {exc}"
+                ) from exc
+        if all(done(a) for a in apps.values()):
             return
         if time.monotonic() > deadline:
-            pending = {n: a for n, a in apps.items() if a is None or a.status != "RUNNING"}
+            pending = {n: a for n, a in apps.items() if not _running(a)}
             raise DeployError(
                 f"not RUNNING after {timeout_s:.0f}s (a replica that cannot be scheduled "
-                "waits forever: check num_cpus/num_gpus against the cluster):\n"
-                + _describe(pending)
+                "waits forever: check num_cpus/num_gpus and resources against the "
+                "cluster):\n" + _describe(pending)
             )
         time.sleep(poll_s)
 
@@ -156,6 +232,81 @@ def deploy_services(
         ],
         timeout_s=timeout_s,
     )
+
+
+#: Application fields of a Serve config that ``serve.run`` has no way to apply.
+_UNSUPPORTED_APP_FIELDS = ("autoscaling_policy", "external_scaler_enabled", "host", "port")
+
+
+def _typed_builders() -> dict[Any, Callable[..., Application]]:
+    """The config builders (``import_path``) and the typed builders that take overrides."""
+    from divreward.services.diversity_server import app as diversity
+    from divreward.services.reward_server import app as reward
+
+    return {
+        reward.build_app: reward.build_reward_app,
+        diversity.build_app: diversity.build_diversity_app,
+    }
+
+
+def config_targets(config: Mapping[str, Any]) -> list[Target]:
+    """The applications of a Serve config (a dict that passed
+    :func:`~divreward.services.deploy_config.validate_config`), each built by its typed
+    builder from its ``args`` with the file's ``deployments:`` overrides and
+    ``runtime_env`` applied. Raises ValueError naming the application and what is wrong
+    (an override of a deployment it does not have, a field ``serve.run`` cannot apply)
+    before anything is deployed."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from divreward.services.common.deployments import Overrides
+    from divreward.services.deploy_config import builder_args_model, import_builder
+
+    schema = ServeDeploySchema.model_validate(config)
+    if "target_capacity" in schema.model_fields_set:
+        raise ValueError("target_capacity: not supported by divreward serve (use serve deploy)")
+    builders = _typed_builders()
+    targets: list[Target] = []
+    for app in schema.applications:
+        given = app.model_dump(exclude_unset=True)
+        where = f"application {app.name!r}"
+        bad = [f for f in _UNSUPPORTED_APP_FIELDS if f in given]
+        if bad:
+            raise ValueError(f"{where}: {bad} not supported by divreward serve")
+        builder = builders.get(import_builder(app.import_path))
+        model = builder_args_model(app.import_path)
+        if builder is None or model is None:
+            raise ValueError(
+                f"{where}: import_path {app.import_path!r} is not a divreward application "
+                f"builder (divreward serve runs "
+                "divreward.services.reward_server.app:build_app and "
+                "divreward.services.diversity_server.app:build_app)"
+            )
+        try:
+            built = builder(
+                model.model_validate(app.args or {}), overrides=Overrides.from_app_config(given)
+            )
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        targets.append(Target(built, app.name, app.route_prefix, given.get("logging_config")))
+    return targets
+
+
+def config_start_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``serve.start`` from a Serve config: proxy location, HTTP and
+    gRPC options, and the global logging, tracing and controller settings it gives."""
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    options: dict[str, Any] = {
+        "proxy_location": schema.proxy_location,
+        "http_options": schema.http_options.model_dump(),
+        "grpc_options": schema.grpc_options.model_dump(),
+    }
+    for key in ("logging_config", "tracing_config", "controller_options"):
+        if key in schema.model_fields_set:
+            value = getattr(schema, key)
+            options[key] = value.model_dump() if hasattr(value, "model_dump") else value
+    return options
 
 
 @dataclass

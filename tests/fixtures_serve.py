@@ -33,6 +33,9 @@ SERVE_EMBEDDER = "dreamsim"
 SERVE_EMBEDDER_OPTIONS: dict[str, Any] = {"dreamsim_type": "dino_vitb16"}
 #: Logical CPUs given to Ray: the deployments ask for fractions of one.
 RAY_NUM_CPUS = 4
+#: A custom resource the session's Ray instance advertises (and nothing else asks for),
+#: so that a test can read back what its deployment's ray_actor_options asked for.
+TEST_RESOURCE, TEST_RESOURCE_TOTAL = "divreward_test_slot", 100.0
 DEPLOY_TIMEOUT_S = 240.0
 
 
@@ -120,7 +123,10 @@ def serve_app(tiny_zoo: Any) -> Iterator[ServeApp]:
     launch.start(
         serve_start_options(port, grpc_port),
         num_cpus=RAY_NUM_CPUS,
-        ray_init_kwargs={"log_to_driver": False},
+        ray_init_kwargs={
+            "log_to_driver": False,
+            "resources": {TEST_RESOURCE: TEST_RESOURCE_TOTAL},
+        },
     )
     try:
         launch.deploy_services(reward, diversity, timeout_s=DEPLOY_TIMEOUT_S)

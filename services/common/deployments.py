@@ -1,6 +1,7 @@
-"""How the two applications are put together: the ingress deployment's options, the
-names of the diversity application's deployments (its contract with the reward app),
-and the reward app's link to them, resolved when the reward ingress starts.
+"""How the two applications are put together: the ingress deployment's options, a
+config file's per-deployment overrides (:class:`Overrides`, applied by the builders),
+the names of the diversity application's deployments (its contract with the reward
+app), and the reward app's link to them, resolved when the reward ingress starts.
 
 Two Serve applications cannot ``.bind()`` each other's deployments, so the reward app
 gets handles to the diversity app by name. The names are checked in the reward
@@ -11,9 +12,13 @@ first request.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from ray.serve.config import BackpressureConfig
@@ -24,8 +29,10 @@ __all__ = [
     "DIVERSITY_INGRESS",
     "EMBEDDER",
     "DiversityHandles",
+    "Overrides",
     "connect_diversity",
     "ingress_options",
+    "merge_options",
 ]
 
 log = logging.getLogger("ray.serve")
@@ -54,6 +61,111 @@ def ingress_options(name: str, ingress: IngressArgs) -> dict[str, Any]:
             status_code=ingress.backpressure_status, retry_after_s=ingress.retry_after_s
         ),
     }
+
+
+@cache
+def _option_names() -> frozenset[str]:
+    """What ``Deployment.options`` accepts (its public keywords)."""
+    from ray.serve import Deployment
+
+    params = inspect.signature(Deployment.options).parameters
+    return frozenset(
+        n for n in params if not n.startswith("_") and n not in {"self", "func_or_class", "version"}
+    )
+
+
+def merge_options(
+    options: Mapping[str, Any],
+    override: Mapping[str, Any] | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``Deployment.options`` of one deployment: the code's ``options`` with a config
+    file's ``deployments:`` entry and the application's ``runtime_env`` applied, with the
+    semantics of Serve's own config deploys:
+
+    - each field the entry gives replaces the code's; ``ray_actor_options`` replaces the
+      code's whole dict, ``user_config`` the whole config;
+    - ``num_replicas`` and ``autoscaling_config`` are one choice: ``num_replicas: auto``
+      autoscales (with the entry's ``autoscaling_config``, else the code's, over Serve's
+      defaults), a number fixes the count, ``autoscaling_config`` alone autoscales;
+    - the application's ``runtime_env`` lies under the deployment's own: the
+      deployment's keys win, except ``env_vars``, which are merged (its own win).
+
+    Raises ValueError for a field ``Deployment.options`` does not take.
+    """
+    merged = copy.deepcopy(dict(options))
+    given = {k: copy.deepcopy(v) for k, v in (override or {}).items() if k != "name"}
+    unknown = sorted(set(given) - _option_names())
+    if unknown:
+        raise ValueError(
+            f"deployment {merged.get('name')!r}: {unknown} cannot be set per deployment "
+            f"here (settable: {', '.join(sorted(_option_names()))})"
+        )
+    if "num_replicas" in given or "autoscaling_config" in given:
+        code_autoscaling = merged.pop("autoscaling_config", None)
+        merged.pop("num_replicas", None)
+        replicas = given.pop("num_replicas", None)
+        autoscaling = given.pop("autoscaling_config", None)
+        if replicas == "auto":
+            merged["num_replicas"] = "auto"
+            if autoscaling or code_autoscaling:
+                merged["autoscaling_config"] = autoscaling or code_autoscaling
+        elif replicas is not None and autoscaling is not None:
+            raise ValueError(
+                f"deployment {merged.get('name')!r}: num_replicas {replicas} and "
+                "autoscaling_config exclude each other (use num_replicas: auto)"
+            )
+        elif replicas is not None:
+            merged["num_replicas"] = replicas
+        else:
+            merged["autoscaling_config"] = autoscaling
+    merged.update(given)
+    if runtime_env:
+        actor = dict(merged.get("ray_actor_options") or {})
+        own = dict(actor.get("runtime_env") or {})
+        env = {**runtime_env, **own}
+        env_vars = {**runtime_env.get("env_vars", {}), **own.get("env_vars", {})}
+        if env_vars:
+            env["env_vars"] = env_vars
+        actor["runtime_env"] = env
+        merged["ray_actor_options"] = actor
+    return merged
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """A config file's overrides of one application: its ``deployments:`` entries (the
+    fields each one gives, by deployment name) and its ``runtime_env``. The builders
+    take them (``overrides=``), check the names against their deployments before
+    building anything, and pass each deployment's options through :meth:`apply`."""
+
+    deployments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    runtime_env: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_app_config(cls, app: Mapping[str, Any]) -> Overrides:
+        """From one entry of a config's ``applications`` (the keys it sets)."""
+        by_name: dict[str, Mapping[str, Any]] = {}
+        for entry in app.get("deployments") or []:
+            name = entry["name"]
+            if name in by_name:
+                raise ValueError(f"deployments: {name!r} is listed twice")
+            by_name[name] = entry
+        return cls(by_name, dict(app.get("runtime_env") or {}))
+
+    def check(self, names: Iterable[str]) -> None:
+        """Raise ValueError if an entry names a deployment the application lacks."""
+        have = list(names)
+        unknown = sorted(set(self.deployments) - set(have))
+        if unknown:
+            raise ValueError(
+                f"deployments: no deployment named {', '.join(map(repr, unknown))} in this "
+                f"application (its deployments: {', '.join(have)})"
+            )
+
+    def apply(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` (with its ``name``) with this application's overrides applied."""
+        return merge_options(options, self.deployments.get(options["name"]), self.runtime_env)
 
 
 @dataclass(frozen=True)

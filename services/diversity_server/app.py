@@ -29,7 +29,12 @@ from divreward.schema import (
 )
 from divreward.services.common.api import Api
 from divreward.services.common.app import make_app
-from divreward.services.common.deployments import DIVERSITY_INGRESS, EMBEDDER, ingress_options
+from divreward.services.common.deployments import (
+    DIVERSITY_INGRESS,
+    EMBEDDER,
+    Overrides,
+    ingress_options,
+)
 from divreward.services.common.errors import ServiceError
 from divreward.services.common.routes import diversity_router, ops_router
 from divreward.services.config import DiversityAppArgs
@@ -91,26 +96,34 @@ async def _returning_errors(call: Awaitable[T]) -> T | ServiceError:
         return err
 
 
-def build_diversity_app(args: DiversityAppArgs) -> Application:
-    """The diversity application from typed args (Python and config files alike)."""
+def build_diversity_app(
+    args: DiversityAppArgs, *, overrides: Overrides | None = None
+) -> Application:
+    """The diversity application from typed args (Python and config files alike), with a
+    config file's ``deployments:`` overrides and ``runtime_env`` applied; an override
+    naming a deployment it does not have is a ValueError, raised before anything is
+    built."""
+    overrides = overrides or Overrides()
+    embedder_opts = model_deployment_options(EMBEDDER, args.embedder)
+    ingress_opts = ingress_options(DIVERSITY_INGRESS, args.ingress)
+    overrides.check([DIVERSITY_INGRESS, EMBEDDER])
     tiny_dir = prepare_profile(args, [] if args.embedder.plugin else [args.embedder.name])
-    embedder = EmbedderDeployment.options(**model_deployment_options(EMBEDDER, args.embedder)).bind(
+    embedder = EmbedderDeployment.options(**overrides.apply(embedder_opts)).bind(
         args.embedder.name,
         args.embedder,
         args.profile,
         args.weights_dir,
         str(tiny_dir) if tiny_dir is not None else None,
     )
-    ingress = serve.deployment()(DiversityIngress).options(
-        **ingress_options(DIVERSITY_INGRESS, args.ingress)
-    )
+    ingress = serve.deployment()(DiversityIngress).options(**overrides.apply(ingress_opts))
     return ingress.bind(embedder, args)
 
 
 def build_app(args: DiversityAppArgs) -> Application:
     """Builder for ``import_path: divreward.services.diversity_server.app:build_app``;
     the config file's ``args`` are validated into DiversityAppArgs here (unknown keys are
-    errors)."""
+    errors). Serve (``serve deploy``, KubeRay) applies the file's overrides itself;
+    ``divreward serve`` calls :func:`build_diversity_app` with them."""
     # Serve converts the args only when the annotation is a class; under
     # ``from __future__ import annotations`` it is a string, so a dict arrives.
     return build_diversity_app(

@@ -22,12 +22,16 @@ from ray.serve import Application
 from divreward.methods import METHODS
 from divreward.services.common.api import Api
 from divreward.services.common.app import make_app
-from divreward.services.common.deployments import connect_diversity, ingress_options
+from divreward.services.common.deployments import (
+    Overrides,
+    connect_diversity,
+    ingress_options,
+)
 from divreward.services.common.routes import diversity_router, ops_router
 from divreward.services.config import RewardAppArgs
 from divreward.services.model_deployments import ScorerDeployment, model_deployment_options
 from divreward.services.profile import prepare_profile
-from divreward.services.reward_server.assembler import assembler_deployment
+from divreward.services.reward_server.assembler import ASSEMBLER, assembler_deployment
 from divreward.services.reward_server.compat import compat_router
 from divreward.services.reward_server.groups import GroupService
 from divreward.services.reward_server.grpc_methods import RewardGrpcMethods
@@ -82,25 +86,33 @@ class RewardIngress(RewardGrpcMethods):
         return app
 
 
-def build_reward_app(args: RewardAppArgs) -> Application:
-    """The reward application from typed args (Python and config files alike)."""
+def build_reward_app(args: RewardAppArgs, *, overrides: Overrides | None = None) -> Application:
+    """The reward application from typed args (Python and config files alike), with a
+    config file's ``deployments:`` overrides and ``runtime_env`` applied; an override
+    naming a deployment it does not have is a ValueError, raised before anything is
+    built."""
+    overrides = overrides or Overrides()
+    scorer_options = {
+        name: model_deployment_options(scorer_name(name), s) for name, s in args.scorers.items()
+    }
+    ingress_opts = ingress_options(REWARD_INGRESS, args.ingress)
+    overrides.check([REWARD_INGRESS, *(o["name"] for o in scorer_options.values()), ASSEMBLER])
     tiny_dir = prepare_profile(args, [n for n, s in args.scorers.items() if s.plugin is None])
     scorers = {
-        name: ScorerDeployment.options(**model_deployment_options(scorer_name(name), s)).bind(
+        name: ScorerDeployment.options(**overrides.apply(scorer_options[name])).bind(
             name, s, args.profile, args.weights_dir, str(tiny_dir) if tiny_dir else None
         )
         for name, s in args.scorers.items()
     }
-    ingress = serve.deployment()(RewardIngress).options(
-        **ingress_options(REWARD_INGRESS, args.ingress)
-    )
-    return ingress.bind(scorers, args, assembler_deployment(args.assembly))
+    ingress = serve.deployment()(RewardIngress).options(**overrides.apply(ingress_opts))
+    return ingress.bind(scorers, args, assembler_deployment(args.assembly, overrides))
 
 
 def build_app(args: RewardAppArgs) -> Application:
     """Builder for ``import_path: divreward.services.reward_server.app:build_app``;
     the config file's ``args`` are validated into RewardAppArgs here (unknown keys are
-    errors)."""
+    errors). Serve (``serve deploy``, KubeRay) applies the file's overrides itself;
+    ``divreward serve`` calls :func:`build_reward_app` with them."""
     # Serve converts the args only when the annotation is a class; under
     # ``from __future__ import annotations`` it is a string, so a dict arrives.
     return build_reward_app(RewardAppArgs.model_validate(args) if isinstance(args, dict) else args)

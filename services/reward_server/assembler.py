@@ -31,6 +31,7 @@ from typing import Any
 
 from ray import serve
 
+from divreward.services.common.deployments import Overrides
 from divreward.services.common.errors import ServiceError
 from divreward.services.config import AssemblyArgs
 
@@ -287,14 +288,19 @@ class GroupAssembler:
         }
 
 
-def assembler_deployment(args: AssemblyArgs | None = None) -> Any:
+def assembler_deployment(
+    args: AssemblyArgs | None = None, overrides: Overrides | None = None
+) -> Any:
     """The bound assembler deployment of a reward application (one replica; a high
-    ``max_ongoing_requests`` because waiting parts hold a call open each)."""
-    deployment: Any = serve.deployment(
-        GroupAssembler,
-        name=ASSEMBLER,
-        num_replicas=1,
-        max_ongoing_requests=100_000,
-        ray_actor_options={"num_cpus": 0},
+    ``max_ongoing_requests`` because waiting parts hold a call open each), with a config
+    file's overrides of ``GroupAssembler`` applied."""
+    options = {
+        "name": ASSEMBLER,
+        "num_replicas": 1,
+        "max_ongoing_requests": 100_000,
+        "ray_actor_options": {"num_cpus": 0},
+    }
+    deployment: Any = serve.deployment(GroupAssembler).options(
+        **(overrides or Overrides()).apply(options)
     )
     return deployment.bind(args or AssemblyArgs())

@@ -1,0 +1,273 @@
+"""The one start-up path (services/launch.py) and a config file's overrides.
+
+Without Ray: the merge of a ``deployments:`` entry and the app's ``runtime_env`` into a
+deployment's options follows Serve's rules; an override naming a deployment the app lacks
+stops ``divreward serve`` with exit 2 before Ray starts; services/ uses no private Serve
+API. With the session's Ray instance: overrides of num_replicas, user_config and
+ray_actor_options and the app's runtime_env env_vars reach the running replicas; an
+unschedulable replica is a DeployError at the deadline; a ``serve.run`` that raises is
+reported at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fixtures_serve import TEST_RESOURCE, TEST_RESOURCE_TOTAL
+from services_helpers import b64, make_group, png
+
+from divreward.services.common.deployments import Overrides, merge_options
+from divreward.services.deploy_config import default_config
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+
+
+# -- merging (no Ray) ---------------------------------------------------------------
+CODE = {
+    "name": "scorer-x",
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.25},
+    "max_ongoing_requests": 8,
+    "user_config": {"max_batch_images": 32, "batch_wait_timeout_s": 0.005},
+}
+
+
+def test_fields_given_replace_the_codes_and_the_rest_stays() -> None:
+    out = merge_options(CODE, {"name": "scorer-x", "user_config": {"max_batch_images": 4}})
+    assert out["user_config"] == {"max_batch_images": 4}  # the whole user_config
+    assert {k: v for k, v in out.items() if k != "user_config"} == {
+        k: v for k, v in CODE.items() if k != "user_config"
+    }
+    assert CODE["user_config"] == {"max_batch_images": 32, "batch_wait_timeout_s": 0.005}
+
+
+def test_ray_actor_options_given_replace_the_whole_dict() -> None:
+    out = merge_options(CODE, {"ray_actor_options": {"resources": {"head": 0.01}}})
+    assert out["ray_actor_options"] == {"resources": {"head": 0.01}}  # num_cpus/gpus gone
+
+
+def test_app_runtime_env_lies_under_the_deployments_own() -> None:
+    app_env = {"env_vars": {"A": "app", "B": "app"}, "pip": ["x"], "working_dir": "s3://w"}
+    own = {"runtime_env": {"env_vars": {"B": "own"}, "pip": ["y"]}, "num_cpus": 1}
+    out = merge_options(CODE, {"ray_actor_options": own}, app_env)
+    assert out["ray_actor_options"] == {
+        "num_cpus": 1,
+        "runtime_env": {
+            "env_vars": {"A": "app", "B": "own"},
+            "pip": ["y"],
+            "working_dir": "s3://w",
+        },
+    }
+    # A deployment without an override gets the app's runtime_env on the code's options.
+    plain = merge_options(CODE, None, {"env_vars": {"A": "app"}})
+    assert plain["ray_actor_options"] == {
+        "num_cpus": 0.5,
+        "num_gpus": 0.25,
+        "runtime_env": {"env_vars": {"A": "app"}},
+    }
+    assert merge_options(CODE, None, {}) == CODE
+
+
+def test_num_replicas_and_autoscaling_are_one_choice() -> None:
+    auto = {"min_replicas": 1, "max_replicas": 4}
+    out = merge_options(CODE, {"num_replicas": "auto"})
+    assert out["num_replicas"] == "auto" and "autoscaling_config" not in out
+    out = merge_options(CODE, {"num_replicas": "auto", "autoscaling_config": auto})
+    assert out["num_replicas"] == "auto" and out["autoscaling_config"] == auto
+    code_auto = {
+        **{k: v for k, v in CODE.items() if k != "num_replicas"},
+        "autoscaling_config": auto,
+    }
+    out = merge_options(code_auto, {"num_replicas": "auto"})  # keeps the code's autoscaling
+    assert out["num_replicas"] == "auto" and out["autoscaling_config"] == auto
+    out = merge_options(code_auto, {"num_replicas": 3})  # a fixed count replaces autoscaling
+    assert out["num_replicas"] == 3 and "autoscaling_config" not in out
+    out = merge_options(CODE, {"autoscaling_config": auto})  # autoscaling alone
+    assert out["autoscaling_config"] == auto and "num_replicas" not in out
+    with pytest.raises(ValueError, match="exclude each other"):
+        merge_options(CODE, {"num_replicas": 2, "autoscaling_config": auto})
+
+
+def test_a_field_deployments_do_not_take_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"'scorer-x': \['rolling_update_percentage'\]"):
+        merge_options(CODE, {"rolling_update_percentage": 50})
+
+
+def _config_with(app: str, deployments: list[dict[str, Any]]) -> dict[str, Any]:
+    config = default_config("real")
+    for entry in config["applications"]:
+        if entry["name"] == app:
+            entry["deployments"] = deployments
+    return config
+
+
+def test_an_override_of_a_missing_deployment_names_the_available_ones(tmp_path: Path) -> None:
+    from divreward.services.launch import config_targets
+
+    config = _config_with("reward", [{"name": "scorer-pickscor", "num_replicas": 2}])
+    with pytest.raises(ValueError) as err:
+        config_targets(config)
+    assert str(err.value) == (
+        "application 'reward': deployments: no deployment named 'scorer-pickscor' in this "
+        "application (its deployments: RewardIngress, scorer-pickscore, GroupAssembler)"
+    )
+    with pytest.raises(
+        ValueError, match=r"'diversity'.*its deployments: DiversityIngress, embedder"
+    ):
+        config_targets(_config_with("diversity", [{"name": "Embedder"}]))
+    with pytest.raises(ValueError, match="'RewardIngress' is listed twice"):
+        Overrides.from_app_config({"deployments": [{"name": "RewardIngress"}] * 2})
+
+
+def test_cli_stops_with_exit_2_before_ray_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    from divreward.services.cli import register, run_serve
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(_config_with("reward", [{"name": "nope", "num_replicas": 2}])))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--config", str(path), "--port", "1"])
+    assert run_serve(args) == 2
+    err = capsys.readouterr().err
+    assert "divreward serve: application 'reward': deployments: no deployment named 'nope'" in err
+    assert not ray.is_initialized()
+
+
+def test_services_use_no_private_serve_api() -> None:
+    private = re.compile(r"_get_global_client|run_many|RunTarget|serve\._private|serve\.context")
+    hits = [
+        f"{path.relative_to(SERVICES.parent)}:{i}: {line.strip()}"
+        for path in sorted(SERVICES.rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert not hits, "private Serve API in services/:\n" + "\n".join(hits)
+
+
+# -- on the session's Ray instance ----------------------------------------------------
+APP, PREFIX, TOKENS_ENV = "launch_overrides", "/launch-overrides", "DIVREWARD_LAUNCH_TEST_TOKENS"
+INGRESS_SLOTS = 1.5
+
+
+@pytest.fixture(scope="module")
+def overridden_app(serve_app: Any) -> Iterator[str]:
+    """A quality-only reward app deployed from a config with overrides; its URL."""
+    from ray import serve
+
+    from divreward.services import launch
+
+    app = {
+        "name": APP,
+        "route_prefix": PREFIX,
+        "import_path": "divreward.services.reward_server.app:build_app",
+        "args": {
+            "profile": "tiny",
+            "tiny_models_dir": str(serve_app.tiny_models_dir),
+            "default_diversity": "none",
+            "diversity_app": "no-diversity-here",
+            "scorers": {"pickscore": {"num_cpus": 0.1}},
+            "ingress": {"num_cpus": 0.1},
+            "auth": {"enabled": True, "tokens_env": TOKENS_ENV},
+        },
+        # The token exists only in the replicas' environment, through the app's runtime_env.
+        "runtime_env": {"env_vars": {TOKENS_ENV: "tok-from-runtime-env"}},
+        "deployments": [
+            {"name": "scorer-pickscore", "num_replicas": 2, "user_config": {"max_batch_images": 3}},
+            {
+                "name": "RewardIngress",
+                "ray_actor_options": {"num_cpus": 0.1, "resources": {TEST_RESOURCE: INGRESS_SLOTS}},
+            },
+        ],
+    }
+    targets = launch.config_targets({"applications": [app]})
+    launch.deploy(targets, timeout_s=240)
+    try:
+        yield serve_app.base_url + PREFIX
+    finally:
+        serve.delete(APP)
+
+
+@pytest.mark.serve
+@pytest.mark.timeout(400)
+def test_overrides_and_runtime_env_reach_the_running_deployments(
+    overridden_app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+    from ray import serve
+
+    monkeypatch.delenv(TOKENS_ENV, raising=False)
+    deployments = serve.status().applications[APP].deployments
+    assert deployments["scorer-pickscore"].replica_states == {"RUNNING": 2}  # num_replicas
+    assert deployments["RewardIngress"].replica_states == {"RUNNING": 1}
+    # ray_actor_options: the ingress replica holds the custom resource it was given.
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get(TEST_RESOURCE) != TEST_RESOURCE_TOTAL - INGRESS_SLOTS:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.2)
+
+    # runtime_env env_vars: the ingress replica knows the token; this process does not.
+    body = {"prompts": ["a fox"] * 8, "images": b64(png(make_group(8, seed=3)))}
+    assert httpx.post(f"{overridden_app}/v1/score", json=body, timeout=60).status_code == 401
+    auth = {"authorization": "Bearer tok-from-runtime-env"}
+    r = httpx.post(f"{overridden_app}/v1/score", json=body, headers=auth, timeout=120)
+    assert r.status_code == 200, r.text
+    # user_config: 8 images in forward passes of at most 3 -> 3 passes, 8 images.
+    metrics = httpx.get(f"{overridden_app}/metrics", headers=auth, timeout=30).text
+    labels = '{app="reward",model="pickscore"}'
+    assert f"divreward_batch_images_count{labels} 3.0" in metrics, metrics
+    assert f"divreward_batch_images_sum{labels} 8.0" in metrics
+
+
+@pytest.mark.serve
+@pytest.mark.timeout(120)
+def test_an_unschedulable_replica_is_a_deploy_error_at_the_deadline(serve_app: Any) -> None:
+    from ray import serve
+
+    from divreward.services import launch
+
+    @serve.deployment(name="Nowhere", ray_actor_options={"resources": {"no_such_node": 1}})
+    class Nowhere:
+        def __call__(self) -> str:
+            return "never"
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(launch.DeployError) as err:
+            launch.deploy([(Nowhere.bind(), "launch_nowhere", "/launch-nowhere")], timeout_s=3)
+        elapsed = time.monotonic() - t0
+        assert 3 <= elapsed < 30, elapsed
+        assert "not RUNNING after 3s" in str(err.value)
+        assert "application 'launch_nowhere'" in str(err.value)
+    finally:
+        serve.delete("launch_nowhere")
+
+
+@pytest.mark.serve
+@pytest.mark.timeout(120)
+def test_an_error_raised_by_serve_run_is_reported_at_once(serve_app: Any) -> None:
+    from ray import serve
+
+    from divreward.services import launch
+
+    @serve.deployment
+    class Echo:
+        def __call__(self) -> str:
+            return "echo"
+
+    t0 = time.monotonic()
+    with pytest.raises(launch.DeployError, match=r"'launch_bad_prefix': serve\.run raised") as err:
+        launch.deploy([(Echo.bind(), "launch_bad_prefix", "no-leading-slash")], timeout_s=120)
+    assert time.monotonic() - t0 < 20
+    assert "no-leading-slash" in str(err.value)
