@@ -9,6 +9,9 @@ its deployment handle) in the reward app.
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
@@ -27,24 +30,39 @@ from divreward.schema import (
 )
 from divreward.services.common.api import Api
 from divreward.services.common.app import COMMON_ERRORS, counts_images, error_responses, wire_router
+from divreward.services.common.deployments import unavailable_deployments
 from divreward.services.common.wire import encode, wants_binary
 
-__all__ = ["BODY_ERRORS", "ServingLayer", "diversity_router", "ops_router", "serving"]
+__all__ = [
+    "BODY_ERRORS",
+    "ServingLayer",
+    "delegate",
+    "diversity_router",
+    "group_images",
+    "ops_router",
+    "serving",
+]
 
 #: Statuses every route with a request body may answer.
 BODY_ERRORS = (400, *COMMON_ERRORS, 409, 413, 415, 422, 503, 504)
 
 
 class ServingLayer(Protocol):
+    """What the routes call. The body operations' annotations and docstrings are their
+    routes' body and reply models and summaries (:func:`delegate`)."""
+
     async def ready(self) -> dict[str, str]: ...
 
     async def models(self) -> ModelsResponse: ...
 
-    async def embed(self, req: EmbedRequest) -> EmbedResponse: ...
+    async def embed(self, req: EmbedRequest) -> EmbedResponse:
+        """Embed images (DreamSim by default): unit rows, one per image."""
 
-    async def diversity(self, req: DiversityRequest) -> DiversityResponse: ...
+    async def diversity(self, req: DiversityRequest) -> DiversityResponse:
+        """Per group: DiverseGRPO bonus, labels, k, sigma, or DRIFT diversity values."""
 
-    async def metrics(self, req: MetricsRequest) -> MetricsResponse: ...
+    async def metrics(self, req: MetricsRequest) -> MetricsResponse:
+        """Evaluation metrics over a set of groups (diversity, Vendi, recall)."""
 
 
 def serving(request: Request) -> Any:
@@ -52,38 +70,41 @@ def serving(request: Request) -> Any:
     return request.app.state.serving
 
 
+def delegate(
+    router: APIRouter, path: str, op: Callable[..., Any], images: Callable[[Any], int]
+) -> None:
+    """``POST path``: the body goes to the serving layer's operation of ``op``'s name.
+    ``op`` is a protocol method: its ``req`` and return annotations type the route's body
+    and reply, its docstring is the route's summary; ``images`` counts the body's images
+    (metrics)."""
+    name, hints = op.__name__, typing.get_type_hints(op)
+
+    async def endpoint(body: Any, request: Request) -> Any:
+        return await getattr(serving(request), name)(body)
+
+    endpoint.__name__ = endpoint.__qualname__ = name
+    endpoint.__annotations__ = {"body": hints["req"], "request": Request, "return": hints["return"]}
+    route = router.post(path, summary=inspect.getdoc(op), responses=error_responses(*BODY_ERRORS))
+    route(counts_images(images)(endpoint))
+
+
+def group_images(req: Any) -> int:
+    """Images sent inline in a request's groups (embeddings carry none)."""
+    return sum(len(g.images or []) for g in req.groups)
+
+
 # ------------------------------------------------------------------ diversity API
 diversity_router = wire_router("diversity")
 
 
-@diversity_router.post(
-    "/v1/embed",
-    summary="Embed images (DreamSim by default): unit rows, one per image.",
-    responses=error_responses(*BODY_ERRORS),
-)
-@counts_images(lambda r: len(r.images))
-async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
-    return await serving(request).embed(body)  # type: ignore[no-any-return]
-
-
-@diversity_router.post(
-    "/v1/diversity",
-    summary="Per group: DiverseGRPO bonus, labels, k, sigma, or DRIFT diversity values.",
-    responses=error_responses(*BODY_ERRORS),
-)
-@counts_images(lambda r: sum(len(g.images or []) for g in r.groups))
-async def diversity(body: DiversityRequest, request: Request) -> DiversityResponse:
-    return await serving(request).diversity(body)  # type: ignore[no-any-return]
-
-
-@diversity_router.post(
+delegate(diversity_router, "/v1/embed", ServingLayer.embed, lambda r: len(r.images))
+delegate(diversity_router, "/v1/diversity", ServingLayer.diversity, group_images)
+delegate(
+    diversity_router,
     "/v1/metrics",
-    summary="Evaluation metrics over a set of groups (diversity, Vendi, recall).",
-    responses=error_responses(*BODY_ERRORS),
+    ServingLayer.metrics,
+    lambda r: group_images(r) + sum(len(g.images or []) for g in r.reference or []),
 )
-@counts_images(lambda r: sum(len(g.images or []) for g in [*r.groups, *(r.reference or [])]))
-async def metrics(body: MetricsRequest, request: Request) -> MetricsResponse:
-    return await serving(request).metrics(body)  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------ operations
@@ -114,12 +135,17 @@ async def models(request: Request) -> ModelsResponse:
     summary="Readiness: every deployment answers a real call (no token needed).",
     response_model=ReadyResponse,
     responses={
-        503: {"model": ReadyResponse, "description": "A deployment failed its test call."},
+        503: {
+            "model": ReadyResponse,
+            "description": "A deployment has no running replica, or failed its test call.",
+        },
         **error_responses(405),
     },
 )
 async def readyz(request: Request) -> Response:
-    states: dict[str, str] = await serving(request).ready()
+    # A deployment without a running replica: 503 naming it at once, no probe to wait out.
+    down = await unavailable_deployments(request.app.state)
+    states: dict[str, str] = down or await serving(request).ready()
     ok = all(v == "ok" for v in states.values())
     body = ReadyResponse(status="ready" if ok else "not_ready", deployments=states)
     return encode(body, wants_binary(request), status=200 if ok else 503)

@@ -10,36 +10,32 @@ compatibility routes (:mod:`divreward.services.reward_server.compat`).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from fastapi import Request
 
 from divreward.schema import RewardsRequest, RewardsResponse, ScoreRequest, ScoreResponse
 from divreward.schema_stream import GroupSubmission, GroupSubmissionResult
 from divreward.services.common.app import counts_images, error_responses, wire_router
-from divreward.services.common.routes import BODY_ERRORS, serving
+from divreward.services.common.routes import BODY_ERRORS, ServingLayer, delegate, group_images
 
-__all__ = ["reward_router"]
+__all__ = ["RewardServingLayer", "reward_router"]
 
 reward_router = wire_router("rewards")
 
 
-@reward_router.post(
-    "/v1/score",
-    summary="Quality scores of images for their prompts, one list per scorer.",
-    responses=error_responses(*BODY_ERRORS),
-)
-@counts_images(lambda r: len(r.images))
-async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
-    return await serving(request).score(body)  # type: ignore[no-any-return]
+class RewardServingLayer(ServingLayer, Protocol):
+    """What the reward routes call besides the diversity and operations routes."""
+
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        """Quality scores of images for their prompts, one list per scorer."""
+
+    async def rewards(self, req: RewardsRequest) -> RewardsResponse:
+        """Per group: quality per scorer and total, diversity, rewards and advantages."""
 
 
-@reward_router.post(
-    "/v1/rewards",
-    summary="Per group: quality per scorer and total, diversity, rewards and advantages.",
-    responses=error_responses(*BODY_ERRORS),
-)
-@counts_images(lambda r: sum(len(g.images) for g in r.groups))
-async def rewards(body: RewardsRequest, request: Request) -> RewardsResponse:
-    return await serving(request).rewards(body)  # type: ignore[no-any-return]
+delegate(reward_router, "/v1/score", RewardServingLayer.score, lambda r: len(r.images))
+delegate(reward_router, "/v1/rewards", RewardServingLayer.rewards, group_images)
 
 
 @reward_router.post(
