@@ -273,6 +273,14 @@ def _one_of(*names: str) -> dict[str, Any]:
     return {"oneOf": [{"required": [n], "properties": {n: {"type": "array"}}} for n in names]}
 
 
+def _one_source(images: list[Any] | None, embeddings: list[list[float]] | None) -> None:
+    """A group gives its images or its (finite) embeddings, not both."""
+    if (images is None) == (embeddings is None):
+        raise ValueError("give exactly one of 'images' or 'embeddings'")
+    if embeddings is not None:
+        _finite_matrix(embeddings, "embeddings")
+
+
 class DiversityGroup(_Model):
     """One group: its images (embedded by the server) or its embeddings, not both."""
 
@@ -291,10 +299,7 @@ class DiversityGroup(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> DiversityGroup:
-        if (self.images is None) == (self.embeddings is None):
-            raise ValueError("give exactly one of 'images' or 'embeddings'")
-        if self.embeddings is not None:
-            _finite_matrix(self.embeddings, "embeddings")
+        _one_source(self.images, self.embeddings)
         if self.quality is not None:
             _finite_vector(self.quality, "quality")
             n = len(self.images) if self.images is not None else len(self.embeddings or [])
@@ -406,10 +411,7 @@ class MetricsGroup(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> MetricsGroup:
-        if (self.images is None) == (self.embeddings is None):
-            raise ValueError("give exactly one of 'images' or 'embeddings'")
-        if self.embeddings is not None:
-            _finite_matrix(self.embeddings, "embeddings")
+        _one_source(self.images, self.embeddings)
         return self
 
 
