@@ -12,6 +12,7 @@ first request.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import logging
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from fastapi import APIRouter, FastAPI
 from ray.serve.config import BackpressureConfig
 
+from divreward.services.common.api import Api
+from divreward.services.common.app import make_app
 from divreward.services.config import IngressArgs
 
 __all__ = [
@@ -31,8 +35,10 @@ __all__ = [
     "DiversityHandles",
     "Overrides",
     "connect_diversity",
+    "ingress_app",
     "ingress_options",
     "merge_options",
+    "unavailable_deployments",
 ]
 
 log = logging.getLogger("ray.serve")
@@ -61,6 +67,48 @@ def ingress_options(name: str, ingress: IngressArgs) -> dict[str, Any]:
             status_code=ingress.backpressure_status, retry_after_s=ingress.retry_after_s
         ),
     }
+
+
+def ingress_app(
+    title: str,
+    description: str,
+    api: Api,
+    routers: list[APIRouter],
+    serve_apps: list[str],
+    **state: Any,
+) -> FastAPI:
+    """An ingress's FastAPI app: ``state`` (its serving layer, ...) on ``app.state``, and
+    the Serve applications it needs (its own first), which /readyz checks have a running
+    replica of every deployment before it probes them."""
+    app = make_app(title, description, api, routers)
+    app.state.serve_apps = tuple(serve_apps)
+    for key, value in state.items():
+        setattr(app.state, key, value)
+    return app
+
+
+async def unavailable_deployments(state: Any) -> dict[str, str]:
+    """``{"app/deployment": why}`` for each deployment of the applications in
+    ``state.serve_apps`` that has no running replica (from ``serve.status()``); empty
+    when all have one, or when ``state`` names no applications (an app outside Serve).
+    /readyz answers 503 with these at once instead of waiting for a call to time out."""
+    names: tuple[str, ...] = getattr(state, "serve_apps", ())
+    if not names:
+        return {}
+    from ray import serve
+
+    apps = (await asyncio.to_thread(serve.status)).applications
+    down: dict[str, str] = {}
+    for name in names:
+        app = apps.get(name)
+        if app is None:
+            down[name] = "application not deployed"
+            continue
+        for dep_name, dep in app.deployments.items():
+            if not dep.replica_states.get("RUNNING"):
+                why = f"{dep.status}: {dep.message}" if dep.message else str(dep.status)
+                down[f"{name}/{dep_name}"] = f"no running replica ({why})"[:500]
+    return down
 
 
 @cache

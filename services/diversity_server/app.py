@@ -28,11 +28,11 @@ from divreward.schema import (
     MetricsResponse,
 )
 from divreward.services.common.api import Api
-from divreward.services.common.app import make_app
 from divreward.services.common.deployments import (
     DIVERSITY_INGRESS,
     EMBEDDER,
     Overrides,
+    ingress_app,
     ingress_options,
 )
 from divreward.services.common.errors import ServiceError
@@ -67,11 +67,14 @@ class DiversityIngress:
             log.warning("diversity service runs the TINY profile: every response says so")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        app = make_app(
-            "divreward diversity service", DESCRIPTION, self.api, [diversity_router, ops_router]
+        return ingress_app(
+            "divreward diversity service",
+            DESCRIPTION,
+            self.api,
+            [diversity_router, ops_router],
+            [serve.get_replica_context().app_name],
+            serving=self.serving,
         )
-        app.state.serving = self.serving
-        return app
 
     # Methods called through deployment handles by the reward application. A request
     # error comes back as a returned ServiceError rather than raised, so that Serve does

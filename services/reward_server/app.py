@@ -21,10 +21,10 @@ from ray.serve import Application
 
 from divreward.methods import METHODS
 from divreward.services.common.api import Api
-from divreward.services.common.app import make_app
 from divreward.services.common.deployments import (
     Overrides,
     connect_diversity,
+    ingress_app,
     ingress_options,
 )
 from divreward.services.common.routes import diversity_router, ops_router
@@ -67,6 +67,8 @@ class RewardIngress(RewardGrpcMethods):
         # unless the default method needs no embeddings (a quality-only reward app).
         needs = METHODS[args.default_diversity].needs_embeddings
         diversity = connect_diversity(args.diversity_app, required=needs)
+        own = serve.get_replica_context().app_name
+        self.serve_apps = [own, *([diversity.app_name] if diversity.deployed else [])]
         self.serving = RewardServing(scorers, diversity, args)
         self.groups = GroupService(self.serving, assembler)
         self.api = Api("reward", args.limits, args.auth, args.ingress)
@@ -75,15 +77,15 @@ class RewardIngress(RewardGrpcMethods):
             log.warning("reward service runs the TINY profile: every response says so")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        app = make_app(
+        return ingress_app(
             "divreward reward service",
             DESCRIPTION,
             self.api,
             [reward_router, diversity_router, ops_router, compat_router],
+            self.serve_apps,
+            serving=self.serving,
+            groups=self.groups,
         )
-        app.state.serving = self.serving
-        app.state.groups = self.groups
-        return app
 
 
 def build_reward_app(args: RewardAppArgs, *, overrides: Overrides | None = None) -> Application:

@@ -271,3 +271,62 @@ def test_an_error_raised_by_serve_run_is_reported_at_once(serve_app: Any) -> Non
         launch.deploy([(Echo.bind(), "launch_bad_prefix", "no-leading-slash")], timeout_s=120)
     assert time.monotonic() - t0 < 20
     assert "no-leading-slash" in str(err.value)
+
+
+def test_readiness_checks_nothing_outside_serve() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from divreward.services.common.deployments import unavailable_deployments
+
+    assert asyncio.run(unavailable_deployments(SimpleNamespace())) == {}
+
+
+@pytest.mark.serve
+@pytest.mark.timeout(300)
+def test_readyz_answers_503_at_once_naming_a_deployment_without_a_replica(
+    serve_app: Any,
+) -> None:
+    from ray import serve
+
+    from divreward.services import launch
+
+    name, prefix = "launch_readyz", "/launch-readyz"
+    app = {
+        "name": name,
+        "route_prefix": prefix,
+        "import_path": "divreward.services.reward_server.app:build_app",
+        "args": {
+            "profile": "tiny",
+            "tiny_models_dir": str(serve_app.tiny_models_dir),
+            "default_diversity": "none",
+            "diversity_app": "no-diversity-here",
+            "scorers": {"pickscore": {"num_cpus": 0.1}},
+            "ingress": {"num_cpus": 0.1},
+        },
+        "deployments": [
+            {
+                "name": "scorer-pickscore",
+                "ray_actor_options": {"num_cpus": 0.1, "resources": {"no_such_node": 1}},
+            }
+        ],
+    }
+    try:
+        with pytest.raises(launch.DeployError, match="scorer-pickscore"):
+            launch.deploy(launch.config_targets({"applications": [app]}), timeout_s=5)
+        url = f"{serve_app.base_url}{prefix}/readyz"
+        deadline = time.monotonic() + 120
+        while (r := httpx.get(url, timeout=60)).status_code == 404:  # ingress not routed yet
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.5)
+        t0 = time.monotonic()
+        r = httpx.get(url, timeout=60)
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 503, r.text
+        assert elapsed < 10, elapsed  # the probe of a replica-less deployment waits 30 s
+        body = r.json()
+        assert body["status"] == "not_ready"
+        assert list(body["deployments"]) == [f"{name}/scorer-pickscore"]
+        assert body["deployments"][f"{name}/scorer-pickscore"].startswith("no running replica")
+    finally:
+        serve.delete(name)
