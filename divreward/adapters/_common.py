@@ -124,6 +124,9 @@ class Quality(NamedTuple):
     weights: dict[str, float]  # the weights used (the caller's, or the server's defaults)
 
 
+_SETTINGS = ("scorers", "scales", "group_size", "diversity", "namespace", "assembly_timeout_s")
+
+
 class ServiceRewards:
     """What an adapter asks the service, with its settings: scorer weights (``scorers``
     and ``scales``, see :func:`scaled_weights`), the group mode (``group_size``,
@@ -151,6 +154,15 @@ class ServiceRewards:
         self.assembly_timeout_s = assembly_timeout_s
         self.lazy = LazyClient(url, {**client_kwargs, "namespace": namespace})
         self._server_weights: dict[str, float] = {}  # the server's defaults, fetched once
+
+    @classmethod
+    def from_options(cls, url: str, options: dict[str, Any]) -> ServiceRewards:
+        """From an adapter's keyword options: those of
+        :func:`divreward.adapters.flow_grpo.reward_fn` (scorers, scales, group_size,
+        diversity, namespace, assembly_timeout_s; each None when absent); the rest go to
+        the client."""
+        settings = {k: options.pop(k, None) for k in _SETTINGS}
+        return cls(url, **settings, client_kwargs=options)
 
     def close(self) -> None:
         self.lazy.close()

@@ -47,32 +47,15 @@ def prompt_text(prompt: Any, index: int) -> str:
 
 
 def reward_func(
-    url: str,
-    *,
-    scorers: Mapping[str, float] | Sequence[str] | None = None,
-    scales: Mapping[str, float] | None = None,
-    group_size: int | None = None,
-    diversity: Mapping[str, Any] | None = None,
-    namespace: str | None = None,
-    assembly_timeout_s: float | None = None,
-    name: str = "divreward",
-    **client_kwargs: Any,
+    url: str, *, name: str = "divreward", **options: Any
 ) -> Callable[..., list[float | None]]:
     """A TRL reward function ``f(prompts, completions, **columns) -> list[float]``.
 
-    Arguments as :func:`divreward.adapters.flow_grpo.reward_fn`; ``name`` is the
-    function's ``__name__`` (TRL logs each reward under it).
+    Options as :func:`divreward.adapters.flow_grpo.reward_fn`'s (scorers, scales,
+    group_size, diversity, namespace, assembly_timeout_s, and the client's); ``name`` is
+    the function's ``__name__`` (TRL logs each reward under it).
     """
-    service = ServiceRewards(
-        url,
-        scorers=scorers,
-        scales=scales,
-        group_size=group_size,
-        diversity=diversity,
-        namespace=namespace,
-        assembly_timeout_s=assembly_timeout_s,
-        client_kwargs=client_kwargs,
-    )
+    service = ServiceRewards.from_options(url, options)
 
     def f(prompts: Sequence[Any], completions: Any, **columns: Any) -> list[float | None]:
         texts = [prompt_text(p, i) for i, p in enumerate(prompts)]

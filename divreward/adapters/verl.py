@@ -19,7 +19,7 @@ sample of a group must be in flight at once (verl's async reward loop does that)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from divreward.adapters._common import ServiceRewards
@@ -78,30 +78,13 @@ class _Scorer:
 
 
 def make_compute_score(
-    url: str,
-    *,
-    scorers: Mapping[str, float] | Sequence[str] | None = None,
-    scales: Mapping[str, float] | None = None,
-    group_size: int | None = None,
-    diversity: Mapping[str, Any] | None = None,
-    namespace: str | None = None,
-    assembly_timeout_s: float | None = None,
-    prompt_key: str = "prompt",
-    group_key: str = "uid",
-    **client_kwargs: Any,
+    url: str, *, prompt_key: str = "prompt", group_key: str = "uid", **options: Any
 ) -> Callable[..., Score]:
     """A blocking ``compute_score(data_source, solution, ground_truth, extra_info)``
-    returning ``{"score": float, ...}`` (thread-safe; verl calls it concurrently)."""
-    service = ServiceRewards(
-        url,
-        scorers=scorers,
-        scales=scales,
-        group_size=group_size,
-        diversity=diversity,
-        namespace=namespace,
-        assembly_timeout_s=assembly_timeout_s,
-        client_kwargs=client_kwargs,
-    )
+    returning ``{"score": float, ...}`` (thread-safe; verl calls it concurrently). Options
+    as :func:`divreward.adapters.flow_grpo.reward_fn`'s (scorers, scales, group_size,
+    diversity, namespace, assembly_timeout_s, and the client's)."""
+    service = ServiceRewards.from_options(url, options)
     scorer = _Scorer(service, prompt_key, group_key)
 
     def compute_score(
