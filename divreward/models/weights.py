@@ -143,6 +143,44 @@ def _snapshot_revision(path: Path) -> str | None:
     return None
 
 
+def _local_directory(repo_id: str, opts: LoadOptions, files: Sequence[str]) -> Path | None:
+    """The directory that holds ``files`` of ``repo_id`` without the hub: a hub id under
+    the weights directory, or ``repo_id`` itself as a local directory (an error names the
+    missing files); None for a hub id to resolve through the hub or its cache."""
+    root = weights_root(opts)
+    if is_hub_id(repo_id) and root is not None:
+        directory = root / repo_id
+        _check_files(directory, files, repo_id, f"the weights directory {root}", root)
+        return directory
+    local = Path(repo_id).expanduser()
+    if local.is_dir():
+        _check_files(local, files, repo_id, f"the local directory {local}")
+        return local
+    if not is_hub_id(repo_id):
+        raise WeightsNotFoundError(
+            f"model source {repo_id!r} is neither an existing local directory nor a "
+            "Hugging Face hub id of the form 'org/name'"
+        )
+    return None
+
+
+def copy_into_hub_cache(src: Path, cache: Path, repo_id: str, revision: str) -> Path:
+    """Copy the directory ``src`` into the Hugging Face hub cache ``cache`` (the ``hub``
+    directory, or a ``cache_dir``) as ``repo_id`` at ``revision``, in the hub's own
+    layout (``models--org--name/snapshots/<revision>/``, ``refs/main``), so that
+    ``from_pretrained(repo_id)``/``hf_hub_download`` find it offline. For tests and
+    benchmarks that exercise the real hub-id path with stand-in weights; returns the
+    snapshot directory."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(src, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
 def resolve_dir(
     repo_id: str,
     opts: LoadOptions,
@@ -154,20 +192,9 @@ def resolve_dir(
 
     ``optional_patterns`` are extra glob patterns fetched from the hub when present
     (e.g. tokenizer files that only some repositories carry)."""
-    root = weights_root(opts)
-    if is_hub_id(repo_id) and root is not None:
-        directory = root / repo_id
-        _check_files(directory, required_files, repo_id, f"the weights directory {root}", root)
+    directory = _local_directory(repo_id, opts, required_files)
+    if directory is not None:
         return Resolved(directory, str(directory), None, _tiny(directory))
-    local = Path(repo_id).expanduser()
-    if local.is_dir():
-        _check_files(local, required_files, repo_id, f"the local directory {local}")
-        return Resolved(local, str(local), None, _tiny(local))
-    if not is_hub_id(repo_id):
-        raise WeightsNotFoundError(
-            f"model source {repo_id!r} is neither an existing local directory nor a "
-            "Hugging Face hub id of the form 'org/name'"
-        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -185,22 +212,10 @@ def resolve_dir(
 
 def resolve_file(repo_id: str, filename: str, opts: LoadOptions) -> Resolved:
     """Resolve one file of ``repo_id`` (hub id or local directory)."""
-    root = weights_root(opts)
-    if is_hub_id(repo_id) and root is not None:
-        directory = root / repo_id
-        _check_files(directory, [filename], repo_id, f"the weights directory {root}", root)
+    directory = _local_directory(repo_id, opts, [filename])
+    if directory is not None:
         path = directory / filename
         return Resolved(path, str(directory), None, _tiny(path))
-    local = Path(repo_id).expanduser()
-    if local.is_dir():
-        _check_files(local, [filename], repo_id, f"the local directory {local}")
-        path = local / filename
-        return Resolved(path, str(local), None, _tiny(path))
-    if not is_hub_id(repo_id):
-        raise WeightsNotFoundError(
-            f"model source {repo_id!r} is neither an existing local directory nor a "
-            "Hugging Face hub id of the form 'org/name'"
-        )
     try:
         from huggingface_hub import hf_hub_download
 

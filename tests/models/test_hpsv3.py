@@ -23,7 +23,7 @@ from divreward.models import hpsv3
 from divreward.models._checkpoint import CheckpointMismatchError
 from divreward.models.base import LoadOptions
 from divreward.models.registry import load_model
-from divreward.models.weights import WeightsNotFoundError
+from divreward.models.weights import WeightsNotFoundError, copy_into_hub_cache
 
 PROMPTS = ["a red bicycle leaning on a wall", "two cats asleep on a sofa", "a bowl of ramen"]
 
@@ -363,22 +363,14 @@ def test_missing_weights_name_the_files(tiny_zoo: TinyZoo, tmp_path: Path) -> No
     assert "never its 16 GB of weights" in str(err.value)
 
 
-def _as_hf_cache(src: Path, cache: Path, repo_id: str, revision: str) -> None:
-    """Copy a directory into the hub cache layout (snapshots/<rev>, refs/main)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(src, repo / "snapshots" / revision)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-
-
 def test_hub_ids_resolve_through_the_hf_cache_offline(
     tiny_zoo: TinyZoo, model: hpsv3.HPSv3, tmp_path: Path
 ) -> None:
     """The real profile's configuration: MizzenAI/HPSv3 and Qwen/Qwen2-VL-7B-Instruct
     found by huggingface_hub in its cache with HF_HUB_OFFLINE=1."""
     cache = tmp_path / "hub"
-    _as_hf_cache(tiny_zoo.root / hpsv3.REPO, cache, hpsv3.REPO, "a" * 40)
-    _as_hf_cache(tiny_zoo.root / hpsv3.BASE_REPO, cache, hpsv3.BASE_REPO, "b" * 40)
+    copy_into_hub_cache(tiny_zoo.root / hpsv3.REPO, cache, hpsv3.REPO, "a" * 40)
+    copy_into_hub_cache(tiny_zoo.root / hpsv3.BASE_REPO, cache, hpsv3.BASE_REPO, "b" * 40)
     m = load_model("hpsv3", LoadOptions(cache_dir=str(cache)))
     assert (m.info.source, m.info.revision, m.info.profile) == (hpsv3.REPO, "a" * 40, "real")
     assert m.info.weights_hash == model.info.weights_hash

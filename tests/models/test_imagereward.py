@@ -21,7 +21,7 @@ from divreward.models import imagereward as ir
 from divreward.models._checkpoint import CheckpointMismatchError
 from divreward.models.base import LoadOptions
 from divreward.models.registry import load_model
-from divreward.models.weights import WeightsNotFoundError
+from divreward.models.weights import WeightsNotFoundError, copy_into_hub_cache
 
 PROMPTS = ["a red bicycle leaning on a wall", "two cats asleep on a sofa", "a bowl of ramen"]
 GREEN = np.array(
@@ -291,22 +291,14 @@ def test_missing_weights_name_the_files(tiny_zoo: TinyZoo, tmp_path: Path) -> No
         load_model("imagereward", LoadOptions(weights_dir=str(empty)))
 
 
-def _as_hf_cache(src: Path, cache: Path, repo_id: str, revision: str) -> None:
-    """Copy a directory into the hub cache layout (snapshots/<rev>, refs/main)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(src, repo / "snapshots" / revision)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-
-
 def test_hub_ids_resolve_through_the_hf_cache_offline(
     tiny_zoo: TinyZoo, model: ir.ImageReward, tmp_path: Path
 ) -> None:
     """The real profile's configuration: THUDM/ImageReward and
     google-bert/bert-base-uncased found by huggingface_hub in its cache, offline."""
     cache = tmp_path / "hub"
-    _as_hf_cache(tiny_zoo.root / ir.REPO, cache, ir.REPO, "c" * 40)
-    _as_hf_cache(tiny_zoo.root / ir.TOKENIZER_REPO, cache, ir.TOKENIZER_REPO, "d" * 40)
+    copy_into_hub_cache(tiny_zoo.root / ir.REPO, cache, ir.REPO, "c" * 40)
+    copy_into_hub_cache(tiny_zoo.root / ir.TOKENIZER_REPO, cache, ir.TOKENIZER_REPO, "d" * 40)
     m = load_model("imagereward", LoadOptions(cache_dir=str(cache)))
     assert (m.info.source, m.info.revision, m.info.profile) == (ir.REPO, "c" * 40, "real")
     images = make_images(2, seed=26)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from divreward.models.weights import (
     TINY_MARKER,
     WeightsNotFoundError,
     check_device,
+    copy_into_hub_cache,
     file_sha256_prefix,
     find_tiny_root,
     is_hub_id,
@@ -95,26 +95,18 @@ def test_offline_hub_miss_names_repo_files_and_both_remedies(tmp_path: Path) -> 
         resolve_first("someorg/not-cached", ("model.safetensors", "pytorch_model.bin"), opts)
 
 
-def _as_hf_cache(src: Path, cache: Path, repo_id: str, revision: str) -> None:
-    """Copy a directory into the hub cache layout (snapshots/<rev>, refs/main)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(src, repo / "snapshots" / revision)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-
-
 def test_hub_id_resolves_through_the_hf_cache_offline(tiny_zoo: TinyZoo, tmp_path: Path) -> None:
     """The real profile's path: hub ids resolved by huggingface_hub from its cache with
     HF_HUB_OFFLINE=1 (tiny files under the real repository ids)."""
     tiny_zoo.build("pickscore")
     cache = tmp_path / "hf" / "hub"
-    _as_hf_cache(
+    copy_into_hub_cache(
         tiny_zoo.root / "yuvalkirstain" / "PickScore_v1",
         cache,
         "yuvalkirstain/PickScore_v1",
         "a" * 40,
     )
-    _as_hf_cache(
+    copy_into_hub_cache(
         tiny_zoo.root / "laion" / "CLIP-ViT-H-14-laion2B-s32B-b79K",
         cache,
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
