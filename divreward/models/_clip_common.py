@@ -26,8 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from divreward.models._common import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, iter_chunks, seeded
-from divreward.models.base import LoadOptions
+from divreward.models._common import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_PIXELS,
+    canonical,
+    iter_chunks,
+    seeded,
+)
+from divreward.models._tensor_preprocess import (
+    by_size,
+    preprocess_mode,
+    resize_like_pil,
+    stack_on,
+)
+from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     Resolved,
     WeightsNotFoundError,
@@ -62,9 +74,12 @@ class ClipBundle:
     preprocess: str = "pil"  # "pil": the reference processor; "tensor": preprocess_tensor
 
 
-def load_clip(opts: LoadOptions, processor_source: str | None) -> ClipBundle:
+def load_clip(
+    opts: LoadOptions, processor_source: str | None, model_name: str = "clip"
+) -> ClipBundle:
     """Load a transformers CLIP from ``opts.source`` (hub id or local directory) and its
-    processor/tokenizer from ``processor_source`` (default: the same source)."""
+    processor/tokenizer from ``processor_source`` (default: the same source);
+    ``model_name`` names the model in option errors."""
     from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
     assert opts.source is not None  # load_model fills in the registry default
@@ -91,14 +106,9 @@ def load_clip(opts: LoadOptions, processor_source: str | None) -> ClipBundle:
     processor = CLIPImageProcessorPil.from_pretrained(str(proc.path))
     crop = processor.crop_size
     side = int(crop["height"]) if isinstance(crop, dict) else int(crop.height)
-    mode = opts.options.get("preprocess", "pil")
-    if mode not in PREPROCESS:
-        raise ValueError(f"option 'preprocess' must be one of {PREPROCESS}, got {mode!r}")
+    mode = preprocess_mode(model_name, opts.options)
     resolved = [weights, config, proc]
     return ClipBundle(model, tokenizer, processor, device, dtype, resolved, side, mode)
-
-
-PREPROCESS = ("pil", "tensor")
 
 
 def preprocess(processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -123,7 +133,6 @@ def preprocess_tensor(processor: Any, images: Sequence[np.ndarray], device: str)
     the PIL processor within 2 uint8 levels per pixel before normalisation
     (tests/models/test_clip_preprocess.py); ``(N, 3, S, S)`` float32 on ``device``."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
 
     short = int(processor.size["shortest_edge"])
     crop = processor.crop_size
@@ -132,21 +141,13 @@ def preprocess_tensor(processor: Any, images: Sequence[np.ndarray], device: str)
     std = torch.tensor(processor.image_std, device=device).view(1, 3, 1, 1)
     scale = float(processor.rescale_factor)
     out = torch.empty((len(images), 3, ch, cw), device=device)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, img in enumerate(images):
-        by_shape.setdefault((int(img.shape[0]), int(img.shape[1])), []).append(i)
-    for (h, w), idx in by_shape.items():
-        x = torch.from_numpy(np.stack([images[i] for i in idx])).to(device)
-        x = x.permute(0, 3, 1, 2).float()  # (B, 3, H, W) in 0..255
+    for (h, w), idx in by_size(images).items():
         nh, nw = _resize_side(h, w, short)
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True)
-            x = x.round().clamp(0, 255)
         top, left = (nh - ch) // 2, (nw - cw) // 2
         if top < 0 or left < 0:  # smaller than the crop: the processor pads; keep its path
-            ref = preprocess(processor, [images[i] for i in idx]).to(device)
-            out[idx] = ref
+            out[idx] = preprocess(processor, [images[i] for i in idx]).to(device)
             continue
+        x = resize_like_pil(stack_on(images, idx, device), (nh, nw))  # (B, 3, nh, nw)
         x = x[:, :, top : top + ch, left : left + cw]
         out[idx] = (x * scale - mean) / std
     return out
@@ -212,6 +213,21 @@ def cosine(
     img = image_features(bundle, images, max_batch, max_pixels)
     txt = text_features(bundle, texts, max_batch)
     return (img * txt).sum(dim=-1).double().numpy()
+
+
+class ClipScorer(Scorer):
+    """A scorer built on ``cos(image_i, prefix + prompt_i)`` of a CLIP bundle."""
+
+    def __init__(self, bundle: ClipBundle, info: ModelInfo) -> None:
+        self.bundle = bundle
+        self.info = info
+        self.max_resolution = bundle.max_resolution
+
+    def cosine(self, images: Sequence[Any], prompts: Sequence[str], prefix: str = "") -> np.ndarray:
+        """Checked inputs -> float64 ``(N,)`` cosines, in the model's batch limits."""
+        check_prompts(images, prompts)
+        texts = [prefix + p for p in prompts]
+        return cosine(self.bundle, canonical(images), texts, self.max_batch, self.max_batch_pixels)
 
 
 def logit_scale(bundle: ClipBundle) -> float:

@@ -37,7 +37,9 @@ class CLIPEmbedder(Embedder):
 
 def load(opts: LoadOptions) -> CLIPEmbedder:
     check_options("clip_embedder", opts.options, OPTIONS)
-    bundle = clip.load_clip(opts, option(opts.options, "processor_source", str, None))
+    bundle = clip.load_clip(
+        opts, option(opts.options, "processor_source", str, None), "clip_embedder"
+    )
     info = model_info(
         "clip_embedder", "embedder", opts, bundle.resolved, bundle.device, bundle.dtype
     )

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from divreward.models import _clip_common as clip
-from divreward.models._common import canonical, check_options, option
-from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
+from divreward.models._common import check_options, option
+from divreward.models.base import LoadOptions, ModelInfo
 from divreward.models.weights import model_info
 
 FORMS: dict[str, tuple[float, str]] = {  # form -> (weight, caption prefix)
@@ -42,22 +42,16 @@ OPTIONS = ("form", "weight", "prefix", "processor_source", "preprocess")
 DEFAULT_SOURCE = "openai/clip-vit-base-patch32"
 
 
-class CLIPScore(Scorer):
+class CLIPScore(clip.ClipScorer):
     def __init__(
         self, bundle: clip.ClipBundle, weight: float, prefix: str, info: ModelInfo
     ) -> None:
-        self.bundle = bundle
+        super().__init__(bundle, info)
         self.weight = weight
         self.prefix = prefix
-        self.info = info
-        self.max_resolution = bundle.max_resolution
 
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
-        check_prompts(images, prompts)
-        imgs = canonical(images)
-        texts = [self.prefix + p for p in prompts]
-        cos = clip.cosine(self.bundle, imgs, texts, self.max_batch, self.max_batch_pixels)
-        return self.weight * np.maximum(cos, 0.0)
+        return self.weight * np.maximum(self.cosine(images, prompts, self.prefix), 0.0)
 
 
 def load(opts: LoadOptions) -> CLIPScore:
@@ -67,7 +61,7 @@ def load(opts: LoadOptions) -> CLIPScore:
         raise ValueError(f"clipscore: option 'form' must be one of {sorted(FORMS)}, got {form!r}")
     weight = option(opts.options, "weight", float, FORMS[form][0])
     prefix = option(opts.options, "prefix", str, FORMS[form][1])
-    bundle = clip.load_clip(opts, option(opts.options, "processor_source", str, None))
+    bundle = clip.load_clip(opts, option(opts.options, "processor_source", str, None), "clipscore")
     info = model_info("clipscore", "scorer", opts, bundle.resolved, bundle.device, bundle.dtype)
     return CLIPScore(bundle, weight, prefix, info)
 

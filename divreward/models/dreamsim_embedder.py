@@ -9,6 +9,8 @@ DreamSim distance is ``1 - cos``.
 
 Preprocessing (dreamsim's own): RGB -> resize to 224 x 224 (**squash**, bicubic, PIL)
 -> ToTensor, values in [0, 1]; each branch normalises with its own mean/std inside.
+Option ``preprocess: tensor``: the same as batched tensor operations on the model's
+device (:func:`preprocess_tensor`).
 
 Weights: ``dreamsim(pretrained=True, device=..., cache_dir=..., dreamsim_type=...)``
 downloads its release zips (and, for DINO branches, the DINO code and weights through
@@ -40,6 +42,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +54,12 @@ from divreward.models._common import (
     iter_chunks,
     option,
     seeded,
+)
+from divreward.models._tensor_preprocess import (
+    by_size,
+    preprocess_mode,
+    resize_like_pil,
+    stack_on,
 )
 from divreward.models.base import Embedder, LoadOptions, ModelInfo
 from divreward.models.weights import (
@@ -69,7 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "dreamsim"
-OPTIONS = ("dreamsim_type",)
+OPTIONS = ("dreamsim_type", "preprocess")
 IMAGE_SIZE = 224
 TINY_FILE = "divreward_dreamsim.json"
 DINO_HUB = "facebookresearch_dino_main"
@@ -120,17 +129,42 @@ def squash_resize(image: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def preprocess_tensor(images: Sequence[np.ndarray], size: int, device: str) -> torch.Tensor:
+    """:func:`squash_resize` for a batch, as tensor operations on ``device``: one
+    antialiased bicubic resize (PIL's kernel, rounded to uint8 levels) per group of images
+    of one size, then ``/ 255``. Within 2 uint8 levels per pixel of the reference
+    (tests/models/test_tensor_preprocess.py); ``(N, 3, size, size)`` float32 on
+    ``device``."""
+    import torch
+
+    out = torch.empty((len(images), 3, size, size), device=device)
+    for _, idx in by_size(images).items():
+        out[idx] = resize_like_pil(stack_on(images, idx, device), (size, size)) / 255.0
+    return out
+
+
+@dataclass(eq=False, repr=False)
 class DreamSimEmbedder(Embedder):
-    def __init__(
-        self, model: Any, image_size: int, dim: int, device: str, dtype: Any, info: ModelInfo
-    ) -> None:
-        self.model = model
-        self.image_size = image_size
-        self.dim = dim
-        self.device = device
-        self.dtype = dtype
-        self.info = info
-        self.max_resolution = image_size
+    model: Any  # dreamsim's PerceptualModel (peft-wrapped), eval, on device
+    image_size: int
+    dim: int
+    device: str
+    dtype: Any
+    info: ModelInfo
+    preprocess: str = "pil"  # "pil": squash_resize (the reference); "tensor": preprocess_tensor
+
+    def __post_init__(self) -> None:
+        self.max_resolution = self.image_size
+
+    def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(B, 3, S, S)`` values in [0, 1] on the model's device and dtype."""
+        import torch
+
+        if self.preprocess == "tensor":
+            x = preprocess_tensor(images, self.image_size, self.device)
+        else:
+            x = torch.stack([squash_resize(img, self.image_size) for img in images])
+        return x.to(self.device, self.dtype)
 
     def embed(self, images: Sequence[Any]) -> np.ndarray:
         import torch
@@ -139,8 +173,7 @@ class DreamSimEmbedder(Embedder):
         out = [np.zeros((0, self.dim), np.float32)]
         with torch.inference_mode():
             for sl in iter_chunks(imgs, self.max_batch, self.max_batch_pixels):
-                x = torch.stack([squash_resize(img, self.image_size) for img in imgs[sl]])
-                emb = self.model.embed(x.to(self.device, self.dtype)).float()  # (B, dim)
+                emb = self.model.embed(self.pixels(imgs[sl])).float()  # (B, dim)
                 emb = emb / emb.norm(dim=-1, keepdim=True)
                 out.append(emb.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
@@ -176,6 +209,7 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
 
     check_options("dreamsim", opts.options, OPTIONS)
     dreamsim_type = option(opts.options, "dreamsim_type", str, "ensemble")
+    mode = preprocess_mode("dreamsim", opts.options)
     if dreamsim_type not in LORA_TAG:
         raise ValueError(
             f"dreamsim: option 'dreamsim_type' must be one of {sorted(LORA_TAG)}, "
@@ -244,7 +278,7 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
         dim = int(model.embed(probe).shape[-1])
     resolved = Resolved(adapter, str(cache), None, find_tiny_root(cache) is not None)
     info = model_info("dreamsim", "embedder", opts, [resolved], device, dtype)
-    return DreamSimEmbedder(model, image_size, dim, device, dtype, info)
+    return DreamSimEmbedder(model, image_size, dim, device, dtype, info, mode)
 
 
 def _adapter_file(folder: Path) -> Path:

@@ -18,7 +18,9 @@ ToTensor -> resize so the **longest** side is 224 (bicubic on the float tensor,
 torchvision's default antialias) -> pad centred with black (left/top get ``pad // 2``)
 to 224 x 224 -> OpenAI mean/std. One deviation, documented: upstream skips the pad when
 the longest side is already 224, which crashes the model on non-square inputs; here
-such images are padded too (the square case is identical).
+such images are padded too (the square case is identical). Option ``preprocess``:
+``pil`` (default, this reference, per image on the CPU) or ``tensor`` (the same
+operations batched on the model's device: :func:`preprocess_tensor`).
 
 Tokeniser: open_clip's ``SimpleTokenizer`` (the BPE vocabulary ships in the wheel),
 context length 77, as ``open_clip.get_tokenizer("ViT-H-14")``.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +50,7 @@ from divreward.models._common import (
     option,
     seeded,
 )
+from divreward.models._tensor_preprocess import by_size, preprocess_mode, stack_on
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     WeightsNotFoundError,
@@ -67,7 +71,7 @@ ARCHITECTURE = "ViT-H-14"
 ARCH_FILE = "open_clip_config.json"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-OPTIONS = ("version",)
+OPTIONS = ("version", "preprocess")
 
 TINY_MODEL_CFG: dict[str, Any] = {
     "embed_dim": 16,
@@ -98,7 +102,8 @@ def longest_side_pad(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 def preprocess(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """Canonical images -> ``(N, 3, size, size)`` normalised pixel values."""
+    """Canonical images -> ``(N, 3, size, size)`` normalised pixel values (the reference:
+    one image at a time, on the CPU)."""
     import torch
 
     mean = torch.tensor(OPENAI_MEAN).view(3, 1, 1)
@@ -108,17 +113,50 @@ def preprocess(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     return torch.stack([(longest_side_pad(img, size) - mean) / std for img in images])
 
 
+def preprocess_tensor(images: Sequence[np.ndarray], size: int, device: str) -> torch.Tensor:
+    """:func:`preprocess` as batched tensor operations on ``device``: the same operations
+    (ToTensor, antialiased bicubic resize of the float tensor, centred black pad, OpenAI
+    normalisation), one resize per group of images of one size. Equal to
+    :func:`preprocess` up to float rounding (tests/models/test_tensor_preprocess.py);
+    ``(N, 3, size, size)`` float32 on ``device``."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    mean = torch.tensor(OPENAI_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD, device=device).view(1, 3, 1, 1)
+    # Black padding is 0 before normalisation: fill with the normalised 0, then paste.
+    out = ((0.0 - mean) / std).expand(len(images), 3, size, size).contiguous()
+    for (h, w), idx in by_size(images).items():
+        x = stack_on(images, idx, device) / 255.0  # (B, 3, h, w) in [0, 1]
+        scale = size / float(max(h, w))
+        new_h, new_w = round(h * scale), round(w * scale)
+        if (new_h, new_w) != (h, w):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        out[idx, :, top : top + new_h, left : left + new_w] = (x - mean) / std
+    return out
+
+
+@dataclass(eq=False, repr=False)
 class HPSv2(Scorer):
-    def __init__(
-        self, model: Any, tokenizer: Any, image_size: int, device: str, dtype: Any, info: ModelInfo
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.image_size = image_size
-        self.device = device
-        self.dtype = dtype
-        self.info = info
-        self.max_resolution = image_size
+    model: Any  # open_clip CLIP, eval, on device
+    tokenizer: Any  # open_clip SimpleTokenizer
+    image_size: int
+    device: str
+    dtype: Any
+    info: ModelInfo
+    preprocess: str = "pil"  # "pil": preprocess (the reference); "tensor": preprocess_tensor
+
+    def __post_init__(self) -> None:
+        self.max_resolution = self.image_size
+
+    def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(B, 3, S, S)`` normalised pixel values on the model's device and dtype."""
+        if self.preprocess == "tensor":
+            x = preprocess_tensor(images, self.image_size, self.device)
+        else:
+            x = preprocess(images, self.image_size)
+        return x.to(self.device, self.dtype)
 
     def features(
         self, images: Sequence[np.ndarray], prompts: Sequence[str]
@@ -130,7 +168,7 @@ class HPSv2(Scorer):
         img_out, txt_out = [torch.zeros((0, dim))], [torch.zeros((0, dim))]
         with torch.inference_mode():
             for sl in iter_chunks(images, self.max_batch, self.max_batch_pixels):
-                pixels = preprocess(images[sl], self.image_size).to(self.device, self.dtype)
+                pixels = self.pixels(images[sl])
                 tokens = self.tokenizer(list(prompts[sl])).to(self.device)  # (B, 77) int64
                 img = self.model.encode_image(pixels).float()  # (B, D)
                 txt = self.model.encode_text(tokens).float()  # (B, D)
@@ -180,6 +218,7 @@ def load(opts: LoadOptions) -> HPSv2:
 
     check_options("hpsv2", opts.options, OPTIONS)
     version = option(opts.options, "version", str, "v2.0")
+    mode = preprocess_mode("hpsv2", opts.options)
     if version not in VERSIONS:
         raise ValueError(
             f"hpsv2: option 'version' must be one of {sorted(VERSIONS)}, got {version!r}"
@@ -211,7 +250,7 @@ def load(opts: LoadOptions) -> HPSv2:
     tokenizer = SimpleTokenizer(context_length=int(cfg["text_cfg"].get("context_length", 77)))
     image_size = int(cfg["vision_cfg"]["image_size"])
     info = model_info(name, "scorer", opts, [resolved], device, dtype)
-    return HPSv2(model, tokenizer, image_size, device, dtype, info)
+    return HPSv2(model, tokenizer, image_size, device, dtype, info, mode)
 
 
 def _causal_mask(model: Any) -> torch.Tensor:

@@ -22,7 +22,9 @@ and the text ``INSTRUCTION.format(text_prompt=prompt) + PROMPT_WITH_SPECIAL_TOKE
 chat template with the generation prompt, tokenized with right padding. The image is
 resized by ``qwen_vl_utils.fetch_image`` semantics (``smart_resize`` to
 ``min_pixels = max_pixels = 200704``, i.e. 448x448 -> 256 visual tokens, PIL bicubic),
-then normalised and patchified by the checkpoint's ``Qwen2VLImageProcessor``.
+then normalised and patchified by the checkpoint's ``Qwen2VLImageProcessor``. Option
+``preprocess: tensor``: the resize, normalisation and patchifying as batched tensor
+operations on the model's device (:func:`pixels_tensor`); the text stays on the CPU.
 
 Weights: ``MizzenAI/HPSv3`` file ``HPSv3.safetensors`` (the whole model) plus only the
 config, processor and tokenizer files of ``Qwen/Qwen2-VL-7B-Instruct`` (option
@@ -47,7 +49,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,7 @@ from divreward.models._checkpoint import (
     module_shapes,
 )
 from divreward.models._common import canonical, check_options, iter_chunks, option, seeded
+from divreward.models._tensor_preprocess import by_size, preprocess_mode, resize_like_pil, stack_on
 from divreward.models.base import DEFAULT_MAX_PIXELS, LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     WeightsNotFoundError,
@@ -94,7 +97,7 @@ REWARD_TOKEN = "<|Reward|>"
 IMAGE_TOKEN = "<|image_pad|>"
 PIXELS = 256 * 28 * 28  # 200704 = 448 x 448: min_pixels = max_pixels of the reference
 MAX_RATIO = 200  # qwen_vl_utils refuses more extreme aspect ratios
-OPTIONS = ("pixels", "base_source", "max_batch", "max_batch_pixels")
+OPTIONS = ("pixels", "base_source", "max_batch", "max_batch_pixels", "preprocess")
 DEFAULT_MAX_BATCH = 8
 # Input pixels (before the resize), as every model counts them: each image is resized to
 # the fixed ``pixels`` budget, so ``max_batch`` alone bounds the forward pass's size.
@@ -384,30 +387,64 @@ class Encoded:
     image_grid_thw: torch.Tensor  # (B, 3) long
 
 
+def pixels_tensor(
+    image_processor: Any,
+    images: Sequence[np.ndarray],
+    sizes: Sequence[tuple[int, int]],
+    device: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fetch_image``'s resize and the image processor's rescale, normalise and
+    patchify as batched tensor operations on ``device``: each image to its ``sizes[i]``
+    (its smart_resize, sides multiple of the factor) with PIL's antialiased bicubic kernel
+    rounded to uint8 levels, one resize per group of images of one size and target; then
+    the processor's own ``rescale_and_normalize`` and ``patchify`` on the device.
+    Returns ``(P, C * T * patch * patch)`` float32 patches on ``device`` (images in order)
+    and the ``(B, 3)`` long grids on the CPU, as the processor's ``pixel_values`` and
+    ``image_grid_thw``; the patches are within 2 uint8 levels of the reference before
+    normalisation (tests/models/test_tensor_preprocess.py)."""
+    ip = image_processor
+    patch, merge, temporal = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    for (h, w), idx in by_size(images).items():
+        for i in idx:
+            groups.setdefault((h, w, *sizes[i]), []).append(i)
+    parts: list[torch.Tensor | None] = [None] * len(images)
+    grids = torch.zeros((len(images), 3), dtype=torch.long)
+    for (_, _, rh, rw), idx in groups.items():
+        x = resize_like_pil(stack_on(images, idx, device), (rh, rw))  # (B, 3, rh, rw)
+        x = ip.rescale_and_normalize(
+            x, ip.do_rescale, ip.rescale_factor, ip.do_normalize, ip.image_mean, ip.image_std
+        )
+        patches, gh, gw = ip.patchify(
+            x, patch_size=patch, merge_size=merge, temporal_patch_size=temporal
+        )  # (B, gh * gw, C * T * patch * patch)
+        for j, i in enumerate(idx):
+            parts[i] = patches[j]
+            grids[i] = torch.tensor([1, gh, gw])
+    if not images:
+        dim = 3 * temporal * patch * patch
+        return torch.zeros((0, dim), device=device), grids
+    return torch.cat([p for p in parts if p is not None]), grids
+
+
+@dataclass(eq=False, repr=False)
 class HPSv3(Scorer):
-    def __init__(
-        self,
-        model: HPSv3RewardModel,
-        processor: Any,
-        reward_token_id: int,
-        pixels: int,
-        max_batch: int,
-        max_batch_pixels: int,
-        device: str,
-        info: ModelInfo,
-    ) -> None:
-        self.model = model
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.image_processor = processor.image_processor
-        self.reward_token_id = reward_token_id
-        self.pixels = pixels
+    model: HPSv3RewardModel
+    processor: Any  # Qwen2VLProcessor (tokenizer with <|Reward|>, image processor)
+    reward_token_id: int
+    pixels: int  # the pixel budget of every image (min = max pixels of fetch_image)
+    # field(): required here, although BatchLimits gives class defaults
+    max_batch: int = field()
+    max_batch_pixels: int = field()
+    device: str
+    info: ModelInfo
+    preprocess: str = "pil"  # "pil": PIL resize + the processor; "tensor": pixels_tensor
+
+    def __post_init__(self) -> None:
+        self.tokenizer = self.processor.tokenizer
+        self.image_processor = self.processor.image_processor
         self.factor = int(self.image_processor.patch_size * self.image_processor.merge_size)
-        self.max_batch = max_batch
-        self.max_batch_pixels = max_batch_pixels
-        self.device = device
-        self.info = info
-        self.max_resolution = math.isqrt(pixels)
+        self.max_resolution = math.isqrt(self.pixels)
         # Every added token (Qwen's specials and <|Reward|>): a prompt holding one would
         # break the one-image-span / one-reward-token structure of the input.
         self._special = sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True)
@@ -436,14 +473,19 @@ class HPSv3(Scorer):
             self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         )
 
-    def resize(self, image: np.ndarray, index: int) -> np.ndarray:
-        """``fetch_image``: smart_resize to the pixel budget, PIL bicubic."""
+    def target_size(self, image: np.ndarray, index: int) -> tuple[int, int]:
+        """``(h, w)`` of ``fetch_image``'s smart_resize to the pixel budget
+        (``ImageError`` naming ``index`` for an extreme aspect ratio)."""
         h, w = image.shape[:2]
         try:
-            rh, rw = smart_resize(h, w, self.factor, self.pixels, self.pixels)
+            return smart_resize(h, w, self.factor, self.pixels, self.pixels)
         except ValueError as exc:
             raise ImageError(str(exc), index) from exc
-        if (rh, rw) == (h, w):
+
+    def resize(self, image: np.ndarray, index: int) -> np.ndarray:
+        """``fetch_image``: smart_resize to the pixel budget, PIL bicubic."""
+        rh, rw = self.target_size(image, index)
+        if (rh, rw) == image.shape[:2]:
             # The image processor wraps arrays with torch.from_numpy: give it its own copy.
             return image if image.flags.writeable else image.copy()
         return np.array(Image.fromarray(image).resize((rw, rh), Image.Resampling.BICUBIC))
@@ -451,7 +493,24 @@ class HPSv3(Scorer):
     def encode(self, resized: Sequence[np.ndarray], prompts: Sequence[str]) -> Encoded:
         """Tokenize and patchify already-resized images (sides multiple of the factor)."""
         vis = self.image_processor(images=list(resized), do_resize=False, return_tensors="pt")
-        grid = vis["image_grid_thw"]  # (B, 3)
+        return self.with_tokens(vis["pixel_values"], vis["image_grid_thw"], prompts)
+
+    def encode_tensor(
+        self,
+        images: Sequence[np.ndarray],
+        sizes: Sequence[tuple[int, int]],
+        prompts: Sequence[str],
+    ) -> Encoded:
+        """:meth:`encode` of the images resized to ``sizes``, with the image part as
+        batched tensor operations on the model's device (:func:`pixels_tensor`)."""
+        pixels, grid = pixels_tensor(self.image_processor, images, sizes, self.device)
+        return self.with_tokens(pixels, grid, prompts)
+
+    def with_tokens(
+        self, pixel_values: torch.Tensor, grid: torch.Tensor, prompts: Sequence[str]
+    ) -> Encoded:
+        """The chat-templated, tokenized prompts, each image span expanded to its number
+        of visual tokens, with the given patches."""
         merge = int(self.image_processor.merge_size) ** 2
         texts = []
         for prompt, thw in zip(prompts, grid, strict=True):
@@ -463,7 +522,7 @@ class HPSv3(Scorer):
             raise RuntimeError(
                 f"expected one {REWARD_TOKEN} token per input, got {n_reward.tolist()}"
             )
-        return Encoded(tok["input_ids"], tok["attention_mask"], vis["pixel_values"], grid)
+        return Encoded(tok["input_ids"], tok["attention_mask"], pixel_values, grid)
 
     @torch.inference_mode()
     def forward(self, enc: Encoded) -> torch.Tensor:
@@ -483,11 +542,16 @@ class HPSv3(Scorer):
         arrays = canonical(images)
         for i, prompt in enumerate(prompts):
             self._check_prompt(i, prompt)
+        out = np.empty((len(arrays), 2), dtype=np.float64)
+        if self.preprocess == "tensor":
+            sizes = [self.target_size(img, i) for i, img in enumerate(arrays)]
+            for sl in iter_chunks(arrays, self.max_batch, self.max_batch_pixels):
+                enc = self.encode_tensor(arrays[sl], sizes[sl], prompts[sl])
+                out[sl] = self.forward(enc).numpy()
+            return out
         resized = [self.resize(img, i) for i, img in enumerate(arrays)]
-        out = np.empty((len(resized), 2), dtype=np.float64)
         for sl in iter_chunks(arrays, self.max_batch, self.max_batch_pixels):
-            enc = self.encode(resized[sl], prompts[sl])
-            out[sl] = self.forward(enc).numpy()
+            out[sl] = self.forward(self.encode(resized[sl], prompts[sl])).numpy()
         return out
 
     def score(self, images: Any, prompts: Sequence[str]) -> np.ndarray:
@@ -518,6 +582,7 @@ def load(opts: LoadOptions) -> HPSv3:
     device = check_device(opts.device)
     pixels = option(opts.options, "pixels", int, PIXELS)
     base_source = option(opts.options, "base_source", str, BASE_REPO)
+    mode = preprocess_mode("hpsv3", opts.options)
     max_batch = option(opts.options, "max_batch", int, DEFAULT_MAX_BATCH)
     max_batch_pixels = option(opts.options, "max_batch_pixels", int, DEFAULT_MAX_BATCH_PIXELS)
     for key, value in (
@@ -571,7 +636,9 @@ def load(opts: LoadOptions) -> HPSv3:
             f"tokenizer maps {IMAGE_TOKEN} to {image_id}"
         )
     info = model_info("hpsv3", "scorer", opts, [main, base], device, dtype, profile)
-    return HPSv3(model, processor, reward_id, pixels, max_batch, max_batch_pixels, device, info)
+    return HPSv3(
+        model, processor, reward_id, pixels, max_batch, max_batch_pixels, device, info, mode
+    )
 
 
 # ---------------------------------------------------------------------------------------

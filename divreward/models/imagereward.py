@@ -20,7 +20,8 @@ Linear(64, 16) Linear(16, 1)``: no activations (the reference comments them out)
   training code) do **not** replace it by ``[ENC]`` as BLIP's ITM head does.
 - Image: ``Resize(224, bicubic)`` of the shorter side, ``CenterCrop(224)``, ``ToTensor``,
   ``Normalize`` with the OpenAI CLIP mean/std, through torchvision on PIL images exactly
-  as the reference's ``_transform``.
+  as the reference's ``_transform``. Option ``preprocess: tensor``: the same as batched
+  tensor operations on the model's device (:func:`preprocess_tensor`).
 - Weights: ``THUDM/ImageReward`` files ``ImageReward.pt`` (a plain state dict, read with
   ``torch.load(weights_only=True)``: no code runs) and ``med_config.json`` (the BERT
   config). Keys are renamed onto transformers' ``BlipVisionModel`` /
@@ -39,6 +40,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,12 @@ from divreward.models._common import (
     option,
     seeded,
 )
+from divreward.models._tensor_preprocess import (
+    by_size,
+    preprocess_mode,
+    resize_like_pil,
+    stack_on,
+)
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
     check_device,
@@ -80,7 +88,7 @@ TOKENIZER_REPO = "google-bert/bert-base-uncased"
 TOKENIZER_REQUIRED = ("vocab.txt",)
 TOKENIZER_OPTIONAL = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
 VISION_CONFIG_FILE = "divreward_blip_vision_config.json"  # tiny directories only
-OPTIONS = ("tokenizer_source", "max_batch", "max_batch_pixels")
+OPTIONS = ("tokenizer_source", "max_batch", "max_batch_pixels", "preprocess")
 
 MEAN = 0.16717362830052426  # the reference's reward standardisation
 STD = 1.0333394966054072
@@ -368,30 +376,51 @@ def preprocess_transform(size: int) -> Any:
     )
 
 
+def preprocess_tensor(images: Sequence[np.ndarray], size: int, device: str) -> torch.Tensor:
+    """:func:`preprocess_transform` as batched tensor operations on ``device``: shorter
+    side to ``size`` (torchvision's output size, PIL's antialiased bicubic kernel, rounded
+    to uint8 levels), torchvision's centre crop, ToTensor, CLIP normalisation; one resize
+    per group of images of one size. Within 2 uint8 levels per pixel of the reference
+    (tests/models/test_tensor_preprocess.py); ``(N, 3, size, size)`` float32 on
+    ``device``."""
+    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    out = torch.empty((len(images), 3, size, size), device=device)
+    for (h, w), idx in by_size(images).items():
+        # torchvision's Resize(int): the short side to ``size``, the long one truncated.
+        short, long = min(h, w), max(h, w)
+        new_long = int(size * long / short)
+        nh, nw = (new_long, size) if w <= h else (size, new_long)
+        x = resize_like_pil(stack_on(images, idx, device), (nh, nw))  # (B, 3, nh, nw)
+        top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)  # torchvision's crop
+        x = x[:, :, top : top + size, left : left + size]
+        out[idx] = (x / 255.0 - mean) / std
+    return out
+
+
+@dataclass(eq=False, repr=False)
 class ImageReward(Scorer):
-    def __init__(
-        self,
-        model: ImageRewardModel,
-        tokenizer: Any,
-        max_batch: int,
-        max_batch_pixels: int,
-        device: str,
-        info: ModelInfo,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        size: Any = model.vision.config.image_size  # an int for BLIP (typed as a union)
+    model: ImageRewardModel
+    tokenizer: Any
+    # field(): required here, although BatchLimits gives class defaults
+    max_batch: int = field()
+    max_batch_pixels: int = field()
+    device: str
+    info: ModelInfo
+    preprocess: str = "pil"  # "pil": the reference transform; "tensor": preprocess_tensor
+
+    def __post_init__(self) -> None:
+        size: Any = self.model.vision.config.image_size  # an int for BLIP (typed as a union)
         self.image_size = int(size)
         self.transform = preprocess_transform(self.image_size)
-        self.max_batch = max_batch
-        self.max_batch_pixels = max_batch_pixels
-        self.device = device
-        self.info = info
         self.max_resolution = self.image_size
 
     def pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """``(B, 3, S, S)`` float32, normalised."""
-        return torch.stack([self.transform(Image.fromarray(img)) for img in images])
+        """``(B, 3, S, S)`` float32, normalised, on the model's device."""
+        if self.preprocess == "tensor":
+            return preprocess_tensor(images, self.image_size, self.device)
+        x = torch.stack([self.transform(Image.fromarray(img)) for img in images])
+        return x.to(self.device)
 
     def tokens(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 35)`` ids and mask, ``[CLS] ... [SEP] [PAD]...``."""
@@ -410,7 +439,7 @@ class ImageReward(Scorer):
         arrays = canonical(images)
         out = np.empty(len(arrays), dtype=np.float64)
         for sl in iter_chunks(arrays, self.max_batch, self.max_batch_pixels):
-            pixels = self.pixel_values(arrays[sl]).to(self.device)
+            pixels = self.pixel_values(arrays[sl])
             ids, mask = self.tokens(prompts[sl])
             scores = self.model(pixels, ids.to(self.device), mask.to(self.device))
             out[sl] = scores.float().cpu().numpy()
@@ -423,6 +452,7 @@ def load(opts: LoadOptions) -> ImageReward:
     tokenizer_source = option(opts.options, "tokenizer_source", str, TOKENIZER_REPO)
     max_batch = option(opts.options, "max_batch", int, DEFAULT_MAX_BATCH)
     max_batch_pixels = option(opts.options, "max_batch_pixels", int, DEFAULT_MAX_PIXELS)
+    mode = preprocess_mode("imagereward", opts.options)
     for key, value in (("max_batch", max_batch), ("max_batch_pixels", max_batch_pixels)):
         if value < 1:
             raise ValueError(f"imagereward: option {key!r} must be >= 1, got {value}")
@@ -444,7 +474,7 @@ def load(opts: LoadOptions) -> ImageReward:
         )
     model = load_checkpoint(read_state_dict(main.path), vcfg, tcfg, device, dtype, str(main.path))
     info = model_info("imagereward", "scorer", opts, [main, med, tok_dir], device, dtype, profile)
-    return ImageReward(model, tokenizer, max_batch, max_batch_pixels, device, info)
+    return ImageReward(model, tokenizer, max_batch, max_batch_pixels, device, info, mode)
 
 
 # ---------------------------------------------------------------------------------------

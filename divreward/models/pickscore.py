@@ -18,25 +18,21 @@ from typing import Any
 import numpy as np
 
 from divreward.models import _clip_common as clip
-from divreward.models._common import canonical, check_options, option
-from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
+from divreward.models._common import check_options, option
+from divreward.models.base import LoadOptions, ModelInfo
 from divreward.models.weights import model_info
 
 PROCESSOR_SOURCE = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 OPTIONS = ("scale_divisor", "processor_source", "preprocess")
 
 
-class PickScore(Scorer):
+class PickScore(clip.ClipScorer):
     def __init__(self, bundle: clip.ClipBundle, scale_divisor: float, info: ModelInfo) -> None:
-        self.bundle = bundle
+        super().__init__(bundle, info)
         self.scale_divisor = scale_divisor
-        self.info = info
-        self.max_resolution = bundle.max_resolution
 
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
-        check_prompts(images, prompts)
-        imgs = canonical(images)
-        cos = clip.cosine(self.bundle, imgs, prompts, self.max_batch, self.max_batch_pixels)
+        cos = self.cosine(images, prompts)
         return clip.logit_scale(self.bundle) * cos / self.scale_divisor
 
 
@@ -46,7 +42,7 @@ def load(opts: LoadOptions) -> PickScore:
     if not divisor > 0:
         raise ValueError(f"pickscore: option 'scale_divisor' must be > 0, got {divisor}")
     proc_src = option(opts.options, "processor_source", str, PROCESSOR_SOURCE)
-    bundle = clip.load_clip(opts, proc_src)
+    bundle = clip.load_clip(opts, proc_src, "pickscore")
     info = model_info("pickscore", "scorer", opts, bundle.resolved, bundle.device, bundle.dtype)
     return PickScore(bundle, divisor, info)
 

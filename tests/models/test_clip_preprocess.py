@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from fixtures_models import TinyZoo
+from model_images import smooth_image
 from transformers import CLIPImageProcessorPil
 
 from divreward.models import _clip_common as clip
@@ -17,20 +18,11 @@ STD_MIN = 0.26130258  # the smallest OpenAI std: 1 uint8 level = 1/255/STD_MIN n
 LEVELS = 2  # tolerance, in uint8 levels before normalisation
 
 
-def _smooth(h: int, w: int, seed: int) -> np.ndarray:
-    """A photo-like image: smooth gradients plus mild noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    base = np.stack([np.sin(6 * x + c) + np.cos(4 * y - c) for c in (0.0, 1.0, 2.0)], -1)
-    img = 127 + 60 * base + rng.normal(0, 8, (h, w, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 @pytest.mark.parametrize("side", [224, 32])
 def test_tensor_preprocessing_matches_the_pil_processor(side: int) -> None:
     proc = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size=side)
     shapes = [(512, 512), (512, 768), (768, 512), (512, 512), (300, 301), (side, side)]
-    images = [_smooth(h, w, i) for i, (h, w) in enumerate(shapes)]
+    images = [smooth_image(h, w, i) for i, (h, w) in enumerate(shapes)]
     ref = clip.preprocess(proc, images)
     got = clip.preprocess_tensor(proc, images, "cpu")
     assert got.shape == ref.shape == (len(images), 3, side, side)
@@ -46,7 +38,7 @@ def test_tensor_preprocessing_gives_the_same_outputs(tiny_zoo: TinyZoo, name: st
     opts = tiny_zoo.options(name)
     fast = load_model(name, replace(opts, options={**opts.options, "preprocess": "tensor"}))
     assert fast.bundle.preprocess == "tensor"  # type: ignore[attr-defined]
-    images = [_smooth(96, 80, 1), _smooth(96, 80, 2), _smooth(64, 128, 3)]
+    images = [smooth_image(96, 80, 1), smooth_image(96, 80, 2), smooth_image(64, 128, 3)]
     prompts = ["a red bicycle", "a cat", "a lighthouse"]
     if name == "clip_embedder":
         a, b = pil.embed(images), fast.embed(images)  # type: ignore[union-attr]
