@@ -95,10 +95,11 @@ _DIVERSITY_MODELS = tuple(m.params for m in METHODS.values())
 
 
 def _reward_params(
-    quality: Mapping[str, float] | None,
-    diversity: DiversityArg,
-    advantage: AdvantageArg,
-    return_embeddings: bool,
+    *,
+    quality: Mapping[str, float] | None = None,
+    diversity: DiversityArg = None,
+    advantage: AdvantageArg = None,
+    return_embeddings: bool = False,
 ) -> dict[str, Any]:
     """The reward parameters the caller set (the rest takes the server's defaults)."""
     body: dict[str, Any] = {}
@@ -183,7 +184,12 @@ def rewards_request(
             for g in (_as_group(x, i) for i, x in enumerate(groups))
         ],
         "request_id": request_id,
-        **_reward_params(quality, diversity, advantage, return_embeddings),
+        **_reward_params(
+            quality=quality,
+            diversity=diversity,
+            advantage=advantage,
+            return_embeddings=return_embeddings,
+        ),
     }
     return RewardsRequest.model_validate(body)
 
@@ -193,14 +199,13 @@ def group_submission(
     *,
     namespace: str | None,
     opts: ImageOptions,
-    quality: Mapping[str, float] | None = None,
-    diversity: DiversityArg = None,
-    advantage: AdvantageArg = None,
-    return_embeddings: bool = False,
     assembly_timeout_s: float | None = None,
     request_id: str | None = None,
+    **reward_params: Any,
 ) -> GroupSubmission:
-    """The submission of one group (or part); a fresh request id unless one is given."""
+    """The submission of one group (or part); a fresh request id unless one is given.
+    ``reward_params``: those of :meth:`RewardClient.submit` (quality, diversity,
+    advantage, return_embeddings)."""
     if group.group_id is None:
         raise ValueError("group.group_id is required for submit/stream: answers are tagged by it")
     body: dict[str, Any] = {
@@ -213,7 +218,7 @@ def group_submission(
         body["group_size"] = group.group_size
     if namespace is not None:
         body["namespace"] = namespace
-    body.update(_reward_params(quality, diversity, advantage, return_embeddings))
+    body.update(_reward_params(**reward_params))
     if assembly_timeout_s is not None:
         body["assembly_timeout_s"] = assembly_timeout_s
     return GroupSubmission.model_validate(body)
