@@ -161,6 +161,23 @@ APP, PREFIX, TOKENS_ENV = "launch_overrides", "/launch-overrides", "DIVREWARD_LA
 INGRESS_SLOTS = 1.5
 
 
+def _quality_only_app(name: str, prefix: str, tiny_dir: Path) -> dict[str, Any]:
+    """A config file's entry: a reward app on the tiny PickScore, without diversity."""
+    return {
+        "name": name,
+        "route_prefix": prefix,
+        "import_path": "divreward.services.reward_server.app:build_app",
+        "args": {
+            "profile": "tiny",
+            "tiny_models_dir": str(tiny_dir),
+            "default_diversity": "none",
+            "diversity_app": "no-diversity-here",
+            "scorers": {"pickscore": {"num_cpus": 0.1}},
+            "ingress": {"num_cpus": 0.1},
+        },
+    }
+
+
 @pytest.fixture(scope="module")
 def overridden_app(serve_app: Any) -> Iterator[str]:
     """A quality-only reward app deployed from a config with overrides; its URL."""
@@ -168,19 +185,9 @@ def overridden_app(serve_app: Any) -> Iterator[str]:
 
     from divreward.services import launch
 
-    app = {
-        "name": APP,
-        "route_prefix": PREFIX,
-        "import_path": "divreward.services.reward_server.app:build_app",
-        "args": {
-            "profile": "tiny",
-            "tiny_models_dir": str(serve_app.tiny_models_dir),
-            "default_diversity": "none",
-            "diversity_app": "no-diversity-here",
-            "scorers": {"pickscore": {"num_cpus": 0.1}},
-            "ingress": {"num_cpus": 0.1},
-            "auth": {"enabled": True, "tokens_env": TOKENS_ENV},
-        },
+    app = _quality_only_app(APP, PREFIX, serve_app.tiny_models_dir)
+    app["args"]["auth"] = {"enabled": True, "tokens_env": TOKENS_ENV}
+    app |= {
         # The token exists only in the replicas' environment, through the app's runtime_env.
         "runtime_env": {"env_vars": {TOKENS_ENV: "tok-from-runtime-env"}},
         "deployments": [
@@ -293,17 +300,7 @@ def test_readyz_answers_503_at_once_naming_a_deployment_without_a_replica(
 
     name, prefix = "launch_readyz", "/launch-readyz"
     app = {
-        "name": name,
-        "route_prefix": prefix,
-        "import_path": "divreward.services.reward_server.app:build_app",
-        "args": {
-            "profile": "tiny",
-            "tiny_models_dir": str(serve_app.tiny_models_dir),
-            "default_diversity": "none",
-            "diversity_app": "no-diversity-here",
-            "scorers": {"pickscore": {"num_cpus": 0.1}},
-            "ingress": {"num_cpus": 0.1},
-        },
+        **_quality_only_app(name, prefix, serve_app.tiny_models_dir),
         "deployments": [
             {
                 "name": "scorer-pickscore",
