@@ -89,26 +89,14 @@ def reference_group(
         total += w * np.asarray(quality[name], dtype=np.float64)
     adv = AdvantageConfig(eps=eps)
     cfg = {k: v for k, v in params.items() if k != "method"}
-    if method == "diversegrpo":
-        r = diversegrpo_rewards(total, embeddings, DiverseGRPOConfig(**cfg), adv)
-        return {
-            "total": total,
-            "rewards": r.rewards,
-            "advantages": r.advantages,
-            "bonus": r.bonus,
-            "labels": r.labels,
-            "k": r.k,
-            "sigma": r.sigma,
-        }
-    if method == "drift":
-        d = drift_rewards(total, embeddings, DRIFTConfig(**cfg), adv)
-        return {
-            "total": total,
-            "rewards": d.rewards,
-            "advantages": d.advantages,
-            "diversity": d.diversity,
-            "intrinsic": d.intrinsic,
-        }
+    core = {
+        "diversegrpo": (diversegrpo_rewards, DiverseGRPOConfig),
+        "drift": (drift_rewards, DRIFTConfig),
+    }
+    if method in core:
+        run, config = core[method]
+        # the core result's fields: rewards, advantages and the method's own terms
+        return {"total": total, **vars(run(total, embeddings, config(**cfg), adv))}
     return {"total": total, "rewards": total, "advantages": group_advantages(total, eps)}
 
 
