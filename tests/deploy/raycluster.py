@@ -139,6 +139,23 @@ class RayNode:
             return ""
 
 
+def _node_flags(resources: dict[str, float], num_cpus: int, object_store_bytes: int) -> list[str]:
+    """What every node starts with: loopback, its CPUs and custom resources, no GPU,
+    worker ports chosen by Ray, a free agent port, no usage stats, in the foreground."""
+    return [
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        f"--resources={json.dumps(resources)}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        f"--object-store-memory={object_store_bytes}",
+        "--disable-usage-stats",
+        "--block",
+    ]
+
+
 def head_argv(
     gcs_port: int,
     dashboard_port: int,
@@ -150,21 +167,12 @@ def head_argv(
         RAY,
         "start",
         "--head",
-        "--node-ip-address=127.0.0.1",
         f"--port={gcs_port}",
-        f"--num-cpus={num_cpus}",
-        "--num-gpus=0",
-        f"--resources={json.dumps(resources)}",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        "--min-worker-port=0",
-        "--max-worker-port=0",
-        f"--object-store-memory={object_store_bytes}",
-        "--disable-usage-stats",
-        "--block",
+        *_node_flags(resources, num_cpus, object_store_bytes),
     ]
 
 
@@ -175,16 +183,7 @@ def worker_argv(
         RAY,
         "start",
         f"--address=127.0.0.1:{gcs_port}",
-        "--node-ip-address=127.0.0.1",
-        f"--num-cpus={num_cpus}",
-        "--num-gpus=0",
-        f"--resources={json.dumps(resources)}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        "--min-worker-port=0",
-        "--max-worker-port=0",
-        f"--object-store-memory={object_store_bytes}",
-        "--disable-usage-stats",
-        "--block",
+        *_node_flags(resources, num_cpus, object_store_bytes),
     ]
 
 

@@ -575,17 +575,23 @@ def test_load_and_faults(deployed: Deployed) -> None:
         if not ok:
             failures.append(message[:3000])
 
-    try:
-        _check_answers(plan, "B", b, a)
-    except AssertionError as exc:
-        failures.append(f"phase B: {exc}"[:3000])
-    delta = _delta(_counters(d.base_url), before)
-    by_status = _requests_by_status(delta)
+    def audit(
+        phase: str, got: PhaseResult, before: dict[tuple[str, str, str, str], float]
+    ) -> dict[str, float]:
+        """The phase's answers (as phase A's), and Prometheus still adding up: each group
+        computed and answered once (the failed attempts are the non-200s)."""
+        try:
+            _check_answers(plan, phase, got, a)
+        except AssertionError as exc:
+            failures.append(f"phase {phase}: {exc}"[:3000])
+        delta = _delta(_counters(d.base_url), before)
+        by_status = _requests_by_status(delta)
+        check(_answered_once(delta, "http") == n_http, f"phase {phase} counters: {by_status}")
+        check(_answered_once(delta, "grpc") == len(plan) - n_http, f"phase {phase}: {by_status}")
+        return by_status
+
+    by_status = audit("B", b, before)
     retried = {k: v for k, v in by_status.items() if not k.endswith(":200")}
-    # Prometheus still adds up: each group computed and answered once (the failed
-    # attempts are the non-200s).
-    check(_answered_once(delta, "http") == n_http, f"phase B counters: {by_status}")
-    check(_answered_once(delta, "grpc") == len(plan) - n_http, f"phase B: {by_status}")
     report["B"] = {
         "killed_pid": victim.pid,
         "killed_after_groups": killed_at,
@@ -625,14 +631,7 @@ def test_load_and_faults(deployed: Deployed) -> None:
         _wait_ready(d.base_url, timeout_s=120)
         t_ready = time.monotonic()
         time.sleep(2.0)
-    try:
-        _check_answers(plan, "C", c, a)
-    except AssertionError as exc:
-        failures.append(f"phase C: {exc}"[:3000])
-    delta = _delta(_counters(d.base_url), before)
-    by_status = _requests_by_status(delta)
-    check(_answered_once(delta, "http") == n_http, f"phase C counters: {by_status}")
-    check(_answered_once(delta, "grpc") == len(plan) - n_http, f"phase C: {by_status}")
+    by_status = audit("C", c, before)
     report["C"] = {
         "seconds": round(c.seconds, 1),
         "recovered_after_s": round(t_ready - t_kill, 1),
