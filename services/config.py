@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from divreward.core.config import CoreConfig
+from divreward.core.config import CoreConfig, DocumentedModel
 from divreward.methods import embedding_methods, method_names
 from divreward.models.registry import REGISTRY
 
@@ -50,7 +50,7 @@ def default_tiny_dir() -> Path:
     return Path(os.environ.get("DIVREWARD_TINY_DIR", DEFAULT_TINY_DIR)).expanduser()
 
 
-class _Args(BaseModel):
+class _Args(DocumentedModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -58,85 +58,56 @@ class BatchArgs(_Args):
     """Dynamic batching of one model deployment (``@serve.batch``), retunable at run time
     through the deployment's ``user_config`` (same keys)."""
 
-    max_batch_images: int = Field(
-        default=32, ge=1, description="Most images in one forward pass (across requests)."
-    )
-    max_batch_pixels: int = Field(
-        default=64 * 1024 * 1024,
-        ge=1,
-        description="Most input pixels (H*W summed) in one forward pass. The models resize "
-        "to 224-448 px themselves, so this bounds the decoded inputs a batch holds (64 Mpx "
-        "= 192 MB of uint8, 256 images of 512^2), not the forward pass. A single larger "
-        "image still runs, alone.",
-    )
-    batch_wait_timeout_s: float = Field(
-        default=0.005,
-        ge=0.0,
-        description="How long a batch waits for more requests to join it. A lone request "
-        "pays all of it; under load batches fill before it expires.",
-    )
+    max_batch_images: int = Field(default=32, ge=1)
+    """Most images in one forward pass (across requests)."""
+    max_batch_pixels: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Most input pixels (H*W summed) in one forward pass. The models resize to 224-448 px
+    themselves, so this bounds the decoded inputs a batch holds (64 Mpx = 192 MB of uint8, 256
+    images of 512^2), not the forward pass. A single larger image still runs, alone."""
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
+    """How long a batch waits for more requests to join it. A lone request pays all of it; under
+    load batches fill before it expires."""
 
 
 class ModelDeploymentArgs(_Args):
     """Resources and scaling of one model deployment."""
 
-    num_replicas: int | Literal["auto"] = Field(
-        default=1, description="Replicas, or 'auto' to autoscale with `autoscaling`."
-    )
-    autoscaling: dict[str, Any] | None = Field(
-        default=None,
-        description="Serve autoscaling_config (min_replicas, max_replicas, "
-        "target_ongoing_requests, ...); used with num_replicas='auto'.",
-    )
-    num_cpus: float = Field(default=0.25, ge=0.0, description="Logical CPUs per replica.")
-    torch_threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="torch intra-op threads of each replica. None = the CPUs it is given, "
-        "max(1, floor(num_cpus)): a replica with a fraction of a CPU runs its model on one "
-        "thread, so give a CPU-only model whole cores (num_cpus) or set this.",
-    )
-    num_gpus: float = Field(
-        default=0.0,
-        ge=0.0,
-        description="Logical GPU fraction per replica (0.5 = two replicas share a GPU, with "
-        "no memory isolation). > 0 loads the model on cuda.",
-    )
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="Custom Ray resources per replica, e.g. {'divreward_scorer': 0.01} to "
-        "pin replicas to the worker group that advertises that resource (deploy/k8s).",
-    )
-    max_ongoing_requests: int = Field(
-        default=64,
-        ge=1,
-        description="Calls one replica accepts at once; must be >= the number of groups "
-        "that should share a batch.",
-    )
-    max_queued_requests: int = Field(
-        default=512, ge=-1, description="Calls waiting for a replica (-1 = unbounded)."
-    )
-    max_constructor_retry_count: int = Field(
-        default=2,
-        ge=1,
-        description="Start-up attempts before the deployment fails (Serve requires >= 1).",
-    )
-    device: str | None = Field(
-        default=None, description="Override the device (default: cuda when num_gpus > 0)."
-    )
-    dtype: str | None = Field(default=None, description="Override the model dtype.")
-    source: str | None = Field(
-        default=None, description="Hub id or local directory overriding the registry default."
-    )
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Model options (e.g. pickscore scale_divisor)."
-    )
-    plugin: str | None = Field(
-        default=None,
-        description="Import path 'package.module:factory' of a model outside the registry "
-        "(docs/plugins.md): the factory gets LoadOptions with these options and must return "
-        "a Scorer/Embedder, checked against the built-in models' contract at start-up.",
-    )
+    num_replicas: int | Literal["auto"] = 1
+    """Replicas, or 'auto' to autoscale with `autoscaling`."""
+    autoscaling: dict[str, Any] | None = None
+    """Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); used
+    with num_replicas='auto'."""
+    num_cpus: float = Field(default=0.25, ge=0.0)
+    """Logical CPUs per replica."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads of each replica. None = the CPUs it is given, max(1, floor(num_cpus)):
+    a replica with a fraction of a CPU runs its model on one thread, so give a CPU-only model
+    whole cores (num_cpus) or set this."""
+    num_gpus: float = Field(default=0.0, ge=0.0)
+    """Logical GPU fraction per replica (0.5 = two replicas share a GPU, with no memory isolation).
+    > 0 loads the model on cuda."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per replica, e.g. {'divreward_scorer': 0.01} to pin replicas to the
+    worker group that advertises that resource (deploy/k8s)."""
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    """Calls one replica accepts at once; must be >= the number of groups that should share
+    a batch."""
+    max_queued_requests: int = Field(default=512, ge=-1)
+    """Calls waiting for a replica (-1 = unbounded)."""
+    max_constructor_retry_count: int = Field(default=2, ge=1)
+    """Start-up attempts before the deployment fails (Serve requires >= 1)."""
+    device: str | None = None
+    """Override the device (default: cuda when num_gpus > 0)."""
+    dtype: str | None = None
+    """Override the model dtype."""
+    source: str | None = None
+    """Hub id or local directory overriding the registry default."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Model options (e.g. pickscore scale_divisor)."""
+    plugin: str | None = None
+    """Import path 'package.module:factory' of a model outside the registry (docs/plugins.md): the
+    factory gets LoadOptions with these options and must return a Scorer/Embedder, checked
+    against the built-in models' contract at start-up."""
     batch: BatchArgs = Field(default_factory=BatchArgs)
 
     @model_validator(mode="after")
@@ -157,15 +128,14 @@ class ModelDeploymentArgs(_Args):
 
 
 class ScorerArgs(ModelDeploymentArgs):
-    weight: float = Field(
-        default=1.0,
-        description="Default weight in Q = sum(weight * score). A scorer with weight 0 is "
-        "deployed but runs only when a request names it.",
-    )
+    weight: float = 1.0
+    """Default weight in Q = sum(weight * score). A scorer with weight 0 is deployed but runs only
+    when a request names it."""
 
 
 class EmbedderArgs(ModelDeploymentArgs):
-    name: str = Field(default="dreamsim", description="Registry name of the embedder.")
+    name: str = "dreamsim"
+    """Registry name of the embedder."""
 
     @model_validator(mode="after")
     def _embedder(self) -> EmbedderArgs:
@@ -203,12 +173,10 @@ class LimitsArgs(_Args):
     max_images_per_request: int = Field(default=512, ge=1)
     max_images_per_group: int = Field(default=256, ge=1)
     max_groups_per_request: int = Field(default=64, ge=1)
-    max_pixels_per_image: int = Field(
-        default=4096 * 4096, ge=1, description="Width * height of one decoded image."
-    )
-    max_request_bytes: int = Field(
-        default=256 * 1024 * 1024, ge=1, description="Body size; larger bodies get 413."
-    )
+    max_pixels_per_image: int = Field(default=4096 * 4096, ge=1)
+    """Width * height of one decoded image."""
+    max_request_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Body size; larger bodies get 413."""
     max_prompt_chars: int = Field(default=4096, ge=1)
 
 
@@ -216,11 +184,8 @@ class AuthArgs(_Args):
     """Bearer-token auth. Tokens never live in a config file: they come from an
     environment variable (comma-separated) and/or a file (one token per line)."""
 
-    enabled: bool = Field(
-        default=False,
-        description="Require 'Authorization: Bearer <token>' on every route except "
-        "/healthz and /readyz.",
-    )
+    enabled: bool = False
+    """Require 'Authorization: Bearer <token>' on every route except /healthz and /readyz."""
     tokens_env: str = Field(default="DIVREWARD_API_TOKENS")
     token_file: str | None = None
 
@@ -253,56 +218,44 @@ class IngressArgs(_Args):
 
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.25, ge=0.0)
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="Custom Ray resources per replica, e.g. {'divreward_head': 0.01} to "
-        "keep the ingress on the head node.",
-    )
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per replica, e.g. {'divreward_head': 0.01} to keep the ingress on the
+    head node."""
     max_ongoing_requests: int = Field(default=64, ge=1)
-    max_queued_requests: int = Field(
-        default=256, ge=-1, description="Requests waiting beyond that get backpressure_status."
-    )
-    blas_threads: int | None = Field(
-        default=1,
-        ge=1,
-        description="BLAS threads in the ingress process, where the clustering runs (None: "
-        "the library default). Groups are small and run concurrently in threads: several "
-        "BLAS threads each oversubscribe the cores (measured on 2 loaded cores: a 64x64 "
-        "eigendecomposition 100 ms with 2 OpenBLAS threads, 0.4 ms with 1).",
-    )
+    max_queued_requests: int = Field(default=256, ge=-1)
+    """Requests waiting beyond that get backpressure_status."""
+    blas_threads: int | None = Field(default=1, ge=1)
+    """BLAS threads in the ingress process, where the clustering runs (None: the library default).
+    Groups are small and run concurrently in threads: several BLAS threads each oversubscribe the
+    cores (measured on 2 loaded cores: a 64x64 eigendecomposition 100 ms with 2 OpenBLAS threads,
+    0.4 ms with 1)."""
     backpressure_status: Literal[429, 503] = 503
-    retry_after_s: float = Field(default=1.0, ge=0.0, description="Retry-After on 429/503.")
-    call_timeout_s: float = Field(
-        default=120.0, gt=0.0, description="Most time a model call may take before a 504."
-    )
-    idempotency_cache_size: int = Field(
-        default=256, ge=0, description="Recent responses kept per replica for request_id."
-    )
+    retry_after_s: float = Field(default=1.0, ge=0.0)
+    """Retry-After on 429/503."""
+    call_timeout_s: float = Field(default=120.0, gt=0.0)
+    """Most time a model call may take before a 504."""
+    idempotency_cache_size: int = Field(default=256, ge=0)
+    """Recent responses kept per replica for request_id."""
 
 
 class ServiceArgs(_Args):
     """What both applications share."""
 
-    profile: Profile = Field(
-        default="real",
-        description="'real' loads real weights (hub cache or weights_dir); 'tiny' loads the "
-        "tiny random test models and marks every response.",
-    )
-    weights_dir: str | None = Field(
-        default=None, description="Root of local real weights (else DIVREWARD_WEIGHTS_DIR)."
-    )
-    tiny_models_dir: str | None = Field(
-        default=None,
-        description="profile 'tiny': where the tiny models are; built there when missing. "
-        "Default: $DIVREWARD_TINY_DIR or ~/.cache/divreward/tiny-models.",
-    )
-    core: CoreConfig = Field(default_factory=CoreConfig, description="Reward-math defaults.")
+    profile: Profile = "real"
+    """'real' loads real weights (hub cache or weights_dir); 'tiny' loads the tiny random test
+    models and marks every response."""
+    weights_dir: str | None = None
+    """Root of local real weights (else DIVREWARD_WEIGHTS_DIR)."""
+    tiny_models_dir: str | None = None
+    """profile 'tiny': where the tiny models are; built there when missing. Default:
+    $DIVREWARD_TINY_DIR or ~/.cache/divreward/tiny-models."""
+    core: CoreConfig = Field(default_factory=CoreConfig)
+    """Reward-math defaults."""
     limits: LimitsArgs = Field(default_factory=LimitsArgs)
     auth: AuthArgs = Field(default_factory=AuthArgs)
     ingress: IngressArgs = Field(default_factory=IngressArgs)
-    diversity_app: str = Field(
-        default="diversity", description="Serve application name of the diversity service."
-    )
+    diversity_app: str = "diversity"
+    """Serve application name of the diversity service."""
 
     def resolved_tiny_dir(self) -> Path:
         return (
@@ -318,47 +271,28 @@ class DiversityAppArgs(ServiceArgs):
 class AssemblyArgs(_Args):
     """Settings of group assembly."""
 
-    default_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="How long an incomplete group waits for its remaining parts after its "
-        "first part arrived, unless a part asks for less (assembly_timeout_s).",
-    )
-    max_timeout_s: float = Field(
-        default=110.0,
-        gt=0,
-        description="Upper bound on a part's assembly_timeout_s; keep it below the "
-        "ingress call_timeout_s (default 120 s) so parts fail with the assembly error.",
-    )
-    compute_timeout_s: float = Field(
-        default=120.0,
-        gt=0,
-        description="How long waiting parts wait for the rewards of a completed group.",
-    )
-    keep_resolved_s: float = Field(
-        default=300.0,
-        ge=0,
-        description="How long a resolved group is kept for retried parts to find it.",
-    )
-    max_pending_images: int = Field(
-        default=100_000,
-        ge=1,
-        description="Images held in incomplete groups at most; beyond it parts get a 503.",
-    )
+    default_timeout_s: float = Field(default=60.0, gt=0)
+    """How long an incomplete group waits for its remaining parts after its first part arrived,
+    unless a part asks for less (assembly_timeout_s)."""
+    max_timeout_s: float = Field(default=110.0, gt=0)
+    """Upper bound on a part's assembly_timeout_s; keep it below the ingress call_timeout_s (default
+    120 s) so parts fail with the assembly error."""
+    compute_timeout_s: float = Field(default=120.0, gt=0)
+    """How long waiting parts wait for the rewards of a completed group."""
+    keep_resolved_s: float = Field(default=300.0, ge=0)
+    """How long a resolved group is kept for retried parts to find it."""
+    max_pending_images: int = Field(default=100_000, ge=1)
+    """Images held in incomplete groups at most; beyond it parts get a 503."""
 
 
 class RewardAppArgs(ServiceArgs):
-    scorers: dict[str, ScorerArgs] = Field(
-        default_factory=lambda: {"pickscore": ScorerArgs()},
-        description="Quality scorers, one deployment each: registry name (or a plugin's "
-        "name, with its import path in `plugin`) -> settings.",
-    )
+    scorers: dict[str, ScorerArgs] = Field(default_factory=lambda: {"pickscore": ScorerArgs()})
+    """Quality scorers, one deployment each: registry name (or a plugin's name, with its import path
+    in `plugin`) -> settings."""
     default_diversity: MethodName = "diversegrpo"  # type: ignore[valid-type]
-    assembly: AssemblyArgs = Field(
-        default_factory=AssemblyArgs,
-        description="Group assembly: parts of a group (tagged with group_id and group_size) "
-        "held until the group is complete.",
-    )
+    assembly: AssemblyArgs = Field(default_factory=AssemblyArgs)
+    """Group assembly: parts of a group (tagged with group_id and group_size) held until the group
+    is complete."""
 
     @model_validator(mode="after")
     def _scorers(self) -> RewardAppArgs:

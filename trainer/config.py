@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from divreward.core.config import NoisePromptConfig
+from divreward.core.config import DocumentedModel, NoisePromptConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -35,218 +35,170 @@ Precision = Literal["auto", "bf16", "fp16", "no"]
 __all__ = ["Derived", "TrainConfig", "list_presets", "load_config", "read_prompts"]
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(DocumentedModel):
     """Everything a training run needs. Paper values in each description."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # ------------------------------------------------------------------ model
-    model: str = Field(
-        default="stabilityai/stable-diffusion-3.5-medium",
-        description="Hub id or local diffusers pipeline directory; 'tiny-sd3' / 'tiny-flux' "
-        "build a tiny random pipeline into tiny_models_dir (tests, demo). Paper: SD3.5-M.",
-    )
-    family: str = Field(
-        default="sd3",
-        description="Adapter family in divreward.trainer.models' registry ('sd3', 'flux').",
-    )
-    tiny_models_dir: str = Field(
-        default=".cache/tiny-models",
-        description="Where model 'tiny-<family>' is built (<dir>/<family>) when missing.",
-    )
-    model_options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Extra keyword arguments of the adapter's from_pretrained (e.g. SD3's "
-        "text_encoder_3: false, gradient_checkpointing: true).",
-    )
-    height: int = Field(default=512, ge=8, description="Image height. Paper: 512.")
-    width: int = Field(default=512, ge=8, description="Image width. Paper: 512.")
-    num_steps: int = Field(
-        default=10,
-        ge=2,
-        description="Denoising steps of training rollouts. Flow-GRPO SD3.5: 10; Flux: 6.",
-    )
-    eval_num_steps: int = Field(
-        default=40, ge=1, description="ODE steps at evaluation. SD3.5: 40; Flux: 28."
-    )
-    guidance: float = Field(
-        default=4.5,
-        ge=0.0,
-        description="CFG scale (SD3) or embedded guidance (Flux). SD3.5: 4.5; Flux: 3.5; DRIFT: 5.",
-    )
-    noise_level: float = Field(
-        default=0.7, ge=0.0, description="SDE noise level a. Flow-GRPO SD3.5: 0.7; Flux: 0.9."
-    )
-    timestep_fraction: float = Field(
-        default=0.99,
-        gt=0.0,
-        le=1.0,
-        description="Trained timesteps = int(num_steps * fraction), in order, from the first "
-        "(never the last, an ODE step). Flow-GRPO: 0.99 (10 -> 9).",
-    )
-    lora_rank: int = Field(default=32, ge=1, description="LoRA r. DiverseGRPO: 32; DRIFT: 8.")
-    lora_alpha: int = Field(default=64, ge=1, description="LoRA alpha. DiverseGRPO: 64; DRIFT: 16.")
-    lora_targets: list[str] | None = Field(
-        default=None,
-        description="Module names given the LoRA; None: the adapter's reference targets "
-        "(attention projections for SD3, plus feed-forwards for Flux).",
-    )
-    mixed_precision: Precision = Field(
-        default="auto",
-        description="'auto': bf16 autocast on CUDA, fp32 on CPU. The SDE step is fp32 always.",
-    )
+    model: str = "stabilityai/stable-diffusion-3.5-medium"
+    """Hub id or local diffusers pipeline directory; 'tiny-sd3' / 'tiny-flux' build a tiny random
+    pipeline into tiny_models_dir (tests, demo). Paper: SD3.5-M."""
+    family: str = "sd3"
+    """Adapter family in divreward.trainer.models' registry ('sd3', 'flux')."""
+    tiny_models_dir: str = ".cache/tiny-models"
+    """Where model 'tiny-<family>' is built (<dir>/<family>) when missing."""
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments of the adapter's from_pretrained (e.g. SD3's text_encoder_3: false,
+    gradient_checkpointing: true)."""
+    height: int = Field(default=512, ge=8)
+    """Image height. Paper: 512."""
+    width: int = Field(default=512, ge=8)
+    """Image width. Paper: 512."""
+    num_steps: int = Field(default=10, ge=2)
+    """Denoising steps of training rollouts. Flow-GRPO SD3.5: 10; Flux: 6."""
+    eval_num_steps: int = Field(default=40, ge=1)
+    """ODE steps at evaluation. SD3.5: 40; Flux: 28."""
+    guidance: float = Field(default=4.5, ge=0.0)
+    """CFG scale (SD3) or embedded guidance (Flux). SD3.5: 4.5; Flux: 3.5; DRIFT: 5."""
+    noise_level: float = Field(default=0.7, ge=0.0)
+    """SDE noise level a. Flow-GRPO SD3.5: 0.7; Flux: 0.9."""
+    timestep_fraction: float = Field(default=0.99, gt=0.0, le=1.0)
+    """Trained timesteps = int(num_steps * fraction), in order, from the first (never the last, an
+    ODE step). Flow-GRPO: 0.99 (10 -> 9)."""
+    lora_rank: int = Field(default=32, ge=1)
+    """LoRA r. DiverseGRPO: 32; DRIFT: 8."""
+    lora_alpha: int = Field(default=64, ge=1)
+    """LoRA alpha. DiverseGRPO: 64; DRIFT: 16."""
+    lora_targets: list[str] | None = None
+    """Module names given the LoRA; None: the adapter's reference targets (attention projections for
+    SD3, plus feed-forwards for Flux)."""
+    mixed_precision: Precision = "auto"
+    """'auto': bf16 autocast on CUDA, fp32 on CPU. The SDE step is fp32 always."""
 
     # ------------------------------------------------------------------ data
-    prompts_file: str | None = Field(
-        default=None,
-        description="Training prompts, one per line ('#' comments and blank lines skipped); "
-        "None: the shipped trainer/prompts/train.txt.",
-    )
-    eval_prompts_file: str | None = Field(
-        default=None,
-        description="Held-out evaluation prompts; None: the shipped trainer/prompts/eval.txt.",
-    )
-    group_size: int = Field(
-        default=24,
-        ge=1,
-        description="G, images per prompt that are trained on. Flow-GRPO: 24; DRIFT: 8.",
-    )
-    prompts_per_step: int = Field(
-        default=2,
-        ge=1,
-        description="Prompts (groups) each process generates per training step.",
-    )
-    sample_batch_size: int = Field(
-        default=8,
-        ge=1,
-        description="Images generated in one forward batch (memory knob; no effect on results "
-        "other than round-off).",
-    )
+    prompts_file: str | None = None
+    """Training prompts, one per line ('#' comments and blank lines skipped); None: the shipped
+    trainer/prompts/train.txt."""
+    eval_prompts_file: str | None = None
+    """Held-out evaluation prompts; None: the shipped trainer/prompts/eval.txt."""
+    group_size: int = Field(default=24, ge=1)
+    """G, images per prompt that are trained on. Flow-GRPO: 24; DRIFT: 8."""
+    prompts_per_step: int = Field(default=2, ge=1)
+    """Prompts (groups) each process generates per training step."""
+    sample_batch_size: int = Field(default=8, ge=1)
+    """Images generated in one forward batch (memory knob; no effect on results other than
+    round-off)."""
 
     # ------------------------------------------------------------------ optimisation
-    learning_rate: float = Field(
-        default=3e-4, gt=0.0, description="AdamW lr. Flow-GRPO / DiverseGRPO: 3e-4; DRIFT: 1e-4."
-    )
-    adam_betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
-    adam_weight_decay: float = Field(default=1e-4, ge=0.0, description="Flow-GRPO: 1e-4.")
-    adam_eps: float = Field(default=1e-8, gt=0.0, description="AdamW epsilon.")
-    train_batch_size: int = Field(
-        default=2,
-        ge=1,
-        description="Samples per loss minibatch (per GPU). DiverseGRPO: 2; Flow-GRPO: 9.",
-    )
-    gradient_accumulation_steps: int = Field(
-        default=12,
-        ge=1,
-        description="Minibatches per optimiser step; each minibatch backpropagates once per "
-        "trained timestep. DiverseGRPO: 12; Flow-GRPO SD3.5: 2. A step's last optimiser "
-        "step takes what is left.",
-    )
-    num_inner_epochs: int = Field(default=1, ge=1, description="PPO epochs per batch. 1.")
-    clip_range: float = Field(default=1e-4, gt=0.0, description="PPO clip eps. Paper: 1e-4.")
-    adv_clip_max: float = Field(default=5.0, gt=0.0, description="Advantages clamped to ±5.")
-    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Grad-norm clip. 1.0.")
-    regulariser: Regulariser = Field(
-        default="none",
-        description="'kl': Eq. 6 at every trained step (Flow-GRPO's baseline); 'sa_reg': "
-        "DiverseGRPO's W2 on the first sa_reg_k steps (Eqs. 13-14); 'none'.",
-    )
-    reg_weight: float = Field(
-        default=0.0,
-        ge=0.0,
-        description="Weight of the regulariser (beta). Flow-GRPO SD3.5 KL: 0.01; DRIFT's "
-        "GRPO-KL baseline: 0.001. DiverseGRPO does not state SA-Reg's weight: its presets "
-        "use Flow-GRPO's 0.01.",
-    )
-    kl_form: Literal["eq6", "reference"] = Field(
-        default="eq6",
-        description="'eq6': ||mu - mu_ref||^2 / (2 sigma_t^2 |dt|); 'reference': Flow-GRPO's "
-        "code, mean(...) / (2 sigma_t^2).",
-    )
-    sa_reg_k: int = Field(default=4, ge=0, description="SA-Reg's K (steps from noise). Paper: 4.")
+    learning_rate: float = Field(default=3e-4, gt=0.0)
+    """AdamW lr. Flow-GRPO / DiverseGRPO: 3e-4; DRIFT: 1e-4."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_weight_decay: float = Field(default=1e-4, ge=0.0)
+    """Flow-GRPO: 1e-4."""
+    adam_eps: float = Field(default=1e-8, gt=0.0)
+    """AdamW epsilon."""
+    train_batch_size: int = Field(default=2, ge=1)
+    """Samples per loss minibatch (per GPU). DiverseGRPO: 2; Flow-GRPO: 9."""
+    gradient_accumulation_steps: int = Field(default=12, ge=1)
+    """Minibatches per optimiser step; each minibatch backpropagates once per trained timestep.
+    DiverseGRPO: 12; Flow-GRPO SD3.5: 2. A step's last optimiser step takes what is left."""
+    num_inner_epochs: int = Field(default=1, ge=1)
+    """PPO epochs per batch. 1."""
+    clip_range: float = Field(default=1e-4, gt=0.0)
+    """PPO clip eps. Paper: 1e-4."""
+    adv_clip_max: float = Field(default=5.0, gt=0.0)
+    """Advantages clamped to ±5."""
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    """Grad-norm clip. 1.0."""
+    regulariser: Regulariser = "none"
+    """'kl': Eq. 6 at every trained step (Flow-GRPO's baseline); 'sa_reg': DiverseGRPO's W2 on the
+    first sa_reg_k steps (Eqs. 13-14); 'none'."""
+    reg_weight: float = Field(default=0.0, ge=0.0)
+    """Weight of the regulariser (beta). Flow-GRPO SD3.5 KL: 0.01; DRIFT's GRPO-KL baseline: 0.001.
+    DiverseGRPO does not state SA-Reg's weight: its presets use Flow-GRPO's 0.01."""
+    kl_form: Literal["eq6", "reference"] = "eq6"
+    """'eq6': ||mu - mu_ref||^2 / (2 sigma_t^2 |dt|); 'reference': Flow-GRPO's code, mean(...) / (2
+    sigma_t^2)."""
+    sa_reg_k: int = Field(default=4, ge=0)
+    """SA-Reg's K (steps from noise). Paper: 4."""
 
     # ------------------------------------------------------------------ rewards
-    reward_backend: RewardBackend = Field(
-        default="service",
-        description="'service': divreward.client to reward_url; 'inprocess': the registry's "
-        "models in this process (one GPU, no service).",
-    )
-    reward_url: str = Field(
-        default="http://127.0.0.1:8000",
-        description="The reward service: http://host:8000 or grpc://host:9000.",
-    )
-    reward_token_env: str | None = Field(
-        default="DIVREWARD_API_TOKEN",
-        description="Environment variable holding the service's bearer token (sent as "
-        "'authorization: Bearer ...' when set; the token itself never enters a config). "
-        "A service listening beyond loopback requires one.",
-    )
-    reward_timeout_s: float = Field(default=300.0, gt=0.0, description="Per attempt.")
-    reward_retries: int = Field(
-        default=5,
-        ge=1,
-        description="Attempts per group before the run stops with an error (the client "
-        "retries connection errors, 429 and 5xx with backoff).",
-    )
-    quality: dict[str, float] = Field(
-        default_factory=lambda: {"pickscore": 1.0},
-        description="Scorer -> weight; Q = sum(weight * score). Papers: PickScore or HPSv3.",
-    )
-    diversity: DiversityMethod = Field(
-        default="none",
-        description="'diversegrpo' (R = Q + beta E, Eq. 12), 'drift' (Eq. 14 decoupled "
-        "advantages) or 'none' (Flow-GRPO), sent per request.",
-    )
-    diversity_params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="The method's parameters (divreward.core's DiverseGRPOConfig / "
-        "DRIFTConfig fields); unset ones take the service's defaults (beta 0.7; lam 0.5).",
-    )
-    advantage_eps: float = Field(default=1e-6, ge=0.0, description="Eq. 3's eps. 1e-6.")
-    inprocess_profile: Literal["real", "tiny"] = Field(
-        default="real",
-        description="In-process rewards: 'real' weights (hub / DIVREWARD_WEIGHTS_DIR) or "
-        "'tiny' random models built into tiny_models_dir.",
-    )
-    inprocess_embedder: str = Field(default="dreamsim", description="Registry embedder.")
-    inprocess_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per-model load options for in-process rewards."
-    )
+    reward_backend: RewardBackend = "service"
+    """'service': divreward.client to reward_url; 'inprocess': the registry's models in this process
+    (one GPU, no service)."""
+    reward_url: str = "http://127.0.0.1:8000"
+    """The reward service: http://host:8000 or grpc://host:9000."""
+    reward_token_env: str | None = "DIVREWARD_API_TOKEN"
+    """Environment variable holding the service's bearer token (sent as 'authorization: Bearer ...'
+    when set; the token itself never enters a config). A service listening beyond loopback
+    requires one."""
+    reward_timeout_s: float = Field(default=300.0, gt=0.0)
+    """Per attempt."""
+    reward_retries: int = Field(default=5, ge=1)
+    """Attempts per group before the run stops with an error (the client retries connection errors,
+    429 and 5xx with backoff)."""
+    quality: dict[str, float] = Field(default_factory=lambda: {"pickscore": 1.0})
+    """Scorer -> weight; Q = sum(weight * score). Papers: PickScore or HPSv3."""
+    diversity: DiversityMethod = "none"
+    """'diversegrpo' (R = Q + beta E, Eq. 12), 'drift' (Eq. 14 decoupled advantages) or 'none'
+    (Flow-GRPO), sent per request."""
+    diversity_params: dict[str, Any] = Field(default_factory=dict)
+    """The method's parameters (divreward.core's DiverseGRPOConfig / DRIFTConfig fields); unset ones
+    take the service's defaults (beta 0.7; lam 0.5)."""
+    advantage_eps: float = Field(default=1e-6, ge=0.0)
+    """Eq. 3's eps. 1e-6."""
+    inprocess_profile: Literal["real", "tiny"] = "real"
+    """In-process rewards: 'real' weights (hub / DIVREWARD_WEIGHTS_DIR) or 'tiny' random models
+    built into tiny_models_dir."""
+    inprocess_embedder: str = "dreamsim"
+    """Registry embedder."""
+    inprocess_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-model load options for in-process rewards."""
 
     # ------------------------------------------------------------------ DRIFT, trainer side
-    subset: Subset = Field(
-        default="none",
-        description="DRIFT's reward-based selection: generate pool_factor*G, train on the G "
-        "that divreward.core selects ('concentrated', the paper's; 'contrast', its ablation).",
-    )
-    pool_factor: int = Field(default=2, ge=1, description="Candidates per kept image. DRIFT: 2.")
-    prompt_noise: bool = Field(
-        default=False, description="DRIFT's noise-conditioned prompting in training rollouts."
-    )
-    prompt_noise_params: dict[str, float] = Field(
-        default_factory=dict,
-        description="NoisePromptConfig fields (s 0.05, tau1 0.4, tau2 1.0, psi 1.0).",
-    )
+    subset: Subset = "none"
+    """DRIFT's reward-based selection: generate pool_factor*G, train on the G that divreward.core
+    selects ('concentrated', the paper's; 'contrast', its ablation)."""
+    pool_factor: int = Field(default=2, ge=1)
+    """Candidates per kept image. DRIFT: 2."""
+    prompt_noise: bool = False
+    """DRIFT's noise-conditioned prompting in training rollouts."""
+    prompt_noise_params: dict[str, float] = Field(default_factory=dict)
+    """NoisePromptConfig fields (s 0.05, tau1 0.4, tau2 1.0, psi 1.0)."""
 
     # ------------------------------------------------------------------ EMA
-    ema: bool = Field(default=True, description="EMA of the LoRA, for evaluation and saving.")
-    ema_decay: float = Field(default=0.9, ge=0.0, le=1.0, description="Flow-GRPO: 0.9.")
-    ema_every: int = Field(default=8, ge=1, description="EMA update period. Flow-GRPO: 8.")
+    ema: bool = True
+    """EMA of the LoRA, for evaluation and saving."""
+    ema_decay: float = Field(default=0.9, ge=0.0, le=1.0)
+    """Flow-GRPO: 0.9."""
+    ema_every: int = Field(default=8, ge=1)
+    """EMA update period. Flow-GRPO: 8."""
 
     # ------------------------------------------------------------------ run
-    seed: int = Field(default=0, ge=0, description="Seeds everything (per process rank).")
-    max_steps: int = Field(default=1000, ge=1, description="Training steps (sample+update).")
-    output_dir: str = Field(default="runs/divreward", description="Logs, checkpoints, samples.")
-    save_every: int = Field(default=50, ge=0, description="Checkpoint period (0: never).")
-    eval_every: int = Field(default=50, ge=0, description="Evaluation period (0: never).")
-    eval_prompts: int = Field(default=8, ge=1, description="Held-out prompts per evaluation.")
-    eval_images_per_prompt: int = Field(default=4, ge=1, description="Grid size per prompt.")
-    eval_seed: int = Field(default=1234, ge=0, description="Same noise at every evaluation.")
-    eval_metrics: bool = Field(
-        default=True, description="Ask the service's /v1/metrics for diversity at evaluation."
-    )
-    tensorboard: bool = Field(default=True, description="Also write TensorBoard events.")
-    progress: bool = Field(default=True, description="Show the tqdm progress bar.")
+    seed: int = Field(default=0, ge=0)
+    """Seeds everything (per process rank)."""
+    max_steps: int = Field(default=1000, ge=1)
+    """Training steps (sample+update)."""
+    output_dir: str = "runs/divreward"
+    """Logs, checkpoints, samples."""
+    save_every: int = Field(default=50, ge=0)
+    """Checkpoint period (0: never)."""
+    eval_every: int = Field(default=50, ge=0)
+    """Evaluation period (0: never)."""
+    eval_prompts: int = Field(default=8, ge=1)
+    """Held-out prompts per evaluation."""
+    eval_images_per_prompt: int = Field(default=4, ge=1)
+    """Grid size per prompt."""
+    eval_seed: int = Field(default=1234, ge=0)
+    """Same noise at every evaluation."""
+    eval_metrics: bool = True
+    """Ask the service's /v1/metrics for diversity at evaluation."""
+    tensorboard: bool = True
+    """Also write TensorBoard events."""
+    progress: bool = True
+    """Show the tqdm progress bar."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

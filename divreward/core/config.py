@@ -29,20 +29,36 @@ SubsetStrategy = Literal["concentrated", "contrast", "none"]
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-class AdvantageConfig(BaseModel):
+class DocumentedModel(BaseModel):
+    """A model whose fields are documented by the docstring under each (pydantic's
+    ``use_attribute_docstrings``): that docstring, folded to one line, is the field's
+    description (JSON schema, OpenAPI, ``divreward train --help-config``)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        folded = False
+        for field in cls.model_fields.values():
+            if field.description and "\n" in field.description:
+                field.description = " ".join(field.description.split())
+                folded = True
+        if folded:
+            cls.model_rebuild(force=True)
+
+
+class AdvantageConfig(DocumentedModel):
     """Group-relative advantage, Eq. 3 of both papers."""
 
     model_config = _FROZEN
 
-    eps: float = Field(
-        default=1e-6,
-        ge=0.0,
-        description="Added to the population std of the group's rewards in Eq. 3 "
-        "(A = (R - mean) / (std + eps)). Flow-GRPO's value: 1e-6.",
-    )
+    eps: float = Field(default=1e-6, ge=0.0)
+    """Added to the population std of the group's rewards in Eq. 3 (A = (R - mean) / (std + eps)).
+    Flow-GRPO's value: 1e-6."""
 
 
-class DiverseGRPOConfig(BaseModel):
+class DiverseGRPOConfig(DocumentedModel):
     """DiverseGRPO's distributional creativity bonus (Sec. 3.2, Eqs. 7-12).
 
     The upper bounds on k_max, the k-means effort and approx_neighbors keep a request
@@ -52,95 +68,50 @@ class DiverseGRPOConfig(BaseModel):
 
     model_config = _FROZEN
 
-    beta: float = Field(
-        default=0.7,
-        ge=0.0,
-        description="Weight of the creativity bonus in R = Q + beta*E (Eq. 12). Paper: 0.7.",
-    )
-    sigma_mode: SigmaMode = Field(
-        default="nn_median",
-        description="Width of the Gaussian kernel of Eq. 8 (the paper leaves it open). "
-        "'nn_median': median over images of the distance to the nearest other image "
-        "(default, the within-mode scale); 'fixed': the value of `sigma`; "
-        "'all_pairs_median': median of all pairwise distances; 'local_scaling': "
-        "Zelnik-Manor & Perona, A_ij = exp(-d_ij^2 / (2 sigma_i sigma_j)) with sigma_i "
-        "the distance to the floor(sqrt(N))-th neighbour.",
-    )
-    sigma: float | None = Field(
-        default=None,
-        gt=0.0,
-        description="Kernel width when sigma_mode='fixed' (required then, ignored otherwise).",
-    )
-    sigma_floor: float = Field(
-        default=1e-6,
-        gt=0.0,
-        description="Lower bound on sigma so that duplicate images do not divide by zero.",
-    )
-    k_mode: KMode = Field(
-        default="eigengap",
-        description="How the number of clusters is chosen (the paper's open question 2). "
-        "'eigengap': k = argmax_{i=1..k_max} (lambda_i - lambda_{i+1}) over the "
-        "eigenvalues of M sorted decreasing, searched over i = 1..2*k_max and capped at "
-        "k_max so that more separated modes than k_max give k_max (default); "
-        "'eigengap_literal': ALGORITHMS.md's rule as written, argmax over i = 1..k_max only "
-        "(measured: 12 separated modes of 4 with k_max 8 give k = 1 or 2 under it); 'fixed': "
-        "the value of `k`; "
-        "'silhouette': the k in 2..k_max with the best mean silhouette on the cosine "
-        "distances, or 1 when that is below `silhouette_min`.",
-    )
-    k: int | None = Field(
-        default=None,
-        ge=1,
-        description="Number of clusters when k_mode='fixed' (required then; capped at the "
-        "group size).",
-    )
-    k_max: int = Field(
-        default=8,
-        ge=1,
-        le=64,
-        description="Largest k the eigengap / silhouette choice considers; the effective "
-        "bound is min(N, k_max).",
-    )
-    silhouette_min: float = Field(
-        default=0.25,
-        ge=-1.0,
-        le=1.0,
-        description="k_mode='silhouette' only: below this best mean silhouette the group is "
-        "one cluster (Kaufman & Rousseeuw: < 0.25 means no substantial structure).",
-    )
-    kmeans_n_init: int = Field(
-        default=10,
-        ge=1,
-        le=100,
-        description="k-means restarts on the spectral embedding (best inertia kept).",
-    )
-    kmeans_max_iter: int = Field(
-        default=100, ge=1, le=1000, description="Lloyd iterations per k-means restart at most."
-    )
-    seed: int = Field(
-        default=0,
-        ge=0,
-        description="Seed of the k-means initialisation (and of the approximate solver's "
-        "start vector): the same input and seed give the same labels.",
-    )
-    solver: Solver = Field(
-        default="auto",
-        description="'exact': dense affinity and full eigendecomposition (O(N^2 D + N^3)); "
-        "'approximate': sparse k-nearest-neighbour affinity and a partial eigensolver "
-        "(for N in the thousands); 'auto': approximate when N >= approx_min_n.",
-    )
-    approx_min_n: int = Field(
-        default=512,
-        ge=2,
-        description="solver='auto' switches to the approximate solver at this group size.",
-    )
-    approx_neighbors: int = Field(
-        default=15,
-        ge=1,
-        le=256,
-        description="Approximate solver: neighbours per image in the sparse affinity graph "
-        "(the graph is symmetrised by union).",
-    )
+    beta: float = Field(default=0.7, ge=0.0)
+    """Weight of the creativity bonus in R = Q + beta*E (Eq. 12). Paper: 0.7."""
+    sigma_mode: SigmaMode = "nn_median"
+    """Width of the Gaussian kernel of Eq. 8 (the paper leaves it open). 'nn_median': median over
+    images of the distance to the nearest other image (default, the within-mode scale); 'fixed':
+    the value of `sigma`; 'all_pairs_median': median of all pairwise distances; 'local_scaling':
+    Zelnik-Manor & Perona, A_ij = exp(-d_ij^2 / (2 sigma_i sigma_j)) with sigma_i the distance to
+    the floor(sqrt(N))-th neighbour."""
+    sigma: float | None = Field(default=None, gt=0.0)
+    """Kernel width when sigma_mode='fixed' (required then, ignored otherwise)."""
+    sigma_floor: float = Field(default=1e-6, gt=0.0)
+    """Lower bound on sigma so that duplicate images do not divide by zero."""
+    k_mode: KMode = "eigengap"
+    """How the number of clusters is chosen (the paper's open question 2). 'eigengap': k =
+    argmax_{i=1..k_max} (lambda_i - lambda_{i+1}) over the eigenvalues of M sorted decreasing,
+    searched over i = 1..2*k_max and capped at k_max so that more separated modes than k_max give
+    k_max (default); 'eigengap_literal': ALGORITHMS.md's rule as written, argmax over i =
+    1..k_max only (measured: 12 separated modes of 4 with k_max 8 give k = 1 or 2 under it);
+    'fixed': the value of `k`; 'silhouette': the k in 2..k_max with the best mean silhouette on
+    the cosine distances, or 1 when that is below `silhouette_min`."""
+    k: int | None = Field(default=None, ge=1)
+    """Number of clusters when k_mode='fixed' (required then; capped at the group size)."""
+    k_max: int = Field(default=8, ge=1, le=64)
+    """Largest k the eigengap / silhouette choice considers; the effective bound is
+    min(N, k_max)."""
+    silhouette_min: float = Field(default=0.25, ge=-1.0, le=1.0)
+    """k_mode='silhouette' only: below this best mean silhouette the group is one cluster (Kaufman &
+    Rousseeuw: < 0.25 means no substantial structure)."""
+    kmeans_n_init: int = Field(default=10, ge=1, le=100)
+    """k-means restarts on the spectral embedding (best inertia kept)."""
+    kmeans_max_iter: int = Field(default=100, ge=1, le=1000)
+    """Lloyd iterations per k-means restart at most."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the k-means initialisation (and of the approximate solver's start vector): the same
+    input and seed give the same labels."""
+    solver: Solver = "auto"
+    """'exact': dense affinity and full eigendecomposition (O(N^2 D + N^3)); 'approximate': sparse
+    k-nearest-neighbour affinity and a partial eigensolver (for N in the thousands); 'auto':
+    approximate when N >= approx_min_n."""
+    approx_min_n: int = Field(default=512, ge=2)
+    """solver='auto' switches to the approximate solver at this group size."""
+    approx_neighbors: int = Field(default=15, ge=1, le=256)
+    """Approximate solver: neighbours per image in the sparse affinity graph (the graph is
+    symmetrised by union)."""
 
     @model_validator(mode="after")
     def _required_by_mode(self) -> DiverseGRPOConfig:
@@ -151,87 +122,53 @@ class DiverseGRPOConfig(BaseModel):
         return self
 
 
-class DRIFTConfig(BaseModel):
+class DRIFTConfig(DocumentedModel):
     """DRIFT's diversity reward shaping (Sec. 5.3, Eqs. 8-14)."""
 
     model_config = _FROZEN
 
-    lam: float = Field(
-        default=0.5,
-        ge=0.0,
-        description="Shaping ratio lambda in R~ = R + lambda*R_int (Eq. 12) and in the "
-        "decoupled advantage A~ = A + lambda*A_int (Eq. 14).",
-    )
-    gamma: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=1.0,
-        description="Discount of the potential-based shaping (Eqs. 8-9); R_int = gamma^T * d.",
-    )
-    num_steps: int = Field(
-        default=50,
-        ge=0,
-        description="T in gamma^T: denoising steps of the trajectory. Paper: 50 DDIM steps.",
-    )
-    sigma_clip: float = Field(
-        default=1.0,
-        gt=0.0,
-        description="Upper bound of the intrinsic reward, R_int = clip(R_int, 0, sigma) (Eq. 13).",
-    )
-    decoupled: bool = Field(
-        default=True,
-        description="True: advantages A(Q) + lambda*A(R_int) (Eq. 14, the paper's method); "
-        "False: A(Q + lambda*R_int) (Eq. 12 then Eq. 3).",
-    )
+    lam: float = Field(default=0.5, ge=0.0)
+    """Shaping ratio lambda in R~ = R + lambda*R_int (Eq. 12) and in the decoupled advantage A~ = A
+    + lambda*A_int (Eq. 14)."""
+    gamma: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Discount of the potential-based shaping (Eqs. 8-9); R_int = gamma^T * d."""
+    num_steps: int = Field(default=50, ge=0)
+    """T in gamma^T: denoising steps of the trajectory. Paper: 50 DDIM steps."""
+    sigma_clip: float = Field(default=1.0, gt=0.0)
+    """Upper bound of the intrinsic reward, R_int = clip(R_int, 0, sigma) (Eq. 13)."""
+    decoupled: bool = True
+    """True: advantages A(Q) + lambda*A(R_int) (Eq. 14, the paper's method); False: A(Q +
+    lambda*R_int) (Eq. 12 then Eq. 3)."""
 
 
-class SubsetConfig(BaseModel):
+class SubsetConfig(DocumentedModel):
     """DRIFT's reward-based sample selection (Sec. 5.1, App. E)."""
 
     model_config = _FROZEN
 
-    strategy: SubsetStrategy = Field(
-        default="concentrated",
-        description="'concentrated': the G samples with the most concentrated rewards "
-        "(Eq. 32, the paper's method); 'contrast': the most spread ones (Eq. 33, its "
-        "ablation); 'none': no selection.",
-    )
-    pool_factor: int = Field(
-        default=2,
-        ge=1,
-        description="Candidates generated per kept sample: the pool is pool_factor*G. Paper: 2.",
-    )
+    strategy: SubsetStrategy = "concentrated"
+    """'concentrated': the G samples with the most concentrated rewards (Eq. 32, the paper's
+    method); 'contrast': the most spread ones (Eq. 33, its ablation); 'none': no selection."""
+    pool_factor: int = Field(default=2, ge=1)
+    """Candidates generated per kept sample: the pool is pool_factor*G. Paper: 2."""
 
 
-class NoisePromptConfig(BaseModel):
+class NoisePromptConfig(DocumentedModel):
     """DRIFT's noise-conditioned prompting (Sec. 5.2, App. F, Eqs. 34-37)."""
 
     model_config = _FROZEN
 
-    s: float = Field(default=0.05, ge=0.0, description="Noise scale s of Eq. 34. Paper: 0.05.")
-    tau1: float = Field(
-        default=0.4,
-        ge=0.0,
-        le=1.0,
-        description="gamma(t) = 1 for t <= tau1 (Eq. 35; t normalised, 1 = noise). Paper: 0.4.",
-    )
-    tau2: float = Field(
-        default=1.0,
-        ge=0.0,
-        le=1.0,
-        description="gamma(t) = 0 for t >= tau2 (Eq. 35). Paper: 1.0.",
-    )
-    psi: float = Field(
-        default=1.0,
-        ge=0.0,
-        le=1.0,
-        description="Mix of the rescaled and raw noisy embedding (Eq. 37). Paper: 1.0.",
-    )
-    training_only: bool = Field(
-        default=True,
-        description="Apply the noise while generating training groups only (the paper "
-        "finds test-time noise does not help).",
-    )
+    s: float = Field(default=0.05, ge=0.0)
+    """Noise scale s of Eq. 34. Paper: 0.05."""
+    tau1: float = Field(default=0.4, ge=0.0, le=1.0)
+    """gamma(t) = 1 for t <= tau1 (Eq. 35; t normalised, 1 = noise). Paper: 0.4."""
+    tau2: float = Field(default=1.0, ge=0.0, le=1.0)
+    """gamma(t) = 0 for t >= tau2 (Eq. 35). Paper: 1.0."""
+    psi: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Mix of the rescaled and raw noisy embedding (Eq. 37). Paper: 1.0."""
+    training_only: bool = True
+    """Apply the noise while generating training groups only (the paper finds test-time noise does
+    not help)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> NoisePromptConfig:
@@ -240,7 +177,7 @@ class NoisePromptConfig(BaseModel):
         return self
 
 
-class CoreConfig(BaseModel):
+class CoreConfig(DocumentedModel):
     """All the knobs of the reward math, with the papers' defaults."""
 
     model_config = _FROZEN
@@ -250,11 +187,8 @@ class CoreConfig(BaseModel):
     drift: DRIFTConfig = Field(default_factory=DRIFTConfig)
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
     noise_prompt: NoisePromptConfig = Field(default_factory=NoisePromptConfig)
-    recall_k: int = Field(
-        default=10,
-        ge=1,
-        description="Neighbourhood size of the generalized recall metric (DRIFT App. D: 10).",
-    )
+    recall_k: int = Field(default=10, ge=1)
+    """Neighbourhood size of the generalized recall metric (DRIFT App. D: 10)."""
 
     def to_dict(self) -> dict[str, Any]:
         """This configuration as JSON-friendly nested dicts."""
