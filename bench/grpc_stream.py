@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -39,16 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import start_tiny_service
 
 from divreward.client import Group, RewardClient
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_group(n: int, seed: int, size: int) -> np.ndarray:
@@ -58,36 +52,6 @@ def make_group(n: int, seed: int, size: int) -> np.ndarray:
     base = rng.integers(0, 256, (n, 1, 1, 3))
     noise = rng.integers(-20, 20, (n, size, size, 3))
     return np.clip(base + ramp + noise, 0, 255).astype(np.uint8)
-
-
-def start_local(tiny_dir: Path) -> tuple[str, str]:
-    """A local Ray + Serve with both applications on the tiny models (CPU)."""
-    from divreward.models.tiny import build_all
-    from divreward.services import launch
-    from divreward.services.config import DiversityAppArgs, RewardAppArgs
-
-    names = ["pickscore", "clipscore", "dreamsim"]
-    build_all(tiny_dir, 0, names)
-    model = {"num_cpus": 0.2, "batch": {"max_batch_images": 64, "batch_wait_timeout_s": 0.005}}
-    common: dict[str, Any] = {
-        "profile": "tiny",
-        "tiny_models_dir": str(tiny_dir),
-        "ingress": {"num_cpus": 0.1},
-    }
-    reward = RewardAppArgs(
-        scorers={"pickscore": {**model, "weight": 1.0}, "clipscore": {**model, "weight": 0.5}},
-        **common,
-    )
-    diversity = DiversityAppArgs(
-        embedder={**model, "name": "dreamsim", "options": {"dreamsim_type": "dino_vitb16"}},
-        **common,
-    )
-    http_port, grpc_port = _free_port(), _free_port()
-    launch.start(
-        launch.serve_start_options("127.0.0.1", http_port, grpc_port=grpc_port), num_cpus=4
-    )
-    launch.deploy_services(reward, diversity, timeout_s=600)
-    return f"http://127.0.0.1:{http_port}", f"grpc://127.0.0.1:{grpc_port}"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -197,7 +161,9 @@ def main() -> None:
     if args.http and args.grpc:
         http_url, grpc_url = args.http, args.grpc
     else:
-        http_url, grpc_url = start_local(args.tiny_dir)
+        http_url, grpc_url = start_tiny_service(
+            args.tiny_dir, {"pickscore": 1.0, "clipscore": 0.5}, {"dreamsim_type": "dino_vitb16"}
+        )
         started = True
     try:
         group = make_group(args.group_size, 0, args.image_size)

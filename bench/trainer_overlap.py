@@ -40,47 +40,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch
+from _common import start_tiny_service
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SCORERS = {"pickscore": 1.0, "clipscore": 0.5}
 EMBEDDER_OPTIONS = {"dreamsim_type": "dino_vitb16"}
 TARGET_SHARE = 0.05
-
-
-def start_service(tiny_dir: Path) -> tuple[str, str]:
-    """The tiny reward + diversity apps on loopback; returns (http_url, grpc_url)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from fixtures_serve import free_port, mark_built
-
-    from divreward.models.registry import build_tiny
-    from divreward.services import launch
-    from divreward.services.config import DiversityAppArgs, RewardAppArgs
-
-    names = [*SCORERS, "dreamsim"]
-    for n in names:
-        build_tiny(n, tiny_dir)
-    mark_built(tiny_dir, names)
-    model = {"num_cpus": 0.2, "batch": {"max_batch_images": 64, "batch_wait_timeout_s": 0.005}}
-    common: dict[str, Any] = {
-        "profile": "tiny",
-        "tiny_models_dir": str(tiny_dir),
-        "ingress": {"num_cpus": 0.1},
-    }
-    reward = RewardAppArgs(
-        scorers={n: {**model, "weight": w} for n, w in SCORERS.items()}, **common
-    )
-    diversity = DiversityAppArgs(
-        embedder={**model, "name": "dreamsim", "options": EMBEDDER_OPTIONS}, **common
-    )
-    port, grpc_port = free_port(), free_port()
-    launch.start(
-        launch.serve_start_options("127.0.0.1", port, grpc_port=grpc_port),
-        num_cpus=4,
-        ray_init_kwargs={"log_to_driver": False},
-    )
-    launch.deploy_services(reward, diversity, timeout_s=600)
-    return f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{grpc_port}"
 
 
 def run(kind: str, url: str | None, tiny_dir: Path, steps: int, out: Path) -> dict[str, Any]:
@@ -174,7 +140,9 @@ def main() -> int:
     tiny = work / "tiny"
     from divreward.services import launch
 
-    http_url, grpc_url = start_service(tiny)
+    http_url, grpc_url = start_tiny_service(
+        tiny, SCORERS, EMBEDDER_OPTIONS, ray_init_kwargs={"log_to_driver": False}
+    )
     results = []
     try:
         for kind, url in (("http", http_url), ("grpc", grpc_url)):

@@ -1,0 +1,54 @@
+"""What the benchmark scripts share: a local service on the tiny models, on free loopback
+ports (Ray + Serve in this process's cluster; ``launch.shutdown()`` stops it)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["free_port", "start_tiny_service"]
+
+#: Every tiny model deployment's share of the CPU and batching.
+_MODEL = {"num_cpus": 0.2, "batch": {"max_batch_images": 64, "batch_wait_timeout_s": 0.005}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_tiny_service(
+    tiny_dir: Path,
+    scorers: Mapping[str, float],
+    embedder_options: Mapping[str, Any],
+    **start_kwargs: Any,
+) -> tuple[str, str]:
+    """The reward and diversity applications on the tiny models of ``scorers`` (name ->
+    weight) and DreamSim (with ``embedder_options``), built under ``tiny_dir`` when
+    missing; returns (http_url, grpc_url). ``start_kwargs`` go to ``launch.start``."""
+    from divreward.models.tiny import build_all
+    from divreward.services import launch
+    from divreward.services.config import DiversityAppArgs, RewardAppArgs
+
+    build_all(tiny_dir, 0, [*scorers, "dreamsim"])
+    common: dict[str, Any] = {
+        "profile": "tiny",
+        "tiny_models_dir": str(tiny_dir),
+        "ingress": {"num_cpus": 0.1},
+    }
+    reward = RewardAppArgs(
+        scorers={n: {**_MODEL, "weight": w} for n, w in scorers.items()}, **common
+    )
+    embedder = {**_MODEL, "name": "dreamsim", "options": dict(embedder_options)}
+    diversity = DiversityAppArgs(embedder=embedder, **common)
+    http_port, grpc_port = free_port(), free_port()
+    launch.start(
+        launch.serve_start_options("127.0.0.1", http_port, grpc_port=grpc_port),
+        num_cpus=4,
+        **start_kwargs,
+    )
+    launch.deploy_services(reward, diversity, timeout_s=600)
+    return f"http://127.0.0.1:{http_port}", f"grpc://127.0.0.1:{grpc_port}"
