@@ -1,14 +1,15 @@
 """What the benchmark scripts share: a local service on the tiny models, on free loopback
-ports (Ray + Serve in this process's cluster; ``launch.shutdown()`` stops it)."""
+ports (Ray + Serve in this process's cluster; ``launch.shutdown()`` stops it), and the
+Markdown of their reports."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port", "start_tiny_service"]
+__all__ = ["free_port", "markdown", "start_tiny_service", "table"]
 
 #: Every tiny model deployment's share of the CPU and batching.
 _MODEL = {"num_cpus": 0.2, "batch": {"max_batch_images": 64, "batch_wait_timeout_s": 0.005}}
@@ -52,3 +53,22 @@ def start_tiny_service(
     )
     launch.deploy_services(reward, diversity, timeout_s=600)
     return f"http://127.0.0.1:{http_port}", f"grpc://127.0.0.1:{grpc_port}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> list[str]:
+    """A Markdown table's lines; ``align`` has an ``r`` for each right-aligned column."""
+    rules = ["---:" if a == "r" else "---" for a in align.ljust(len(header), "l")]
+    return [
+        f"| {' | '.join(header)} |",
+        f"|{'|'.join(rules)}|",
+        *(f"| {' | '.join(str(c) for c in row)} |" for row in rows),
+    ]
+
+
+def markdown(title: str, *blocks: str | list[str]) -> str:
+    """A report: the title, then the blocks (a paragraph, or a list of lines such as a
+    :func:`table`), a blank line between each."""
+    lines = [f"# {title}"]
+    for block in blocks:
+        lines += ["", *([block] if isinstance(block, str) else block)]
+    return "\n".join(lines) + "\n"

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import start_tiny_service
+from _common import markdown, start_tiny_service, table
 
 from divreward.client import Group, RewardClient
 
@@ -198,40 +198,47 @@ def main() -> None:
 
 
 def render(out: dict[str, Any]) -> str:
-    p = out["params"]
-    lines = [
-        "# gRPC / HTTP / simulated trainer (bench/grpc_stream.py)",
-        "",
+    p, machine = out["params"], out["machine"]
+    transports = ("http", "grpc")
+    stream = f"stream groups/s (in flight {p['in_flight']})"
+    unary = table(
+        ["transport", "unary median ms", "unary p90 ms", stream],
+        [
+            (
+                t,
+                f"{out[f'unary_{t}']['median_ms']:.1f}",
+                f"{out[f'unary_{t}']['p90_ms']:.1f}",
+                f"{out[f'stream_{t}']['groups_per_s']:.1f}",
+            )
+            for t in transports
+        ],
+    )
+    header = ["transport", "step ms", "wait ms (median / p90)", "wait share (median)"]
+    header += ["submit() call ms", "group latency ms"]
+    trainer = table(
+        header,
+        [
+            (
+                t,
+                f"{r['step_ms_median']:.0f}",
+                f"{r['wait_ms_median']:.0f} / {r['wait_ms_p90']:.0f}",
+                f"{100 * r['wait_share_median']:.1f}%",
+                f"{r['submit_call_ms_median']:.1f}",
+                f"{r['group_latency_ms_median']:.0f}",
+            )
+            for t, r in ((t, out[f"trainer_{t}"]) for t in transports)
+        ],
+    )
+    return markdown(
+        "gRPC / HTTP / simulated trainer (bench/grpc_stream.py)",
         f"Tiny models on CPU; group of {p['group_size']} images at {p['image_size']} px; "
-        f"load average {out['machine']['loadavg_start']} -> {out['machine']['loadavg_end']} "
+        f"load average {machine['loadavg_start']} -> {machine['loadavg_end']} "
         "(shared machine: noisy).",
-        "",
-        "| transport | unary median ms | unary p90 ms | stream groups/s "
-        f"(in flight {p['in_flight']}) |",
-        "|---|---|---|---|",
-    ]
-    for t in ("http", "grpc"):
-        u, s = out[f"unary_{t}"], out[f"stream_{t}"]
-        lines.append(
-            f"| {t} | {u['median_ms']:.1f} | {u['p90_ms']:.1f} | {s['groups_per_s']:.1f} |"
-        )
-    lines += [
-        "",
+        unary,
         f"Simulated trainer: {p['groups_per_step']} groups per step, one generated every "
         f"{p['gen_ms']:.0f} ms, update {p['update_ms']:.0f} ms, {p['steps']} steps.",
-        "",
-        "| transport | step ms | wait ms (median / p90) | wait share (median) | "
-        "submit() call ms | group latency ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in ("http", "grpc"):
-        r = out[f"trainer_{t}"]
-        lines.append(
-            f"| {t} | {r['step_ms_median']:.0f} | {r['wait_ms_median']:.0f} / "
-            f"{r['wait_ms_p90']:.0f} | {100 * r['wait_share_median']:.1f}% | "
-            f"{r['submit_call_ms_median']:.1f} | {r['group_latency_ms_median']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+        trainer,
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch
-from _common import start_tiny_service
+from _common import markdown, start_tiny_service, table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -93,9 +93,23 @@ def write(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     (RESULTS / "trainer_overlap.json").write_text(
         json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
     )
-    lines = [
-        "# Trainer: reward wait per step (bench/trainer_overlap.py)",
-        "",
+    ok = all(r["wait_share_mean"] < TARGET_SHARE for r in results)
+    header = ["rewards", "step s", "sampling s", "update s", "wait s (mean / max)"]
+    header += ["wait share (mean / max)", "images/s"]
+    rows = [
+        (
+            r["transport"],
+            f"{r['step_s_mean']:.2f}",
+            f"{r['sample_s_mean']:.2f}",
+            f"{r['train_s_mean']:.2f}",
+            f"{r['wait_s_mean']:.3f} / {r['wait_s_max']:.3f}",
+            f"{r['wait_share_mean']:.1%} / {r['wait_share_max']:.1%}",
+            f"{r['images_per_s_mean']:.1f}",
+        )
+        for r in results
+    ]
+    report = markdown(
+        "Trainer: reward wait per step (bench/trainer_overlap.py)",
         f"{meta['when']}, {meta['machine']}; torch {meta['torch']}. The real loop "
         "(preset tiny-cpu: tiny random SD3, 32x32, 4 denoising steps) with "
         f"{meta['prompts_per_step']} prompts x {meta['group_size']} images per step; "
@@ -103,32 +117,16 @@ def write(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         "the moment it is decoded; the wait is what remains after the last group is "
         "generated. Service: tiny PickScore + CLIPScore + DreamSim (DINO branch) on Ray "
         "Serve on the same 2 CPU cores as the trainer.",
-        "",
-        "| rewards | step s | sampling s | update s | wait s (mean / max) | "
-        "wait share (mean / max) | images/s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['transport']} | {r['step_s_mean']:.2f} | {r['sample_s_mean']:.2f} | "
-            f"{r['train_s_mean']:.2f} | {r['wait_s_mean']:.3f} / {r['wait_s_max']:.3f} | "
-            f"{r['wait_share_mean']:.1%} / {r['wait_share_max']:.1%} | "
-            f"{r['images_per_s_mean']:.1f} |"
-        )
-    ok = all(r["wait_share_mean"] < TARGET_SHARE for r in results)
-    lines += [
-        "",
+        table(header, rows),
         f"Target: wait share < {TARGET_SHARE:.0%} when the service keeps up: "
         + ("met by every transport." if ok else "NOT met by every transport (see above)."),
-        "",
         "In-process rewards run in a worker thread of the trainer, so they overlap "
         "generation too, but compete with it for the same cores and the same Python "
         "process. The tiny scorers take milliseconds; with real scorers on a GPU the "
         "last group's scoring time is what the wait becomes, unless the step has more "
         "groups than that time covers.",
-        "",
-    ]
-    (RESULTS / "trainer_overlap.md").write_text("\n".join(lines))
+    )
+    (RESULTS / "trainer_overlap.md").write_text(report)
 
 
 def main() -> int:
