@@ -110,47 +110,40 @@ VIT_LARGE: dict[str, Any] = {
     "hidden_act": "gelu",
 }
 
-# Checkpoint key -> module key (regex, replacement), tried in order.
-_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^blip\.visual_encoder\.cls_token$", "vision.embeddings.class_embedding"),
-    (r"^blip\.visual_encoder\.pos_embed$", "vision.embeddings.position_embedding"),
-    (r"^blip\.visual_encoder\.patch_embed\.proj\.", "vision.embeddings.patch_embedding."),
-    (r"^blip\.visual_encoder\.blocks\.(\d+)\.norm1\.", r"vision.encoder.layers.\1.layer_norm1."),
-    (r"^blip\.visual_encoder\.blocks\.(\d+)\.norm2\.", r"vision.encoder.layers.\1.layer_norm2."),
+# Checkpoint key <-> module key, tried in order; ``{n}`` is a block index, a name ending
+# in "." a prefix (the rest of the key is kept), any other name a whole key.
+_KEY_MAP: tuple[tuple[str, str], ...] = (
+    ("blip.visual_encoder.cls_token", "vision.embeddings.class_embedding"),
+    ("blip.visual_encoder.pos_embed", "vision.embeddings.position_embedding"),
+    ("blip.visual_encoder.patch_embed.proj.", "vision.embeddings.patch_embedding."),
+    ("blip.visual_encoder.blocks.{n}.norm1.", "vision.encoder.layers.{n}.layer_norm1."),
+    ("blip.visual_encoder.blocks.{n}.norm2.", "vision.encoder.layers.{n}.layer_norm2."),
+    ("blip.visual_encoder.blocks.{n}.attn.qkv.", "vision.encoder.layers.{n}.self_attn.qkv."),
     (
-        r"^blip\.visual_encoder\.blocks\.(\d+)\.attn\.qkv\.",
-        r"vision.encoder.layers.\1.self_attn.qkv.",
+        "blip.visual_encoder.blocks.{n}.attn.proj.",
+        "vision.encoder.layers.{n}.self_attn.projection.",
     ),
-    (
-        r"^blip\.visual_encoder\.blocks\.(\d+)\.attn\.proj\.",
-        r"vision.encoder.layers.\1.self_attn.projection.",
-    ),
-    (r"^blip\.visual_encoder\.blocks\.(\d+)\.mlp\.", r"vision.encoder.layers.\1.mlp."),
-    (r"^blip\.visual_encoder\.norm\.", "vision.post_layernorm."),
-    (r"^blip\.text_encoder\.", "text."),
-    (r"^mlp\.layers\.(\d+)\.", r"mlp.\1."),
+    ("blip.visual_encoder.blocks.{n}.mlp.", "vision.encoder.layers.{n}.mlp."),
+    ("blip.visual_encoder.norm.", "vision.post_layernorm."),
+    ("blip.text_encoder.", "text."),
+    ("mlp.layers.{n}.", "mlp.{n}."),
 )
-# Module key -> checkpoint key: the inverse of _RENAMES (used by the tiny builder and the
-# full-size key test).
-_INVERSE: tuple[tuple[str, str], ...] = (
-    (r"^vision\.embeddings\.class_embedding$", "blip.visual_encoder.cls_token"),
-    (r"^vision\.embeddings\.position_embedding$", "blip.visual_encoder.pos_embed"),
-    (r"^vision\.embeddings\.patch_embedding\.", "blip.visual_encoder.patch_embed.proj."),
-    (r"^vision\.encoder\.layers\.(\d+)\.layer_norm1\.", r"blip.visual_encoder.blocks.\1.norm1."),
-    (r"^vision\.encoder\.layers\.(\d+)\.layer_norm2\.", r"blip.visual_encoder.blocks.\1.norm2."),
-    (
-        r"^vision\.encoder\.layers\.(\d+)\.self_attn\.qkv\.",
-        r"blip.visual_encoder.blocks.\1.attn.qkv.",
-    ),
-    (
-        r"^vision\.encoder\.layers\.(\d+)\.self_attn\.projection\.",
-        r"blip.visual_encoder.blocks.\1.attn.proj.",
-    ),
-    (r"^vision\.encoder\.layers\.(\d+)\.mlp\.", r"blip.visual_encoder.blocks.\1.mlp."),
-    (r"^vision\.post_layernorm\.", "blip.visual_encoder.norm."),
-    (r"^text\.", "blip.text_encoder."),
-    (r"^mlp\.(\d+)\.", r"mlp.layers.\1."),
-)
+
+
+def _rules(pairs: tuple[tuple[str, str], ...], inverse: bool) -> tuple[tuple[str, str], ...]:
+    """(regex, replacement) rules from ``pairs``: checkpoint -> module, or the inverse."""
+    rules = []
+    for ckpt, mod in pairs:
+        src, dst = (mod, ckpt) if inverse else (ckpt, mod)
+        pattern = re.escape(src).replace(re.escape("{n}"), r"(\d+)")
+        rules.append(
+            ("^" + pattern + ("" if src.endswith(".") else "$"), dst.replace("{n}", r"\1"))
+        )
+    return tuple(rules)
+
+
+_RENAMES = _rules(_KEY_MAP, inverse=False)  # checkpoint key -> module key
+_INVERSE = _rules(_KEY_MAP, inverse=True)  # module key -> checkpoint key (tiny builder, tests)
 _DROPPED = (
     "blip.vision_proj.weight",
     "blip.vision_proj.bias",

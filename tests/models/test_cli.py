@@ -56,7 +56,9 @@ def test_make_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         main(["make-tiny-models", str(tmp_path), "--only", "nope"])
 
 
-def _write_pngs(directory: Path, n: int) -> list[Path]:
+def _pickscore_and_pngs(tiny_zoo: TinyZoo, directory: Path, n: int) -> list[Path]:
+    """Build the tiny PickScore; write ``n`` PNG files into ``directory``."""
+    tiny_zoo.build("pickscore")
     paths = []
     for i, img in enumerate(make_images(n, seed=21)):
         path = directory / f"img{i}.png"
@@ -68,8 +70,7 @@ def _write_pngs(directory: Path, n: int) -> list[Path]:
 def test_score_prints_a_table_of_the_model_scores(
     tiny_zoo: TinyZoo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tiny_zoo.build("pickscore")
-    paths = _write_pngs(tmp_path, 3)
+    paths = _pickscore_and_pngs(tiny_zoo, tmp_path, 3)
     args = ["score", "--model", "pickscore", "--prompt", "a cat", "--weights-dir"]
     assert main([*args, str(tiny_zoo.root), *map(str, paths)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -86,8 +87,7 @@ def test_score_prints_a_table_of_the_model_scores(
 def test_score_json_options_and_progress(
     tiny_zoo: TinyZoo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tiny_zoo.build("pickscore")
-    paths = _write_pngs(tmp_path, 10)
+    paths = _pickscore_and_pngs(tiny_zoo, tmp_path, 10)
     base = ["score", "--model", "pickscore", "--prompt", "a dog", "--json"]
     base += ["--weights-dir", str(tiny_zoo.root), "--batch-size", "4"]
     assert main([*base, *map(str, paths)]) == 0
@@ -106,8 +106,7 @@ def test_score_json_options_and_progress(
 def test_score_errors_name_the_file(
     tiny_zoo: TinyZoo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tiny_zoo.build("pickscore")
-    good = _write_pngs(tmp_path, 1)[0]
+    good = _pickscore_and_pngs(tiny_zoo, tmp_path, 1)[0]
     base = ["score", "--model", "pickscore", "--prompt", "x", "--weights-dir", str(tiny_zoo.root)]
     missing = tmp_path / "missing.png"
     assert main([*base, str(good), str(missing)]) == 2
