@@ -60,6 +60,20 @@ def _cfg(root: Path, out: Path, *overrides: str, preset: str = "tiny-cpu") -> Tr
     )
 
 
+#: One training step with the registry's models in the test process, no evaluation.
+ONE_STEP_IN_PROCESS = ("reward_backend=inprocess", "max_steps=1", "eval_every=0")
+#: Flux.1-dev as Flow-GRPO trains it: embedded guidance 3.5, noise level 0.9, and the
+#: adapter's own LoRA targets.
+TINY_FLUX = (
+    "model=tiny-flux",
+    "family=flux",
+    "model_options={}",
+    "guidance=3.5",
+    "noise_level=0.9",
+    "lora_targets=null",
+)
+
+
 def _lora(adapter: Any) -> dict[str, torch.Tensor]:
     params = adapter.transformer.named_parameters()
     return {n: p.detach().clone() for n, p in params if "lora_" in n}
@@ -128,7 +142,7 @@ def test_drift_subset_and_prompt_noise_in_process(tiny_root: Path, tmp_path: Pat
     cfg = _cfg(
         tiny_root,
         tmp_path,
-        "reward_backend=inprocess",
+        *ONE_STEP_IN_PROCESS,
         "diversity=drift",
         "diversity_params={lam: 0.5}",
         "subset=concentrated",
@@ -138,8 +152,6 @@ def test_drift_subset_and_prompt_noise_in_process(tiny_root: Path, tmp_path: Pat
         "regulariser=kl",
         "prompts_per_step=1",
         "train_batch_size=2",
-        "max_steps=1",
-        "eval_every=0",
         "ema=false",
     )
     assert cfg.derived().pool_size == 2 * cfg.group_size
@@ -187,19 +199,7 @@ def test_service_gone_stops_the_run_before_any_update(tiny_root: Path, tmp_path:
 
 
 def test_flux_one_iteration_in_process(tiny_root: Path, tmp_path: Path) -> None:
-    cfg = _cfg(
-        tiny_root,
-        tmp_path,
-        "model=tiny-flux",
-        "family=flux",
-        "model_options={}",
-        "guidance=3.5",
-        "noise_level=0.9",
-        "reward_backend=inprocess",
-        "max_steps=1",
-        "eval_every=0",
-        "lora_targets=null",
-    )
+    cfg = _cfg(tiny_root, tmp_path, *TINY_FLUX, *ONE_STEP_IN_PROCESS)
     adapter = load_adapter(cfg, torch.device("cpu"))
     run = train(cfg, adapter=adapter, print_fn=lambda s: None)
     m = run.history[0]
