@@ -6,9 +6,10 @@ CLI (``divreward serve``), the tests and the benchmarks, on Serve's public API o
 be scheduled (it only logs a warning every 30 s). So :func:`deploy` runs each
 application's ``serve.run`` in a daemon thread, in order (the reward app's ingress looks
 its diversity app up when it starts: each application is submitted once the previous
-one is registered), and polls ``serve.status()`` against one deadline: it fails with
-every deployment's message as soon as one fails, at once when a ``serve.run`` raises,
-and at the deadline instead of hanging.
+one is registered), and waits for them against one deadline: done when every
+``serve.run`` has returned, failed at once when one raises (with every deployment's
+message from ``serve.status()`` when the application failed to deploy), and failed at
+the deadline, naming what is not running, instead of hanging.
 
 A Serve config file (what ``divreward serve --config`` runs) becomes targets through
 :func:`config_targets`: each application is built by its typed builder with the file's
@@ -45,7 +46,6 @@ __all__ = [
     "serve_start_options",
     "shutdown",
     "start",
-    "wait_running",
 ]
 
 log = logging.getLogger("divreward.services")
@@ -113,16 +113,24 @@ def start(
     serve.start(**start_options)
 
 
+#: serve.run threads of this process (joined by :func:`shutdown`), and how long it waits.
+_RUNS: list[_Run] = []
+_RUN_JOIN_S = 10.0
+
+
 class _Run:
-    """``serve.run`` of one target in a daemon thread; what it raised, if anything."""
+    """``serve.run`` of one target in a daemon thread: whether it returned (the
+    application is RUNNING) and what it raised, if anything."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self.error: BaseException | None = None
+        self.returned = False
         self.thread = threading.Thread(
             target=self._main, name=f"serve.run {target.name}", daemon=True
         )
         self.thread.start()
+        _RUNS[:] = [*(r for r in _RUNS if r.thread.is_alive()), self]
 
     def _main(self) -> None:
         try:
@@ -134,6 +142,7 @@ class _Run:
                 if self.target.logging_config
                 else None,
             )
+            self.returned = True
         except BaseException as exc:  # reported by the poller in the caller's thread
             self.error = exc
 
@@ -150,49 +159,34 @@ def deploy(
     deadline = time.monotonic() + timeout_s
     for target in targets:
         runs.append(_Run(Target(*target)))
-        # The next application is submitted once this one is registered.
-        _poll([runs[-1].target.name], runs, deadline, timeout_s, poll_s, _registered)
-    _poll([r.target.name for r in runs], runs, deadline, timeout_s, poll_s, _running)
-
-
-def wait_running(names: list[str], timeout_s: float = 300.0, poll_s: float = 0.5) -> None:
-    """Poll ``serve.status()`` until every named application is RUNNING; raise
-    DeployError as soon as one is DEPLOY_FAILED, or at the deadline."""
-    _poll(names, [], time.monotonic() + timeout_s, timeout_s, poll_s, _running)
-
-
-def _registered(app: Any) -> bool:
-    return app is not None
-
-
-def _running(app: Any) -> bool:
-    return app is not None and app.status == "RUNNING"
+        # The next application is submitted once this one is registered (or RUNNING).
+        _poll(runs, deadline, timeout_s, poll_s, until_registered=True)
+    _poll(runs, deadline, timeout_s, poll_s, until_registered=False)
 
 
 def _poll(
-    names: list[str],
-    runs: Sequence[_Run],
-    deadline: float,
-    timeout_s: float,
-    poll_s: float,
-    done: Callable[[Any], bool],
+    runs: Sequence[_Run], deadline: float, timeout_s: float, poll_s: float, until_registered: bool
 ) -> None:
+    """Wait until the last run's application is registered, or until every run has
+    returned (``serve.run`` returns once its application is RUNNING: a status of an
+    earlier application of the same name cannot be mistaken for it)."""
     while True:
         status = serve.status()
-        apps = {n: status.applications.get(n) for n in names}
-        failed = {n: a for n, a in apps.items() if a is not None and a.status == "DEPLOY_FAILED"}
-        if failed:
-            raise DeployError(_describe(failed))
+        apps = {r.target.name: status.applications.get(r.target.name) for r in runs}
         for run in runs:
             if run.error is not None:
-                exc = run.error
+                exc, app = run.error, apps[run.target.name]
+                if app is not None and app.status == "DEPLOY_FAILED":
+                    raise DeployError(_describe({run.target.name: app})) from exc
                 raise DeployError(
                     f"application {run.target.name!r}: serve.run raised {type(exc).__name__}: {exc}"
                 ) from exc
-        if all(done(a) for a in apps.values()):
+        if until_registered and (runs[-1].returned or apps[runs[-1].target.name] is not None):
+            return
+        if not until_registered and all(r.returned for r in runs):
             return
         if time.monotonic() > deadline:
-            pending = {n: a for n, a in apps.items() if not _running(a)}
+            pending = {r.target.name: apps[r.target.name] for r in runs if not r.returned}
             raise DeployError(
                 f"not RUNNING after {timeout_s:.0f}s (a replica that cannot be scheduled "
                 "waits forever: check num_cpus/num_gpus and resources against the "
@@ -316,7 +310,11 @@ class ShutdownReport:
 
 
 def shutdown() -> ShutdownReport:
-    """serve.shutdown then ray.shutdown; each attempted even if the other fails."""
+    """serve.shutdown then ray.shutdown; each attempted even if the other fails.
+
+    In between, the ``serve.run`` threads still waiting (an application that failed or
+    timed out) are given time to see Serve gone and end: one that touched Ray after
+    ray.shutdown would start a new local Ray instance from that thread."""
     serve_ok = ray_ok = True
     try:
         if ray.is_initialized():
@@ -324,6 +322,14 @@ def shutdown() -> ShutdownReport:
     except Exception:
         log.exception("serve.shutdown failed")
         serve_ok = False
+    deadline = time.monotonic() + _RUN_JOIN_S
+    for run in _RUNS:
+        run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    _RUNS[:] = [r for r in _RUNS if r.thread.is_alive()]
+    if _RUNS:
+        log.warning(
+            "serve.run threads still waiting at shutdown: %s", [r.target.name for r in _RUNS]
+        )
     try:
         ray.shutdown()
     except Exception:

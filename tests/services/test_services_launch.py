@@ -240,25 +240,35 @@ def test_overrides_and_runtime_env_reach_the_running_deployments(
 @pytest.mark.serve
 @pytest.mark.timeout(120)
 def test_an_unschedulable_replica_is_a_deploy_error_at_the_deadline(serve_app: Any) -> None:
+    """Also over a running application of the same name: its RUNNING status must not be
+    taken for the new deploy's."""
     from ray import serve
 
     from divreward.services import launch
+
+    @serve.deployment(name="Echo", ray_actor_options={"num_cpus": 0})
+    class Echo:
+        def __call__(self) -> str:
+            return "echo"
 
     @serve.deployment(name="Nowhere", ray_actor_options={"resources": {"no_such_node": 1}})
     class Nowhere:
         def __call__(self) -> str:
             return "never"
 
-    t0 = time.monotonic()
+    name, prefix = "launch_nowhere", "/launch-nowhere"
     try:
+        launch.deploy([(Echo.bind(), name, prefix)], timeout_s=60)
+        t0 = time.monotonic()
         with pytest.raises(launch.DeployError) as err:
-            launch.deploy([(Nowhere.bind(), "launch_nowhere", "/launch-nowhere")], timeout_s=3)
+            launch.deploy([(Nowhere.bind(), name, prefix)], timeout_s=5)
         elapsed = time.monotonic() - t0
-        assert 3 <= elapsed < 30, elapsed
-        assert "not RUNNING after 3s" in str(err.value)
-        assert "application 'launch_nowhere'" in str(err.value)
+        assert 5 <= elapsed < 30, elapsed
+        assert "not RUNNING after 5s" in str(err.value)
+        assert f"application {name!r}" in str(err.value)
+        assert "deployment 'Nowhere'" in str(err.value)
     finally:
-        serve.delete("launch_nowhere")
+        serve.delete(name)
 
 
 @pytest.mark.serve
