@@ -59,6 +59,9 @@ bench: venv ## run the benchmarks in bench/ (results in bench/results/)
 bench-collapse: venv ## the mode-collapse experiment on the toy world (< 25 min on 2 cores; bench/results/collapse/)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m divreward.toy.collapse --out bench/results/collapse $(COLLAPSE_ARGS)
 
+gpu-check: venv ## on a CUDA machine (< 8 min): every model's fp16/bf16 paths, num_gpus placement, throughput -> bench/results/gpu.md
+	bench/gpu_check.sh $(GPU_CHECK_ARGS)
+
 proto: venv ## regenerate the gRPC code from divreward/proto/divreward.proto
 	$(BIN)/python -m divreward.proto.generate
 
