@@ -192,7 +192,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from divreward.services.launch import DeployError, deploy, shutdown
+    from divreward.services.launch import DeployError, deploy, init_local_ray, shutdown
 
     names = [t.name for t in targets]
     apps = config.get("applications", [])
@@ -211,12 +211,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if address:  # an existing cluster: its nodes were sized by `ray start`
             ray.init(address=address)
         else:
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                num_cpus=args.num_cpus,
-                num_gpus=args.num_gpus,
-            )
+            init_local_ray(args.num_cpus, args.num_gpus)
         signal.signal(signal.SIGTERM, _raise_stop)
         serve.start(**start_options)
         deploy(targets, timeout_s=args.deploy_timeout)

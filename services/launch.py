@@ -20,6 +20,7 @@ A Serve config file (what ``divreward serve --config`` runs) becomes targets thr
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "config_targets",
     "deploy",
     "deploy_services",
+    "init_local_ray",
     "serve_start_options",
     "shutdown",
     "start",
@@ -102,15 +104,24 @@ def start(
 ) -> None:
     """A new local Ray instance (never someone else's cluster) and Serve on it."""
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            logging_level=logging.WARNING,
-            **(ray_init_kwargs or {}),
-        )
+        init_local_ray(num_cpus, num_gpus, logging_level=logging.WARNING, **(ray_init_kwargs or {}))
     serve.start(**start_options)
+
+
+#: Ray starts its workers, and so every Serve replica, at this niceness unless told
+#: otherwise (its default is 15): a model replica then yields the CPU to any process at
+#: normal priority beside it (a client, a trainer, a data loader).
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+def init_local_ray(num_cpus: int | None, num_gpus: int | None, **kwargs: Any) -> None:
+    """``ray.init`` of a new local instance whose workers run at normal priority
+    (``RAY_worker_niceness=0`` unless the environment sets it; the raylet reads it at
+    start-up), without the dashboard."""
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+    ray.init(
+        address="local", include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus, **kwargs
+    )
 
 
 #: serve.run threads of this process (joined by :func:`shutdown`), and how long it waits.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -142,6 +143,23 @@ def replica_threads(args: ModelDeploymentArgs) -> int:
     return max(1, math.floor(args.num_cpus))
 
 
+def warn_if_niced(what: str) -> int:
+    """Log a warning when this process runs below normal priority (Ray starts its workers
+    at niceness 15 unless ``RAY_worker_niceness`` says otherwise): a model replica then
+    gets the CPU only when no normal-priority process wants it. Returns the niceness."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > 0:
+        log.warning(
+            "%s runs at niceness %d: any process at normal priority on this machine (a "
+            "client, a trainer, a data loader) takes the CPU first. Start Ray with "
+            "RAY_worker_niceness=0 in the environment (divreward serve and the divreward "
+            "images do)",
+            what,
+            nice,
+        )
+    return nice
+
+
 def readiness_image() -> np.ndarray:
     """A small deterministic (32, 32, 3) uint8 image for readiness calls."""
     y, x = np.mgrid[0:32, 0:32]
@@ -198,6 +216,7 @@ class _ModelServer:
             torch.get_num_threads(),
             self.card,
         )
+        warn_if_niced(f"{self.kind} {name!r}")
         self._apply_batch(self.batch)
 
     # -- configuration ------------------------------------------------------------
