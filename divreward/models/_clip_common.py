@@ -32,6 +32,7 @@ from divreward.models._common import (
     canonical,
     iter_chunks,
     seeded,
+    unique_texts,
 )
 from divreward.models._tensor_preprocess import (
     by_size,
@@ -211,7 +212,8 @@ def cosine(
 ) -> np.ndarray:
     """``cos(image_i, text_i)`` for each pair, float64 ``(N,)``."""
     img = image_features(bundle, images, max_batch, max_pixels)
-    txt = text_features(bundle, texts, max_batch)
+    distinct, index = unique_texts(texts)  # each distinct text is encoded once
+    txt = text_features(bundle, distinct, max_batch)[index]
     return (img * txt).sum(dim=-1).double().numpy()
 
 

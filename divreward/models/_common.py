@@ -77,6 +77,14 @@ def iter_chunks(
         yield slice(start, len(images))
 
 
+def unique_texts(texts: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The distinct texts in first-seen order and, for each text, its row among them: a
+    group's images share one prompt, so its text is encoded once, not once per image."""
+    rows: dict[str, int] = {}
+    index = [rows.setdefault(t, len(rows)) for t in texts]
+    return list(rows), index
+
+
 def option(options: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     """``options[key]`` checked against ``kind`` (ValueError naming the option)."""
     value = options.get(key, default)

@@ -49,6 +49,7 @@ from divreward.models._common import (
     iter_chunks,
     option,
     seeded,
+    unique_texts,
 )
 from divreward.models._tensor_preprocess import by_size, preprocess_mode, stack_on
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
@@ -169,9 +170,10 @@ class HPSv2(Scorer):
         with torch.inference_mode():
             for sl in iter_chunks(images, self.max_batch, self.max_batch_pixels):
                 pixels = self.pixels(images[sl])
-                tokens = self.tokenizer(list(prompts[sl])).to(self.device)  # (B, 77) int64
+                distinct, index = unique_texts(prompts[sl])  # each prompt encoded once
+                tokens = self.tokenizer(distinct).to(self.device)  # (U, 77) int64
                 img = self.model.encode_image(pixels).float()  # (B, D)
-                txt = self.model.encode_text(tokens).float()  # (B, D)
+                txt = self.model.encode_text(tokens).float()[index]  # (B, D)
                 img_out.append((img / img.norm(dim=-1, keepdim=True)).cpu())
                 txt_out.append((txt / txt.norm(dim=-1, keepdim=True)).cpu())
         return torch.cat(img_out), torch.cat(txt_out)
