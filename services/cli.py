@@ -105,7 +105,11 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.config is not None:
         config = copy.deepcopy(load_config(args.config))
     else:
-        config = default_config(args.profile or "real")
+        # A local instance has this machine's CPUs (or --num-cpus): the models get
+        # whole cores. A cluster's nodes are sized by `ray start`: the args' defaults.
+        local_cpus = getattr(args, "num_cpus", None) or os.cpu_count()
+        cpus = None if getattr(args, "address", None) else local_cpus
+        config = default_config(args.profile or "real", cpus=cpus)
     http = config.setdefault("http_options", {})
     http["host"] = args.host or http.get("host") or "127.0.0.1"
     http["port"] = args.port or http.get("port") or 8000

@@ -168,12 +168,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def default_config(
-    profile: str = "real", host: str = "127.0.0.1", port: int = 8000
+    profile: str = "real", host: str = "127.0.0.1", port: int = 8000, cpus: int | None = None
 ) -> dict[str, Any]:
     """What ``divreward serve`` runs without ``--config``: the diversity app at
     /diversity and the reward app at /, with the papers' defaults.
 
     'real': PickScore as the quality reward and the DreamSim ensemble as the embedder.
+    Given ``cpus`` (the CPUs of the local Ray instance), the two models share the cores,
+    ``num_cpus: cpus // 2`` each (half of one CPU below two), so each runs its forward
+    pass on that many torch threads instead of one (a replica's torch threads follow its
+    ``num_cpus``); the ingresses ask for none (they decode in threads between passes).
     'tiny': PickScore (weight 1) and CLIPScore (0.5) and DreamSim's single-branch
     ``dino_vitb16`` type, the cheapest tiny twins (the tiny ensemble keeps full-width
     CLIP branches and takes ~1 s per group on a CPU).
@@ -189,8 +193,12 @@ def default_config(
             "embedder": {"name": "dreamsim", "options": {"dreamsim_type": "dino_vitb16"}},
         }
     else:
-        reward_args = {**common, "scorers": {"pickscore": {"weight": 1.0}}}
-        diversity_args = {**common, "embedder": {"name": "dreamsim"}}
+        cores: dict[str, Any] = {}
+        if cpus is not None:
+            cores = {"num_cpus": cpus // 2 if cpus >= 2 else cpus / 2}
+            common["ingress"] = {"num_cpus": 0}
+        reward_args = {**common, "scorers": {"pickscore": {"weight": 1.0, **cores}}}
+        diversity_args = {**common, "embedder": {"name": "dreamsim", **cores}}
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": host, "port": port},

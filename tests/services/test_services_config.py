@@ -133,6 +133,22 @@ def test_default_configs_validate(profile: str) -> None:
     assert data["http_options"] == {"host": "127.0.0.1", "port": 8000}
 
 
+@pytest.mark.parametrize(("cpus", "per_model"), [(2, 1), (8, 4), (1, 0.5), (5, 2)])
+def test_the_default_real_config_gives_the_models_whole_cores(cpus: int, per_model: float) -> None:
+    from divreward.services.model_deployments import replica_threads
+
+    data = validate_config(default_config("real", cpus=cpus))
+    apps = {a.name: a.args for a in data.applications}
+    scorer = RewardAppArgs.model_validate(apps["reward"]).scorers["pickscore"]
+    embedder = DiversityAppArgs.model_validate(apps["diversity"]).embedder
+    assert scorer.num_cpus == embedder.num_cpus == per_model
+    assert replica_threads(scorer) == replica_threads(embedder) == max(1, int(per_model))
+    ingress = [RewardAppArgs.model_validate(apps["reward"]).ingress.num_cpus]
+    ingress.append(DiversityAppArgs.model_validate(apps["diversity"]).ingress.num_cpus)
+    # everything schedules on the local instance
+    assert sum(ingress) == 0 and scorer.num_cpus + embedder.num_cpus <= cpus
+
+
 def test_args_name_unknown_models_and_kinds() -> None:
     with pytest.raises(ValueError, match=r"scorers.hpsv9: 'hpsv9' is not a registered scorer"):
         RewardAppArgs(scorers={"hpsv9": ScorerArgs()})
