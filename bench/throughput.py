@@ -1,0 +1,697 @@
+"""Throughput of the reward service against scoring in-process (a benchmark, not a test).
+
+In one run, with the same model weights and the same images:
+
+1. **the in-process floor**: what a trainer gets by running the scorer itself, the way
+   the model's reference code does it (transformers ``CLIPModel`` + ``CLIPProcessor``,
+   one batch per group, default torch threads), from images already in memory; for
+   ``rewards`` also the embedder and DiverseGRPO's rewards and advantages;
+2. **the service**: closed-loop clients (each sends its next request when the last one
+   returned) posting whole groups of JPEG files to ``/v1/score`` and ``/v1/rewards`` at
+   1, 4 and 16 clients, in three forms: JSON with base64 images, the binary form
+   (msgpack, raw bytes) and gRPC; images/s, p50 and p95 latency;
+3. the ratio service / floor for each.
+
+The scorer is PickScore through its real loader (``weights_dir`` layout) on a **random
+stand-in of CLIP ViT-B/16 size** (no real weights can be downloaded on the build
+machines; ViT-H/14 would take minutes per group on 2 cores): the forward pass costs what
+a ViT-B/16 costs, so the ratio carries over to models of that size. The embedder of
+``rewards`` is the tiny DreamSim twin (dino_vitb16 type, 32 px): its cost is small, so
+``rewards`` measures the diversity pipeline's overhead on top of the scorer.
+
+Writes ``OUT.json`` and ``OUT.md`` (default ``bench/results/throughput``).
+
+    .venv/bin/python bench/throughput.py [--device cpu|cuda] [--clients 1,4,16]
+        [--forms json,binary,grpc] [--endpoints score,rewards] [--duration 30]
+        [--out bench/results/throughput] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serve_overhead import free_port, loadavg, make_images  # noqa: E402
+
+GROUP = 24
+SIDE = 512
+PROMPT = "a photo of a red bicycle"
+PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
+PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+EMBEDDER_OPTIONS = {"dreamsim_type": "dino_vitb16"}
+STANDIN_DIR = ROOT / ".cache" / "bench-standins"
+
+
+# ----------------------------------------------------------------------- stand-ins
+def build_standins(root: Path = STANDIN_DIR) -> Path:
+    """``root/weights``: PickScore's weights-dir layout with a random CLIP of ViT-B/16 size
+    (vision 768 wide, 12 blocks, patch 16 at 224 px; text 512 wide, 12 blocks) and the
+    laion processor files (224 px); built once."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from divreward.models import _clip_common as clip
+
+    weights = root / "weights"
+    marker = weights / ".complete"
+    if marker.exists():
+        return weights
+    text = {
+        "vocab_size": 49408,
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "max_position_embeddings": clip.CONTEXT_LENGTH,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    }
+    vision = {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 224,
+        "patch_size": 16,
+    }
+    import torch
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=text,
+        vision_config=vision,
+        projection_dim=512,
+        logit_scale_init_value=float(np.log(100.0)),
+    )
+    model = CLIPModel(config).eval()
+    model.save_pretrained(str(weights / PICKSCORE_REPO))
+    clip.write_processor(weights / PROCESSOR_REPO, side=224)
+    marker.write_text("ok\n")
+    return weights
+
+
+def jpeg_files(n: int, seed: int) -> list[bytes]:
+    from divreward.images import encode_image
+
+    return [encode_image(a, "JPEG", quality=90) for a in make_images(n, seed, SIDE)]
+
+
+# ----------------------------------------------------------------------- the floor
+class Floor:
+    """The in-process floor: the reference code path a trainer would run itself."""
+
+    def __init__(self, weights: Path, tiny_dir: Path, device: str, endpoints: list[str]):
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.torch = torch
+        self.device = device
+        self.dtype = torch.float16 if device == "cuda" else torch.float32
+        self.model = (
+            CLIPModel.from_pretrained(str(weights / PICKSCORE_REPO), torch_dtype=self.dtype)
+            .eval()
+            .to(device)
+        )
+        self.processor = CLIPProcessor.from_pretrained(str(weights / PROCESSOR_REPO))
+        self.embedder = None
+        if "rewards" in endpoints:
+            import dataclasses
+
+            from divreward.models.registry import load_model
+            from divreward.models.tiny import tiny_load_options
+
+            opts = tiny_load_options("dreamsim", tiny_dir, device=device)
+            self.embedder = load_model(
+                "dreamsim", dataclasses.replace(opts, options=EMBEDDER_OPTIONS)
+            )
+
+    def score(self, images: list[np.ndarray]) -> np.ndarray:
+        """PickScore's reference ``calc_probs``: the group's images in one batch, its
+        prompt once, ``logit_scale.exp() * text_emb @ image_embs.T``."""
+        torch = self.torch
+        with torch.inference_mode():
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+            text = self.processor(
+                text=PROMPT, padding=True, truncation=True, max_length=77, return_tensors="pt"
+            ).to(self.device)
+            img = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
+            txt = self.model.get_text_features(**text)
+            img = getattr(img, "pooler_output", img)
+            txt = getattr(txt, "pooler_output", txt)
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            scores = self.model.logit_scale.exp() * (txt @ img.T)[0]
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+        return scores.float().cpu().numpy()
+
+    def rewards(self, images: list[np.ndarray]) -> np.ndarray:
+        from divreward.core import AdvantageConfig, DiverseGRPOConfig, diversegrpo_rewards
+
+        assert self.embedder is not None
+        quality = self.score(images).astype(np.float64)
+        emb = self.embedder.embed(images)
+        return diversegrpo_rewards(quality, emb, DiverseGRPOConfig(), AdvantageConfig())
+
+    def measure(self, endpoint: str, groups: list[list[np.ndarray]], seconds: float) -> dict:
+        """images/s of back-to-back groups for about ``seconds`` (after one warm-up)."""
+        fn = self.score if endpoint == "score" else self.rewards
+        fn(groups[0])
+        times: list[float] = []
+        t_end = time.perf_counter() + seconds
+        k = 0
+        while time.perf_counter() < t_end or len(times) < 3:
+            t0 = time.perf_counter()
+            fn(groups[k % len(groups)])
+            times.append(time.perf_counter() - t0)
+            k += 1
+        return {
+            "images_per_s": GROUP * len(times) / sum(times),
+            "p50_ms": 1000 * statistics.median(times),
+            "groups": len(times),
+        }
+
+
+# ----------------------------------------------------------------------- the service
+def start_service(
+    weights: Path, tiny_dir: Path, device: str, scorer_cpus: float
+) -> tuple[str, str]:
+    from divreward.services import launch
+    from divreward.services.config import DiversityAppArgs, RewardAppArgs
+
+    gpu = 1.0 if device == "cuda" else 0.0
+    scorer = {
+        "weight": 1.0,
+        "num_cpus": scorer_cpus,
+        "num_gpus": gpu * 0.5,
+        "max_ongoing_requests": 64,
+        "batch": {"max_batch_images": GROUP * 2, "batch_wait_timeout_s": 0.005},
+    }
+    if device == "cuda":
+        scorer["dtype"] = "float16"
+    reward = RewardAppArgs(
+        profile="real",
+        weights_dir=str(weights),
+        scorers={"pickscore": scorer},
+        ingress={
+            "num_cpus": 0,
+            "max_ongoing_requests": 64,
+            "max_queued_requests": 512,
+            "call_timeout_s": 600,
+        },
+    )
+    diversity = DiversityAppArgs(
+        profile="tiny",
+        tiny_models_dir=str(tiny_dir),
+        embedder={
+            "name": "dreamsim",
+            "options": EMBEDDER_OPTIONS,
+            "num_cpus": 0,
+            "torch_threads": 1,
+            "num_gpus": gpu * 0.25,
+            "max_ongoing_requests": 64,
+            "batch": {"max_batch_images": GROUP * 2, "batch_wait_timeout_s": 0.005},
+        },
+        ingress={"num_cpus": 0, "max_ongoing_requests": 64, "call_timeout_s": 600},
+    )
+    http, grpc_port = free_port(), free_port()
+    cpus = os.cpu_count() or 2
+    launch.start(
+        launch.serve_start_options("127.0.0.1", http, grpc_port=grpc_port),
+        num_cpus=max(cpus, int(np.ceil(scorer_cpus))),
+        num_gpus=1 if device == "cuda" else None,
+    )
+    launch.deploy_services(reward, diversity, timeout_s=900)
+    return f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}"
+
+
+Sender = Callable[[int], Awaitable[None]]
+
+
+def http_sender(base: str, endpoint: str, form: str, files: list[list[bytes]]) -> Any:
+    import httpx
+    import msgpack
+
+    def body(group: list[bytes]) -> bytes:
+        images: list[Any] = (
+            [base64.b64encode(f).decode("ascii") for f in group] if form == "json" else group
+        )
+        data: dict[str, Any] = (
+            {"images": images, "prompts": [PROMPT] * len(group)}
+            if endpoint == "score"
+            else {"groups": [{"prompt": PROMPT, "images": images}]}
+        )
+        return json.dumps(data).encode() if form == "json" else msgpack.packb(data)
+
+    bodies = [body(g) for g in files]
+    ctype = "application/json" if form == "json" else "application/msgpack"
+    headers = {"content-type": ctype, "accept": ctype}
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    client = httpx.AsyncClient(base_url=base, timeout=600, limits=limits)
+    path = "/v1/score" if endpoint == "score" else "/v1/rewards"
+
+    async def send(k: int) -> None:
+        r = await client.post(path, content=bodies[k % len(bodies)], headers=headers)
+        if r.status_code != 200:
+            raise RuntimeError(f"{path} {form}: {r.status_code} {r.text[:300]}")
+        data = r.json() if form == "json" else msgpack.unpackb(r.content)
+        n = (
+            len(data["scores"]["pickscore"])
+            if endpoint == "score"
+            else len(data["groups"][0]["rewards"])
+        )
+        if n != GROUP:
+            raise RuntimeError(f"{path}: {n} results for {GROUP} images")
+
+    return send, client.aclose
+
+
+def grpc_sender(target: str, endpoint: str, files: list[list[bytes]]) -> Any:
+    import grpc
+
+    from divreward.proto import divreward_pb2 as pb
+    from divreward.proto import divreward_pb2_grpc as pb_grpc
+
+    channel = grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", 256 << 20),
+            ("grpc.max_receive_message_length", 256 << 20),
+        ],
+    )
+    stub = pb_grpc.RewardServiceStub(channel)
+    md = [("application", "reward")]
+    if endpoint == "score":
+        msgs = [pb.ScoreRequest(prompts=[PROMPT] * len(g), images=g) for g in files]
+    else:
+        msgs = [pb.RewardsRequest(groups=[pb.RewardGroup(prompt=PROMPT, images=g)]) for g in files]
+
+    async def send(k: int) -> None:
+        msg = msgs[k % len(msgs)]
+        if endpoint == "score":
+            reply = await stub.Score(msg, metadata=md, timeout=600)
+            n = len(reply.scores["pickscore"].values)
+        else:
+            reply = await stub.Rewards(msg, metadata=md, timeout=600)
+            n = len(reply.groups[0].rewards)
+        if n != GROUP:
+            raise RuntimeError(f"gRPC {endpoint}: {n} results for {GROUP} images")
+
+    return send, channel.close
+
+
+async def closed_loop(send: Sender, clients: int, warmup_s: float, seconds: float) -> dict:
+    """``clients`` closed-loop clients; counts the requests that finish inside the
+    measured window (after ``warmup_s``) and their latencies."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    w0, w1 = start + warmup_s, start + warmup_s + seconds
+    done: list[tuple[float, float]] = []  # (finish time, latency)
+
+    async def client(c: int) -> None:
+        k = c * 7
+        while loop.time() < w1:
+            t0 = loop.time()
+            await send(k)
+            t1 = loop.time()
+            done.append((t1, t1 - t0))
+            k += 1
+
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    end = max(w1, max(t for t, _ in done))
+    # Requests finishing in [w0, end]: the window is stretched to the last finish so the
+    # final requests (begun before w1) are counted with the time they took.
+    inside = [lat for t, lat in done if t >= w0]
+    lat = sorted(inside)
+    return {
+        "clients": clients,
+        "requests": len(inside),
+        "images_per_s": GROUP * len(inside) / (end - w0),
+        "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
+        "p95_ms": 1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan"),
+    }
+
+
+async def run_service(
+    base: str,
+    grpc_target: str,
+    endpoint: str,
+    form: str,
+    files: list[list[bytes]],
+    clients: list[int],
+    warmup_s: float,
+    seconds: float,
+) -> list[dict]:
+    send, close = (
+        grpc_sender(grpc_target, endpoint, files)
+        if form == "grpc"
+        else http_sender(base, endpoint, form, files)
+    )
+    try:
+        await send(0)  # warm the path once
+        out = []
+        for c in clients:
+            r = await closed_loop(send, c, warmup_s, seconds)
+            print(
+                f"  {endpoint:7s} {form:6s} {c:3d} clients: {r['images_per_s']:6.1f} img/s  "
+                f"p50 {r['p50_ms']:7.0f} ms  p95 {r['p95_ms']:7.0f} ms",
+                flush=True,
+            )
+            out.append(r)
+        return out
+    finally:
+        await close()
+
+
+# ----------------------------------------------------------------------- profile
+#: Stack classification of py-spy samples, first match wins (checked on the whole
+#: collapsed stack, innermost frames last).
+CATEGORIES = [
+    # Threads parked in Ray's core (the worker main loop, the router's event loop in C)
+    # or in a bare thread: waiting, whatever py-spy's non-blocking sampler says.
+    ("idle", ("Worker.main_loop (", "_run_router_event_loop", "select (selectors")),
+    ("JPEG/PNG decode", ("decode_image", "ImageFile.py", "decode_group", "image_size")),
+    ("preprocessing", ("image_processing", "preprocess", "resize_like_pil", "Image.py:resize")),
+    (
+        "forward pass",
+        (
+            "torch/nn/modules",
+            "modeling_clip",
+            "get_image_features",
+            "get_text_features",
+            "dreamsim",
+            "vision_transformer",
+        ),
+    ),
+    ("request validation", ("model_validate", "pydantic", "_parse_body", "parse_body")),
+    ("base64", ("b64decode", "base64")),
+    ("msgpack/JSON decode", ("msgpack", "json/decoder", "loads")),
+    (
+        "object store / pickling",
+        ("ray.put", "serialization", "_raylet", "get_objects", "put_object", "pickle"),
+    ),
+    ("response encoding", ("render", "dumps", "model_dump", "packb", "to_proto")),
+    ("Serve/asyncio machinery", ("ray/serve", "asyncio", "uvicorn", "starlette", "grpc")),
+]
+
+
+def serve_processes() -> dict[str, Any]:
+    """The Serve processes of this script's Ray instance by role (replicas by deployment,
+    the proxy): the workers that its raylet started."""
+    import psutil
+    from ray._private import worker  # a benchmark may look inside; the product does not
+
+    node = worker._global_node
+    raylets = [p.process.pid for p in node.all_processes.get("raylet", [])]
+    out: dict[str, Any] = {}
+    for p in psutil.process_iter(["cmdline", "ppid"]):
+        if p.info["ppid"] not in raylets:
+            continue
+        title = " ".join(p.info["cmdline"] or []).split()[0] if p.info["cmdline"] else ""
+        if title.startswith("ray::ServeReplica:"):
+            out[title.removeprefix("ray::ServeReplica:").split(".")[0]] = p
+        elif title.startswith("ray::ProxyActor"):
+            out["proxy"] = p
+    return out
+
+
+def cpu_seconds(p: Any) -> float:
+    import psutil
+
+    try:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
+def classify(stack: str) -> str:
+    for name, keys in CATEGORIES:
+        if any(k in stack for k in keys):
+            return name
+    return "other"
+
+
+def profile_point(
+    base: str,
+    grpc_target: str,
+    endpoint: str,
+    form: str,
+    files: list[list[bytes]],
+    clients: int,
+    seconds: float,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Run ``clients`` closed-loop clients for ``seconds`` while measuring each Serve
+    process's CPU time (psutil) and sampling its stacks (py-spy, active threads only);
+    returns CPU seconds per group and the share of samples by category, per process."""
+    import subprocess
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = serve_processes()
+    spy = shutil_which("py-spy")
+    records: dict[str, subprocess.Popen[bytes]] = {}
+    cpu0 = {k: cpu_seconds(p) for k, p in procs.items()}
+    if spy:
+        for role, p in procs.items():
+            path = out_dir / f"{role.replace(':', '_')}.txt"
+            records[role] = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(p.pid),
+                    "--duration",
+                    str(int(seconds)),
+                    "--rate",
+                    "50",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "-o",
+                    str(path),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+    r = asyncio.run(run_service(base, grpc_target, endpoint, form, files, [clients], 0.0, seconds))[
+        0
+    ]
+    cpu1 = {k: cpu_seconds(p) for k, p in procs.items()}
+    for proc in records.values():
+        proc.wait(timeout=120)
+    groups = max(1, r["requests"])
+    result: dict[str, Any] = {"point": r, "processes": {}}
+    for role in procs:
+        used = cpu1[role] - cpu0[role]
+        shares: dict[str, float] = {}
+        path = out_dir / f"{role.replace(':', '_')}.txt"
+        if path.exists():
+            counts: dict[str, int] = {}
+            for line in path.read_text().splitlines():
+                stack, _, n = line.rpartition(" ")
+                if n.isdigit() and ";" in stack:  # a bare thread bootstrap is waiting
+                    cat = classify(stack)
+                    counts[cat] = counts.get(cat, 0) + int(n)
+            counts.pop("idle", None)
+            total = sum(counts.values()) or 1
+            shares = {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+        result["processes"][role] = {
+            "cpu_s_per_group": used / groups,
+            "cpu_share_of_run": used / seconds,
+            "samples": shares,
+        }
+    return result
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+# ----------------------------------------------------------------------- report
+def write_report(res: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    lines = [
+        "# Reward-service throughput against the in-process floor",
+        "",
+        f"Written by `bench/throughput.py` on {res['date']} ({res['machine']}; device "
+        f"{res['device']}; load average {res['load_before']} before, {res['load_after']} "
+        "after). All figures come from this one run.",
+        "",
+        f"Groups of {GROUP} JPEG images of {SIDE}x{SIDE} (q=90, {res['mean_file_kb']:.0f} kB "
+        "on average). Scorer: PickScore through its real loader on a random stand-in of "
+        "CLIP ViT-B/16 size; embedder (rewards): the tiny DreamSim twin. Service: "
+        f"{res['service_config']}.",
+        "",
+        "The floor is the model's reference code in this process (PickScore's `calc_probs`: "
+        "transformers CLIPModel + CLIPProcessor, the group's images in one batch, its prompt "
+        "once; default torch threads: "
+        f"{res['torch_threads']}), from decoded images; the service receives JPEG files "
+        "and decodes them itself.",
+        "",
+    ]
+    for endpoint, floor in res["floor"].items():
+        lines += [
+            f"## `{'/v1/score' if endpoint == 'score' else '/v1/rewards'}`",
+            "",
+            f"In-process floor: **{floor['images_per_s']:.1f} img/s** "
+            f"({floor['p50_ms']:.0f} ms per group, {floor['groups']} groups).",
+            "",
+            "| form | clients | img/s | x floor | p50 ms | p95 ms | p95/p50 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for form, series in res["service"][endpoint].items():
+            for r in series:
+                lines.append(
+                    f"| {form} | {r['clients']} | {r['images_per_s']:.1f} | "
+                    f"{r['images_per_s'] / floor['images_per_s']:.2f} | {r['p50_ms']:.0f} | "
+                    f"{r['p95_ms']:.0f} | {r['p95_ms'] / r['p50_ms']:.2f} |"
+                )
+        lines.append("")
+    for endpoint, prof in res.get("profile", {}).items():
+        p = prof["point"]
+        lines += [
+            f"## Profile: `{endpoint}`, {p['clients']} clients ({p['images_per_s']:.1f} img/s)",
+            "",
+            "CPU seconds per group of each Serve process (psutil), and where its active "
+            "samples fall (py-spy, 50 Hz, active threads only):",
+            "",
+            "| process | CPU s / group | CPU share | samples by category |",
+            "|---|---:|---:|---|",
+        ]
+        for role, d in prof["processes"].items():
+            cats = ", ".join(f"{k} {100 * v:.0f}%" for k, v in d["samples"].items() if v >= 0.01)
+            lines.append(
+                f"| {role} | {d['cpu_s_per_group']:.3f} | {100 * d['cpu_share_of_run']:.0f}% | "
+                f"{cats} |"
+            )
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--forms", default="json,binary,grpc")
+    ap.add_argument("--endpoints", default="score,rewards")
+    ap.add_argument("--duration", type=float, default=30.0, help="measured seconds per point")
+    ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds per point")
+    ap.add_argument("--floor-seconds", type=float, default=20.0)
+    ap.add_argument("--scorer-cpus", type=float, default=float(os.cpu_count() or 2))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "throughput")
+    ap.add_argument("--quick", action="store_true", help="short points (smoke run)")
+    ap.add_argument(
+        "--profile",
+        metavar="FORM",
+        help="after the points, profile FORM at the largest client count for each endpoint: "
+        "CPU seconds per group of each Serve process and py-spy samples by category",
+    )
+    ap.add_argument("--profile-seconds", type=float, default=30.0)
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor (profiling runs)")
+    ap.add_argument("--tiny-dir", type=Path, default=ROOT / ".cache" / "tiny-models")
+    opts = ap.parse_args()
+    if opts.quick:
+        opts.duration, opts.warmup, opts.floor_seconds = 6.0, 2.0, 5.0
+    clients = [int(c) for c in opts.clients.split(",")]
+    forms = opts.forms.split(",")
+    endpoints = opts.endpoints.split(",")
+
+    from divreward.models.tiny import build_all
+
+    print("building stand-ins ...", flush=True)
+    weights = build_standins()
+    if "rewards" in endpoints:
+        build_all(opts.tiny_dir, names=["dreamsim"])
+    files = [jpeg_files(GROUP, seed) for seed in range(4)]
+    from divreward.images import decode_image
+
+    arrays = [[decode_image(f) for f in g] for g in files]
+    load_before = loadavg()
+
+    import torch
+
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "device": opts.device,
+        "torch_threads": torch.get_num_threads(),
+        "load_before": load_before,
+        "mean_file_kb": float(np.mean([len(f) for g in files for f in g]) / 1024),
+        "service_config": f"scorer num_cpus {opts.scorer_cpus:g}, ingresses num_cpus 0",
+        "floor": {},
+        "service": {e: {} for e in endpoints},
+    }
+    print("in-process floor ...", flush=True)
+    floor = Floor(weights, opts.tiny_dir, opts.device, endpoints)
+    for e in [] if opts.no_floor else endpoints:
+        res["floor"][e] = floor.measure(e, arrays, opts.floor_seconds)
+        print(f"  {e}: {res['floor'][e]['images_per_s']:.1f} img/s", flush=True)
+    del floor
+    import gc
+
+    gc.collect()
+
+    from divreward.services import launch
+
+    print("starting the service ...", flush=True)
+    try:
+        base, grpc_target = start_service(weights, opts.tiny_dir, opts.device, opts.scorer_cpus)
+        for e in endpoints:
+            for form in forms:
+                res["service"][e][form] = asyncio.run(
+                    run_service(
+                        base, grpc_target, e, form, files, clients, opts.warmup, opts.duration
+                    )
+                )
+        if opts.profile:
+            res["profile"] = {}
+            for e in endpoints:
+                print(f"profiling {e} {opts.profile} at {max(clients)} clients ...", flush=True)
+                res["profile"][e] = profile_point(
+                    base,
+                    grpc_target,
+                    e,
+                    opts.profile,
+                    files,
+                    max(clients),
+                    opts.profile_seconds,
+                    opts.out.parent / f"{opts.out.name}-pyspy" / e,
+                )
+    finally:
+        with contextlib.suppress(Exception):
+            launch.shutdown()
+    res["load_after"] = loadavg()
+    write_report(res, opts.out)
+    print(opts.out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
