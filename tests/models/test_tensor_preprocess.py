@@ -87,7 +87,7 @@ def test_hpsv3_tensor_patches_match_the_reference(pixels: int) -> None:
     tiny one (56 x 56)."""
     images = photo_like()
     proc = _qwen_image_processor(pixels)
-    sizes = [hpsv3.smart_resize(*img.shape[:2], 28, pixels, pixels) for img in images]
+    sizes = [hpsv3.smart_resize(i.shape[0], i.shape[1], 28, pixels, pixels) for i in images]
     resized = [
         np.array(Image.fromarray(img).resize((w, h), Image.Resampling.BICUBIC))
         for img, (h, w) in zip(images, sizes, strict=True)
