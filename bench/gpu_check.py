@@ -214,10 +214,11 @@ def stage_models(args: argparse.Namespace) -> int:
     images = make_images(GROUP, seed=3, side=SIDE)
     body: dict[str, Any] = {"device": device, "group": [GROUP, SIDE], "rows": []}
     t0 = time.perf_counter()
+    body["torch"] = torch.__version__
     for name in MODELS:
-        body["rows"] += check_model(
-            name, tiny_load_options(name, tiny, device), images, args.cpu_smoke
-        )
+        opts = tiny_load_options(name, tiny, device)
+        body["rows"] += check_model(name, opts, images, args.cpu_smoke)
+        write_json(args.work / "models.json", body)  # what is done survives a time limit
     if not args.cpu_smoke or args.standin:
         try:
             opts = standin_options(args.work, device)
@@ -230,7 +231,6 @@ def stage_models(args: argparse.Namespace) -> int:
             body["standin_error"] = f"{type(exc).__name__}: {exc}"
             print(body["standin_error"], flush=True)
     body["seconds"] = round(time.perf_counter() - t0, 1)
-    body["torch"] = torch.__version__
     write_json(args.work / "models.json", body)
     rows = body["rows"] + body.get("standin", [])
     bad = [r for r in rows if not r.get("ok")]
@@ -359,8 +359,13 @@ def stage_serve(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        # The shell's stage timeout sends SIGTERM: take the service down with us.
-        signal.signal(signal.SIGTERM, lambda *_: (stop(proc, 12.0), sys.exit(124)))
+
+        def on_sigterm(*_: Any) -> None:
+            # The shell's stage time limit sends SIGTERM: take the service down with us.
+            stop(proc, 12.0)
+            sys.exit(124)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
         try:
             body["ready"] = wait_ready(url, proc, time.monotonic() + args.serve_timeout)
             body["ready_s"] = round(time.perf_counter() - t0, 1)
@@ -609,7 +614,7 @@ def main() -> int:
         "--standin", action="store_true", help="the ViT-B/16 stand-in in a smoke run too"
     )
     ap.add_argument("--timing-runs", type=int, default=5)
-    ap.add_argument("--serve-timeout", type=float, default=100.0, help="seconds to readiness")
+    ap.add_argument("--serve-timeout", type=float, default=65.0, help="seconds to readiness")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "models":

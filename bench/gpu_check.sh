@@ -9,9 +9,9 @@
 #
 # Stages (each under its own time limit, in its own process group, killed at the limit;
 # a failed stage is reported and the next one still runs):
-#   1. models      (MODELS_S, 130 s): every model's fp16/bf16 paths and `preprocess: tensor`
+#   1. models      (MODELS_S, 140 s): every model's fp16/bf16 paths and `preprocess: tensor`
 #                  against fp32 on stand-in weights (bench/gpu_check.py models)
-#   2. serve       (SERVE_S, 110 s): `divreward serve` with `num_gpus` per model; the
+#   2. serve       (SERVE_S, 100 s): `divreward serve` with `num_gpus` per model; the
 #                  replicas must load on CUDA and answer /v1/rewards (bench/gpu_check.py serve)
 #   3. throughput  (THROUGHPUT_S, 230 s): bench/throughput.py --device cuda --clients
 #                  1,4,16,64 --out bench/results/throughput-gpu, plus GPU_CHECK_THROUGHPUT_ARGS
@@ -74,8 +74,8 @@ if [ -z "$SMOKE" ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is
   exit 2
 fi
 
-run_stage models "${MODELS_S:-130}" "$PY" bench/gpu_check.py models $SMOKE --work "$WORK"
-run_stage serve "${SERVE_S:-110}" "$PY" bench/gpu_check.py serve $SMOKE --work "$WORK"
+run_stage models "${MODELS_S:-140}" "$PY" bench/gpu_check.py models $SMOKE --work "$WORK"
+run_stage serve "${SERVE_S:-100}" "$PY" bench/gpu_check.py serve $SMOKE --work "$WORK"
 if [ -z "$SMOKE" ]; then
   # shellcheck disable=SC2086  # the extra arguments are meant to split
   run_stage throughput "${THROUGHPUT_S:-230}" "$PY" bench/throughput.py --device cuda \
