@@ -55,6 +55,7 @@ tiny-models: venv ## build the tiny random models into $(TINY_DIR)
 bench: venv ## run the benchmarks in bench/ (results in bench/results/)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/clustering.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve_overhead.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/throughput.py $(THROUGHPUT_ARGS)
 
 bench-collapse: venv ## the mode-collapse experiment on the toy world (< 25 min on 2 cores; bench/results/collapse/)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m divreward.toy.collapse --out bench/results/collapse $(COLLAPSE_ARGS)
