@@ -128,11 +128,19 @@ def test_an_override_of_a_missing_deployment_names_the_available_ones(tmp_path: 
 
 
 def test_cli_stops_with_exit_2_before_ray_starts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
+    from divreward.services import launch
     from divreward.services.cli import register, run_serve
+
+    started: list[str] = []
+    # Another test may have started Ray in this process already: record any start instead
+    # of asking ray.is_initialized().
+    monkeypatch.setattr(launch, "init_local_ray", lambda *a, **k: started.append("local"))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append("init"))
+    monkeypatch.setattr(launch, "shutdown", lambda: None)
 
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(_config_with("reward", [{"name": "nope", "num_replicas": 2}])))
@@ -142,7 +150,7 @@ def test_cli_stops_with_exit_2_before_ray_starts(
     assert run_serve(args) == 2
     err = capsys.readouterr().err
     assert "divreward serve: application 'reward': deployments: no deployment named 'nope'" in err
-    assert not ray.is_initialized()
+    assert started == []
 
 
 def test_services_use_no_private_serve_api() -> None:
