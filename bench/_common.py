@@ -4,12 +4,15 @@ Markdown of their reports."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port", "markdown", "start_tiny_service", "table"]
+import numpy as np
+
+__all__ = ["free_port", "loadavg", "make_images", "markdown", "start_tiny_service", "table"]
 
 #: Every tiny model deployment's share of the CPU and batching.
 _MODEL = {"num_cpus": 0.2, "batch": {"max_batch_images": 64, "batch_wait_timeout_s": 0.005}}
@@ -19,6 +22,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def make_images(n: int, seed: int, side: int = 512) -> list[np.ndarray]:
+    """Smooth, photo-like side x side images (gradients and discs): JPEG sizes like real
+    renders (tens of kB at 512), unlike noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    out = []
+    for _ in range(n):
+        img = np.zeros((side, side, 3), np.float32)
+        for c in range(3):
+            a, b, d = rng.uniform(-1, 1, 3)
+            img[..., c] = 0.5 + 0.25 * (a * x + b * y) + 0.1 * np.sin(6.28 * (d * x + a * y))
+        for _ in range(4):
+            cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.2)
+            mask = (x - cx) ** 2 + (y - cy) ** 2 < r**2
+            img[mask] = rng.uniform(0, 1, 3)
+        out.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+    return out
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def start_tiny_service(

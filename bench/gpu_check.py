@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -56,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve_overhead import make_images  # noqa: E402
+from _common import free_port, make_images  # noqa: E402
 
 MODELS = [
     "pickscore",
@@ -239,12 +238,6 @@ def stage_models(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- stage: serve
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve_config(port: int, smoke: bool, gpu_share: float) -> dict[str, Any]:
     """A tiny two-application config; every model deployment asks for ``gpu_share`` of a
     GPU (none in the CPU smoke run) and preprocesses as tensors on its device."""

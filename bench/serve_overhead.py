@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,9 @@ import numpy as np
 from divreward.core import AdvantageConfig, DiverseGRPOConfig, diversegrpo_rewards
 from divreward.images import decode_image, encode_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, loadavg, make_images
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 GROUP = 24
@@ -57,38 +59,6 @@ SCORERS = {"pickscore": 1.0, "clipscore": 0.5}
 EMBEDDER = "dreamsim"
 EMBEDDER_OPTIONS = {"dreamsim_type": "dino_vitb16"}
 TARGET_BINARY_MS = 15.0
-
-
-def make_images(n: int, seed: int, side: int = SIDE) -> list[np.ndarray]:
-    """Smooth, photo-like side x side images (gradients and discs): JPEG sizes like real
-    renders (tens of kB at 512), unlike noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
-    out = []
-    for _ in range(n):
-        img = np.zeros((side, side, 3), np.float32)
-        for c in range(3):
-            a, b, d = rng.uniform(-1, 1, 3)
-            img[..., c] = 0.5 + 0.25 * (a * x + b * y) + 0.1 * np.sin(6.28 * (d * x + a * y))
-        for _ in range(4):
-            cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.2)
-            mask = (x - cx) ** 2 + (y - cy) ** 2 < r**2
-            img[mask] = rng.uniform(0, 1, 3)
-        out.append(np.clip(img * 255, 0, 255).astype(np.uint8))
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def torch_threads() -> int:

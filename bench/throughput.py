@@ -59,7 +59,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve_overhead import free_port, loadavg, make_images  # noqa: E402
+from _common import free_port, loadavg, make_images  # noqa: E402
 
 GROUP = 24
 SIDE = 512
