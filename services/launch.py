@@ -186,12 +186,7 @@ def _poll(
         apps = {r.target.name: status.applications.get(r.target.name) for r in runs}
         for run in runs:
             if run.error is not None:
-                exc, app = run.error, apps[run.target.name]
-                if app is not None and app.status == "DEPLOY_FAILED":
-                    raise DeployError(_describe({run.target.name: app})) from exc
-                raise DeployError(
-                    f"application {run.target.name!r}: serve.run raised {type(exc).__name__}: {exc}"
-                ) from exc
+                raise _run_failed(run)
         if until_registered and (runs[-1].returned or apps[runs[-1].target.name] is not None):
             return
         if not until_registered and all(r.returned for r in runs):
@@ -204,6 +199,25 @@ def _poll(
                 "cluster):\n" + _describe(pending)
             )
         time.sleep(poll_s)
+
+
+def _run_failed(run: _Run) -> DeployError:
+    """The error of a ``serve.run`` that raised, with the deployments' own messages (a
+    replica constructor's exception is there, not in ``serve.run``'s text). The status is
+    read after the exception: one read before it may still say DEPLOYING."""
+    exc = run.error
+    assert exc is not None
+    lines = [f"application {run.target.name!r}: serve.run raised {type(exc).__name__}: {exc}"]
+    try:
+        app = serve.status().applications.get(run.target.name)
+    except Exception as status_exc:  # the controller is gone: serve.run's text is all there is
+        lines.append(f"(serve.status failed: {type(status_exc).__name__}: {status_exc})")
+    else:
+        if app is not None:
+            lines.append(_describe({run.target.name: app}))
+    error = DeployError("\n".join(lines))
+    error.__cause__ = exc
+    return error
 
 
 def _describe(apps: dict[str, Any]) -> str:

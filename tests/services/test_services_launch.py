@@ -153,6 +153,38 @@ def test_cli_stops_with_exit_2_before_ray_starts(
     assert started == []
 
 
+def test_a_failed_serve_run_reports_the_deployments_messages_read_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """serve.run's own text names only the deployment ("Failed to update the deployments
+    [...]"); the constructor's exception is in the deployment's message. A status read
+    before serve.run raised may still say DEPLOYING, so the report reads it again."""
+    from types import SimpleNamespace
+
+    from divreward.services import launch
+
+    def status(app_status: str, message: str) -> SimpleNamespace:
+        dep = SimpleNamespace(status=app_status.replace("DEPLOY_", ""), message=message)
+        app = SimpleNamespace(status=app_status, message="", deployments={"Ingress": dep})
+        return SimpleNamespace(applications={"app-x": app})
+
+    answers = iter(
+        [
+            status("DEPLOYING", ""),  # the poll's read, before serve.run raised
+            status("DEPLOY_FAILED", "ValueError: no application named 'elsewhere'"),
+        ]
+    )
+    monkeypatch.setattr(launch.serve, "status", lambda: next(answers))
+    failed = "Deploying application app-x failed: Failed to update the deployments ['Ingress']."
+    run = SimpleNamespace(target=launch.Target(None, "app-x", "/x"), error=RuntimeError(failed))
+    with pytest.raises(launch.DeployError) as err:
+        launch._poll([run], time.monotonic() + 60, 60, 0.01, until_registered=False)  # type: ignore[list-item]
+    text = str(err.value)
+    assert "'app-x': serve.run raised RuntimeError: Deploying application app-x failed" in text
+    assert "deployment 'Ingress': FAILED ValueError: no application named 'elsewhere'" in text
+    assert err.value.__cause__ is run.error
+
+
 def test_services_use_no_private_serve_api() -> None:
     private = re.compile(r"_get_global_client|run_many|RunTarget|serve\._private|serve\.context")
     hits = [
