@@ -9,7 +9,7 @@ PROFILE ?= real
 CONFIG  ?=
 TINY_DIR ?= .cache/tiny-models
 
-.PHONY: help venv test test-fast test-slow lint format serve demo demo-serve tiny-models bench bench-collapse \
+.PHONY: help venv test test-quick test-fast test-slow lint format serve demo demo-serve tiny-models bench bench-collapse \
         proto compose-config k8s-check clean
 
 help: ## list the targets
@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install divreward with its dev tools
 
-test: venv lint ## lint, then the default test suite (what CI runs)
+test: venv lint ## lint, then every test that needs no GPU, slow ones included (what CI runs)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu"
+
+test-quick: venv lint ## lint, then the suite without the slow tests (~12 min on 2 cores)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu and not slow"
 
 test-fast: venv ## pure-math and model tests only (no Ray Serve)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q tests/core tests/models

@@ -32,7 +32,8 @@ from divreward.client import (
     ServiceUnavailableError,
 )
 
-pytestmark = [pytest.mark.serve, pytest.mark.timeout(600)]
+# Two real server starts and a restart (~2.5 min on 2 cores): slow, run by `make test`.
+pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.timeout(600)]
 
 START_TIMEOUT_S = 300.0
 # Generous enough to outlast a restart on a loaded 2-core machine (~40-90 s).
