@@ -177,7 +177,27 @@ def merge_options(
             env["env_vars"] = env_vars
         actor["runtime_env"] = env
         merged["ray_actor_options"] = actor
+    _check_packages(merged)
     return merged
+
+
+def _check_packages(options: Mapping[str, Any]) -> None:
+    """Raise ValueError for a local path in a replica's ``working_dir`` or
+    ``py_modules``: Ray uploads local directories and modules only for a job
+    (``ray.init``), so a replica given one fails to start, again and again, with
+    "Expected URI but received path"."""
+    env = (options.get("ray_actor_options") or {}).get("runtime_env") or {}
+    given = [("working_dir", env["working_dir"])] if env.get("working_dir") else []
+    given += [("py_modules", m) for m in env.get("py_modules") or []]
+    local = [f"{key} {value!r}" for key, value in given if "://" not in str(value)]
+    if local:
+        raise ValueError(
+            f"deployment {options.get('name')!r}: runtime_env {', '.join(local)} is a local "
+            "path; a replica's runtime_env takes only URIs (https://.../code.zip, s3://..., "
+            "gs://..., or local:// for a directory on every node). For local code, install "
+            "it where the replicas run or start divreward serve from the directory that "
+            "holds it"
+        )
 
 
 @dataclass(frozen=True)

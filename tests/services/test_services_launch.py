@@ -96,6 +96,33 @@ def test_num_replicas_and_autoscaling_are_one_choice() -> None:
         merge_options(CODE, {"num_replicas": 2, "autoscaling_config": auto})
 
 
+@pytest.mark.parametrize(
+    ("runtime_env", "named"),
+    [
+        ({"working_dir": "./code"}, "working_dir './code'"),
+        ({"working_dir": "/abs/code"}, "working_dir '/abs/code'"),
+        ({"py_modules": ["s3://bucket/ok.zip", "my_rewards"]}, "py_modules 'my_rewards'"),
+    ],
+)
+def test_a_local_path_in_a_replicas_runtime_env_is_refused(
+    runtime_env: dict[str, Any], named: str
+) -> None:
+    """Ray ships local code only for a job; a replica given a local working_dir never
+    starts ("Expected URI but received path"), so it is refused before anything runs."""
+    with pytest.raises(ValueError, match="local path") as err:
+        merge_options(CODE, None, runtime_env)
+    assert f"deployment 'scorer-x': runtime_env {named}" in str(err.value)
+    own = {"ray_actor_options": {"runtime_env": runtime_env}}
+    with pytest.raises(ValueError, match=re.escape(named)):
+        merge_options(CODE, own)
+
+
+def test_remote_uris_in_a_replicas_runtime_env_pass() -> None:
+    env = {"working_dir": "https://example.com/code.zip", "py_modules": ["gs://b/m.zip"]}
+    merged = merge_options(CODE, None, env)
+    assert merged["ray_actor_options"]["runtime_env"] == env
+
+
 def test_a_field_deployments_do_not_take_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"'scorer-x': \['rolling_update_percentage'\]"):
         merge_options(CODE, {"rolling_update_percentage": 50})
@@ -142,14 +169,29 @@ def test_cli_stops_with_exit_2_before_ray_starts(
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append("init"))
     monkeypatch.setattr(launch, "shutdown", lambda: None)
 
-    path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump(_config_with("reward", [{"name": "nope", "num_replicas": 2}])))
+    local_code = _config_with("reward", [])
+    for app in local_code["applications"]:
+        if app["name"] == "reward":
+            app["runtime_env"] = {"working_dir": "."}
+    cases = [
+        (
+            _config_with("reward", [{"name": "nope", "num_replicas": 2}]),
+            "divreward serve: application 'reward': deployments: no deployment named 'nope'",
+        ),
+        (  # Serve's config schema refuses it (merge_options would too, for builders' callers)
+            local_code,
+            "applications.1.runtime_env: Value error, runtime_envs in the Serve config "
+            "support only remote URIs in working_dir and py_modules",
+        ),
+    ]
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["serve", "--config", str(path), "--port", "1"])
-    assert run_serve(args) == 2
-    err = capsys.readouterr().err
-    assert "divreward serve: application 'reward': deployments: no deployment named 'nope'" in err
+    for config, message in cases:
+        path = tmp_path / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        args = parser.parse_args(["serve", "--config", str(path), "--port", "1"])
+        assert run_serve(args) == 2
+        assert message in capsys.readouterr().err
     assert started == []
 
 
