@@ -81,6 +81,9 @@ def _lora(adapter: Any) -> dict[str, torch.Tensor]:
 
 @pytest.mark.serve
 @pytest.mark.slow
+# Loading the saved LoRA as a second adapter beside the trained one is the point of that
+# check; peft warns whenever a model gets a second adapter.
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 def test_live_service_iteration_metrics_checkpoint_and_exact_resume(
     serve_app: Any, tiny_root: Path, tmp_path: Path
 ) -> None:
