@@ -26,7 +26,7 @@ venv: $(STAMP) ## create .venv and install divreward with its dev tools
 test: venv lint ## lint, then every test that needs no GPU, slow ones included (what CI runs)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu"
 
-test-quick: venv lint ## lint, then the suite without the slow tests (~12 min on 2 cores)
+test-quick: venv lint ## lint, then the suite without the slow tests (about half the time)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu and not slow"
 
 test-fast: venv ## pure-math and model tests only (no Ray Serve)
