@@ -186,7 +186,7 @@ def _poll(
         apps = {r.target.name: status.applications.get(r.target.name) for r in runs}
         for run in runs:
             if run.error is not None:
-                raise _run_failed(run)
+                raise _run_failed(run.target.name, run.error) from run.error
         if until_registered and (runs[-1].returned or apps[runs[-1].target.name] is not None):
             return
         if not until_registered and all(r.returned for r in runs):
@@ -201,23 +201,20 @@ def _poll(
         time.sleep(poll_s)
 
 
-def _run_failed(run: _Run) -> DeployError:
-    """The error of a ``serve.run`` that raised, with the deployments' own messages (a
-    replica constructor's exception is there, not in ``serve.run``'s text). The status is
-    read after the exception: one read before it may still say DEPLOYING."""
-    exc = run.error
-    assert exc is not None
-    lines = [f"application {run.target.name!r}: serve.run raised {type(exc).__name__}: {exc}"]
+def _run_failed(name: str, exc: BaseException) -> DeployError:
+    """The error of application ``name``'s ``serve.run``, which raised ``exc``, with the
+    deployments' own messages (a replica constructor's exception is there, not in
+    ``serve.run``'s text). The status is read after the exception: one read before it
+    may still say DEPLOYING."""
+    lines = [f"application {name!r}: serve.run raised {type(exc).__name__}: {exc}"]
     try:
-        app = serve.status().applications.get(run.target.name)
+        app = serve.status().applications.get(name)
     except Exception as status_exc:  # the controller is gone: serve.run's text is all there is
         lines.append(f"(serve.status failed: {type(status_exc).__name__}: {status_exc})")
     else:
         if app is not None:
-            lines.append(_describe({run.target.name: app}))
-    error = DeployError("\n".join(lines))
-    error.__cause__ = exc
-    return error
+            lines.append(_describe({name: app}))
+    return DeployError("\n".join(lines))
 
 
 def _describe(apps: dict[str, Any]) -> str:
