@@ -33,7 +33,9 @@ def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_toy(tmp_path_factory.mktemp("toy"), TINY_TOY, log=lambda s: None)
 
 
-def _args(toy_dir: Path, **scorer: Any) -> tuple[Any, Any]:
+def _args(toy_dir: Path, diversity_app: str = DIVERSITY_APP, **scorer: Any) -> tuple[Any, Any]:
+    """Reward and diversity app args on the toy plugins; the reward app looks for its
+    diversity app under ``diversity_app``."""
     from divreward.services.config import DiversityAppArgs, RewardAppArgs
 
     model = {"num_cpus": 0.1, "batch": {"max_batch_images": 64, "batch_wait_timeout_s": 0.005}}
@@ -47,7 +49,7 @@ def _args(toy_dir: Path, **scorer: Any) -> tuple[Any, Any]:
                 **scorer,
             }
         },
-        diversity_app=DIVERSITY_APP,
+        diversity_app=diversity_app,
         **common,
     )
     diversity = DiversityAppArgs(
@@ -146,7 +148,10 @@ def test_a_factory_breaking_the_contract_stops_the_deploy(serve_app: Any, toy_di
     from divreward.services.reward_server.app import build_reward_app
 
     # an embedder factory under scorers: it imports, but returns the wrong kind
-    reward, diversity = _args(toy_dir, plugin=EMBEDDER, max_constructor_retry_count=1,
+    # The reward app looks for the diversity app deployed beside it (not the module
+    # fixture's, which exists only when a test before this one used it).
+    reward, diversity = _args(toy_dir, "bad_diversity", plugin=EMBEDDER,
+                              max_constructor_retry_count=1,
                               options={"model_dir": str(toy_dir)})  # fmt: skip
     with pytest.raises(PluginError, match=r"not a divreward\.models\.base\.Scorer"):
         load_plugin("scorers.toy_quality", EMBEDDER, "scorer",
