@@ -10,53 +10,22 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from divreward.models.weights import TINY_MARKER, TINY_WARNING
+from divreward.models.tiny import ensure_tiny_models
+from divreward.models.weights import TINY_WARNING
 from divreward.services.config import ServiceArgs
 
 __all__ = ["ensure_tiny_models", "prepare_profile", "tiny_banner"]
 
 log = logging.getLogger("divreward.services")
 
-TINY_SEED = 0
-
 
 def tiny_banner(where: str) -> str:
     line = "!" * 78
     return f"\n{line}\n!! {where}: PROFILE 'tiny'. {TINY_WARNING}\n{line}"
-
-
-def _built(directory: Path) -> list[str]:
-    try:
-        return list(json.loads((directory / TINY_MARKER).read_text()).get("models", []))
-    except (OSError, ValueError):
-        return []
-
-
-def ensure_tiny_models(directory: Path, names: Sequence[str]) -> Path:
-    """Build the tiny twins of ``names`` under ``directory`` unless already there.
-
-    A file lock makes concurrent builders (two applications, two processes) build once.
-    """
-    from divreward.models.tiny import build_all
-
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            before = _built(directory)
-            missing = [n for n in names if n not in before]
-            if missing:
-                log.warning("building tiny random models %s under %s", missing, directory)
-                build_all(directory, seed=TINY_SEED, names=missing)  # keeps earlier names
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return directory
 
 
 def prepare_profile(args: ServiceArgs, names: Sequence[str]) -> Path | None:

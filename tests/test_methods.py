@@ -6,6 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from divreward import schema
 from divreward.methods import METHODS, embedding_methods, method_names
@@ -144,20 +148,42 @@ out["unknown"] = r.json()
 r = client.post("/v1/diversity", json={"groups": [{"embeddings": [[1.0]]}],
                                       "method": "shift"})
 out["diversity_route"] = r.json()
+
+# -- trained: one in-process step of the trainer with it (tiny SD3, tiny PickScore) -----
+import sys
+from divreward.trainer.config import load_config
+from divreward.trainer.loop import train
+
+root, run_dir = sys.argv[1], sys.argv[2]
+cfg = load_config("tiny-cpu", [
+    f"tiny_models_dir={root}", f"output_dir={run_dir}", "progress=false",
+    "reward_backend=inprocess", "max_steps=1", "eval_every=0", "eval_metrics=false",
+    "quality={pickscore: 1.0}", "diversity=shift", "diversity_params={c: 2.5}", "ema=false",
+    "prompts_per_step=1",
+])
+out["trained"] = train(cfg, print_fn=lambda s: None).history[0]
 print(json.dumps(out))
 """
 
 
-def test_a_third_method_is_one_table_entry_and_is_served() -> None:
+@pytest.mark.slow
+def test_a_third_method_is_one_table_entry_and_is_served_and_trained(
+    tiny_zoo: Any, tmp_path: Path
+) -> None:
     """A new method (rewards = Q + c), added to the table before the schema is imported,
     is accepted and answered by /v1/rewards with its own result field, is the valid
     default of the config, is listed by the unknown-method error, and is refused by
-    /v1/diversity (it needs no embeddings). In a fresh interpreter: the schema's models
+    /v1/diversity (it needs no embeddings); and the trainer's in-process rewards train a
+    step with it, through the same functions. In a fresh interpreter: the schema's models
     are built from the table at import."""
     import json
 
+    root = tiny_zoo.build("pickscore")
     out = subprocess.run(
-        [sys.executable, "-c", _THIRD_METHOD], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _THIRD_METHOD, str(root), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,3 +204,26 @@ def test_a_third_method_is_one_table_entry_and_is_served() -> None:
     assert err["status"] == 400 and err["valid"] == ["diversegrpo", "drift", "none", "shift"]
     assert res["diversity_route"]["error"]["status"] == 400
     assert "shift" not in res["diversity_route"]["error"]["valid"]
+    # trained in-process: rewards = Q + 2.5 over the step's group, and an update was made
+    trained = res["trained"]
+    assert trained["reward/mean"] == pytest.approx(trained["reward/pickscore"] + 2.5, abs=1e-9)
+    assert trained["reward/total"] == pytest.approx(trained["reward/pickscore"], abs=1e-12)
+    assert trained["train/optimizer_steps"] >= 1 and "diversity/bonus" not in trained
+
+
+def test_the_trainer_imports_nothing_from_the_services() -> None:
+    """The trainer reaches the rewards through divreward.rewards and divreward.client only
+    (every import in trainer/, lazy ones included)."""
+    import ast
+
+    trainer = Path(__file__).resolve().parents[1] / "trainer"
+    bad = []
+    for path in sorted(trainer.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad += [f"{path.name}: {n}" for n in names if n.startswith("divreward.services")]
+    assert not bad, bad

@@ -19,15 +19,18 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from divreward.core.config import DocumentedModel, NoisePromptConfig
+from divreward.methods import method_names
+from divreward.rewards import diversity_params
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 Regulariser = Literal["none", "kl", "sa_reg"]
-DiversityMethod = Literal["none", "diversegrpo", "drift"]
+# The methods table's names (divreward/methods.py): a method added there is a valid value.
+DiversityMethod = Literal[method_names()]  # type: ignore[valid-type]
 RewardBackend = Literal["service", "inprocess"]
 Subset = Literal["none", "concentrated", "contrast"]
 Precision = Literal["auto", "bf16", "fp16", "no"]
@@ -142,11 +145,11 @@ class TrainConfig(DocumentedModel):
     quality: dict[str, float] = Field(default_factory=lambda: {"pickscore": 1.0})
     """Scorer -> weight; Q = sum(weight * score). Papers: PickScore or HPSv3."""
     diversity: DiversityMethod = "none"
-    """'diversegrpo' (R = Q + beta E, Eq. 12), 'drift' (Eq. 14 decoupled advantages) or 'none'
-    (Flow-GRPO), sent per request."""
+    """A method of divreward/methods.py's table: 'diversegrpo' (R = Q + beta E, Eq. 12), 'drift'
+    (Eq. 14 decoupled advantages) or 'none' (Flow-GRPO), sent per request."""
     diversity_params: dict[str, Any] = Field(default_factory=dict)
-    """The method's parameters (divreward.core's DiverseGRPOConfig / DRIFTConfig fields); unset ones
-    take the service's defaults (beta 0.7; lam 0.5)."""
+    """The method's parameters (its params model in the table: divreward.core's DiverseGRPOConfig /
+    DRIFTConfig fields); unset ones take the service's defaults (beta 0.7; lam 0.5)."""
     advantage_eps: float = Field(default=1e-6, ge=0.0)
     """Eq. 3's eps. 1e-6."""
     inprocess_profile: Literal["real", "tiny"] = "real"
@@ -203,6 +206,11 @@ class TrainConfig(DocumentedModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         NoisePromptConfig(**self.prompt_noise_params)  # names the bad field if any
+        try:
+            diversity_params(self.diversity, self.diversity_params)
+        except ValidationError as exc:
+            bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"diversity_params of {self.diversity!r}: {bad}") from None
         if self.regulariser != "none" and self.reg_weight == 0.0:
             raise ValueError(f"reg_weight: regulariser {self.regulariser!r} needs reg_weight > 0")
         if self.subset != "none" and self.pool_factor < 2:

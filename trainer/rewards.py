@@ -32,9 +32,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from divreward.core.advantages import group_advantages
-from divreward.core.config import AdvantageConfig, DiverseGRPOConfig, DRIFTConfig
+from divreward.core.config import AdvantageConfig, CoreConfig
 from divreward.core.drift import select_subset
+from divreward.methods import METHODS
+from divreward.rewards import (
+    combine_quality,
+    diversity_params,
+    group_diversity,
+    resolve_advantage,
+    resolve_diversity,
+)
 from divreward.trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -91,6 +98,31 @@ class RewardSource(Protocol):
 
 def _arr(x: Sequence[float] | None) -> np.ndarray | None:
     return None if x is None else np.asarray(x, dtype=np.float64)
+
+
+def _from_result(
+    group_id: str,
+    prompt: str,
+    quality: dict[str, Any],
+    rewards: Sequence[float],
+    advantages: Sequence[float],
+    div: Any,
+) -> GroupRewards:
+    """A group's rewards from the API's per-group diversity result (a
+    DiversityGroupResult), whichever backend computed it."""
+    rew = np.asarray(rewards, dtype=np.float64)
+    return GroupRewards(
+        group_id=group_id,
+        prompt=prompt,
+        keep=np.arange(len(rew)),
+        rewards=rew,
+        advantages=np.asarray(advantages, dtype=np.float64),
+        quality={k: np.asarray(v, dtype=np.float64) for k, v in quality.items()},
+        bonus=_arr(div.bonus if div.bonus is not None else div.intrinsic),
+        k=div.k,
+        diversity=_arr(div.diversity),
+        embeddings=None if div.embeddings is None else np.asarray(div.embeddings),
+    )
 
 
 class _Base:
@@ -159,7 +191,7 @@ class ServiceRewards(_Base):
                 quality=self.cfg.quality,
                 diversity=diversity,
                 advantage={"eps": self.cfg.advantage_eps},
-                return_embeddings=diversity.get("method") != "none",
+                return_embeddings=METHODS[diversity["method"]].needs_embeddings,
             )
             # the client retries each attempt within reward_timeout_s; this bounds the whole
             # group even if an answer is lost (e.g. on a broken stream)
@@ -192,19 +224,7 @@ class ServiceRewards(_Base):
     def _rewards(self, prompt: str, images: torch.Tensor, group_id: str) -> GroupRewards:
         res = self._call(prompt, images, group_id, self.cfg.diversity_request())
         div = res.groups[0].result.diversity
-        bonus = div.bonus if div.bonus is not None else div.intrinsic
-        return GroupRewards(
-            group_id=group_id,
-            prompt=prompt,
-            keep=np.arange(images.shape[0]),
-            rewards=np.asarray(res.rewards, dtype=np.float64),
-            advantages=np.asarray(res.advantages, dtype=np.float64),
-            quality={k: np.asarray(v, dtype=np.float64) for k, v in res.quality.items()},
-            bonus=_arr(bonus),
-            k=div.k,
-            diversity=_arr(div.diversity),
-            embeddings=None if div.embeddings is None else np.asarray(div.embeddings),
-        )
+        return _from_result(group_id, prompt, res.quality, res.rewards, res.advantages, div)
 
     def metrics(
         self, groups: Sequence[torch.Tensor], embeddings: Sequence[np.ndarray] | None = None
@@ -228,21 +248,28 @@ class ServiceRewards(_Base):
 
 
 class InProcessRewards(_Base):
-    """The registry's scorers and embedder in this process, and divreward.core's math:
-    the same numbers as the service, without one (a single GPU)."""
+    """The registry's scorers and embedder in this process, and the service's own reward
+    functions (:mod:`divreward.rewards`: the quality combination and the method table's
+    dispatch, over a default :class:`~divreward.core.CoreConfig`): the same numbers as a
+    service with the default configuration, without one (a single GPU)."""
 
     def __init__(self, cfg: TrainConfig, device: str = "cpu") -> None:
         super().__init__(cfg, max_workers=1)  # one model user at a time
         from divreward.models.base import LoadOptions
         from divreward.models.registry import load_model
 
+        core = CoreConfig()
+        self.diversity = resolve_diversity(
+            diversity_params(cfg.diversity, cfg.diversity_params), core, cfg.diversity
+        )
+        self.advantage = resolve_advantage(AdvantageConfig(eps=cfg.advantage_eps), core)
+        self.needs_embeddings = METHODS[cfg.diversity].needs_embeddings
         names = [*cfg.quality]
-        if cfg.diversity != "none" or cfg.eval_metrics:
+        if self.needs_embeddings or cfg.eval_metrics:
             names.append(cfg.inprocess_embedder)
         opts: dict[str, LoadOptions] = {}
         if cfg.inprocess_profile == "tiny":
-            from divreward.models.tiny import tiny_load_options
-            from divreward.services.profile import ensure_tiny_models
+            from divreward.models.tiny import ensure_tiny_models, tiny_load_options
 
             root = ensure_tiny_models(Path(cfg.tiny_models_dir), names)
             opts = {n: tiny_load_options(n, root, device=device) for n in names}
@@ -262,39 +289,20 @@ class InProcessRewards(_Base):
         ims = self._np_images(images)
         prompts = [prompt] * len(ims)
         scores = {n: np.asarray(self.models[n].score(ims, prompts)) for n in self.cfg.quality}
-        total = np.zeros(len(ims))
-        for n, w in self.cfg.quality.items():
-            total += w * scores[n]
-        scores["total"] = total
+        scores["total"] = combine_quality(self.cfg.quality, scores, len(ims))
         return scores
 
     def _quality_total(self, prompt: str, images: torch.Tensor, group_id: str) -> np.ndarray:
         return self._scores(prompt, images)["total"]
 
     def _rewards(self, prompt: str, images: torch.Tensor, group_id: str) -> GroupRewards:
-        from divreward.core import diversegrpo_rewards, drift_rewards
-
         quality = self._scores(prompt, images)
-        q = quality["total"]
-        adv = AdvantageConfig(eps=self.cfg.advantage_eps)
-        out = GroupRewards(group_id, prompt, np.arange(len(q)), q, np.zeros(len(q)), quality)
-        if self.cfg.diversity == "none":
-            out.advantages = group_advantages(q, adv.eps)
-            return out
-        emb = self.models[self.cfg.inprocess_embedder].embed(self._np_images(images))
-        out.embeddings = np.asarray(emb, dtype=np.float64)
-        if self.cfg.diversity == "diversegrpo":
-            res = diversegrpo_rewards(q, emb, DiverseGRPOConfig(**self.cfg.diversity_params), adv)
-            out.rewards, out.advantages, out.bonus, out.k = (
-                res.rewards,
-                res.advantages,
-                res.bonus,
-                int(res.k),
-            )
-        else:
-            rd = drift_rewards(q, emb, DRIFTConfig(**self.cfg.diversity_params), adv)
-            out.rewards, out.advantages = rd.rewards, rd.advantages
-            out.bonus, out.diversity = rd.intrinsic, rd.diversity
+        emb = None
+        if self.needs_embeddings:
+            emb = self.models[self.cfg.inprocess_embedder].embed(self._np_images(images))
+        div = group_diversity(self.diversity, emb, quality["total"], self.advantage, group_id)
+        out = _from_result(group_id, prompt, quality, div.rewards, div.advantages, div)
+        out.embeddings = None if emb is None else np.asarray(emb, dtype=np.float64)
         return out
 
     def metrics(

@@ -14,6 +14,7 @@ Everything is deterministic given the seed. Importing this module loads no weigh
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import logging
 from collections.abc import Sequence
@@ -23,9 +24,12 @@ from divreward.models.base import LoadOptions
 from divreward.models.registry import REGISTRY, get_spec
 from divreward.models.weights import TINY_MARKER, write_tiny_marker
 
-__all__ = ["TINY_MARKER", "build_all", "tiny_load_options"]
+__all__ = ["TINY_MARKER", "TINY_SEED", "build_all", "ensure_tiny_models", "tiny_load_options"]
 
 log = logging.getLogger(__name__)
+
+#: The seed of the tiny models the services' tiny profile and the trainer build.
+TINY_SEED = 0
 
 
 def build_all(out_dir: str | Path, seed: int = 0, names: Sequence[str] | None = None) -> list[str]:
@@ -65,6 +69,25 @@ def _names_in_marker(out: Path) -> list[str]:
         return list(json.loads((out / TINY_MARKER).read_text()).get("models", []))
     except (OSError, ValueError):
         return []
+
+
+def ensure_tiny_models(directory: Path, names: Sequence[str], seed: int = TINY_SEED) -> Path:
+    """Build the tiny twins of ``names`` under ``directory`` unless already there (the
+    services' tiny profile and the trainer's in-process tiny rewards).
+
+    A file lock makes concurrent builders (two applications, two processes) build once.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            missing = [n for n in names if n not in _names_in_marker(directory)]
+            if missing:
+                log.warning("building tiny random models %s under %s", missing, directory)
+                build_all(directory, seed=seed, names=missing)  # keeps earlier names
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return directory
 
 
 def tiny_load_options(name: str, out_dir: str | Path, device: str = "cpu") -> LoadOptions:

@@ -5,9 +5,9 @@ without HTTP (the HTTP routes and the gRPC methods both call it).
 For each group of a /v1/rewards request the images are decoded once, put in the object
 store once, and sent whole to every scorer named by the quality weights and (unless the
 method is 'none') to the diversity application's embedder, all concurrently. Then
-``Q = sum(weight * score)`` and the core math (DiverseGRPO or DRIFT, through
-:func:`~divreward.services.common.diversity.group_diversity`) give the rewards
-and group advantages.
+``Q = sum(weight * score)`` (:func:`divreward.rewards.combine_quality`) and the core math
+(DiverseGRPO or DRIFT, through :func:`divreward.rewards.group_diversity`) give the
+rewards and group advantages: the same functions as the trainer's in-process rewards.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
-
 from divreward.methods import METHODS
+from divreward.rewards import (
+    combine_quality,
+    group_diversity,
+    resolve_advantage,
+    resolve_diversity,
+)
 from divreward.schema import (
     DiversityRequest,
     DiversityResponse,
@@ -38,11 +42,6 @@ from divreward.schema import (
 )
 from divreward.services.common.decode import decode_and_put
 from divreward.services.common.deployments import DiversityHandles
-from divreward.services.common.diversity import (
-    group_diversity,
-    resolve_advantage,
-    resolve_diversity,
-)
 from divreward.services.common.errors import ServiceError
 from divreward.services.common.limits import check_counts, check_prompt
 from divreward.services.common.serving import (
@@ -59,17 +58,6 @@ from divreward.services.model_deployments import ModelOutput
 __all__ = ["RewardServing", "combine_quality"]
 
 T = TypeVar("T")
-
-
-def combine_quality(
-    weights: Mapping[str, float], scores: Mapping[str, np.ndarray], n: int
-) -> np.ndarray:
-    """Q = sum_m w_m * s_m (float64, (n,)), accumulated in the order of the weights: the
-    one place the combined quality is computed."""
-    total = np.zeros(n, dtype=np.float64)
-    for name, w in weights.items():
-        total += w * np.asarray(scores[name], dtype=np.float64)
-    return total
 
 
 class RewardServing:
