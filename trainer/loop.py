@@ -59,16 +59,16 @@ class TrainResult:
 
 
 def resolve_model(cfg: TrainConfig) -> str:
-    """'tiny-sd3' / 'tiny-flux': build the tiny random pipeline when missing."""
+    """'tiny-<family>' ('tiny-sd3', 'tiny-flux', ...): build the family's tiny random
+    pipeline when missing (its adapter's ``build_tiny``)."""
     if not cfg.model.startswith("tiny-"):
         return cfg.model
-    from divreward.trainer.models import tiny
+    from divreward.trainer.models.tiny import ensure_tiny_model
 
-    family = cfg.model.removeprefix("tiny-")
-    builder = getattr(tiny, f"build_tiny_{family}", None)
-    if builder is None:
-        raise ValueError(f"model {cfg.model!r}: no tiny builder for family {family!r}")
-    return str(builder(Path(cfg.tiny_models_dir) / family))
+    try:
+        return str(ensure_tiny_model(cfg.model, cfg.tiny_models_dir)[1])
+    except KeyError as exc:
+        raise ValueError(f"model {cfg.model!r}: {exc.args[0]}") from None
 
 
 def load_adapter(cfg: TrainConfig, device: torch.device) -> Any:

@@ -12,11 +12,11 @@ import pytest
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``tiny_pipeline_dir(family)`` -> a tiny pipeline directory of that family, built on
     first use (a few seconds) and reused for the rest of the session."""
-    from divreward.trainer.models.tiny import TINY_BUILDERS
+    from divreward.trainer.models.tiny import tiny_builder
 
     root = tmp_path_factory.mktemp("tiny-trainer-models")
 
     def get(family: str) -> Path:
-        return TINY_BUILDERS[family](root / family)
+        return tiny_builder(family)(root / family)
 
     return get

@@ -12,7 +12,7 @@ from trainer_tiny import TINY_TEST_ENTRIES, load_tiny_adapter, perturb_lora
 
 from divreward.trainer.models import ADAPTERS, DiffusionAdapter, PromptEmbeds, get_adapter
 from divreward.trainer.models.base import PromptCache
-from divreward.trainer.models.tiny import TINY_BUILDERS, TINY_MODELS, ensure_tiny_model
+from divreward.trainer.models.tiny import ensure_tiny_model, tiny_builder
 
 FAMILIES = sorted(ADAPTERS)
 PROMPTS = ["a red cube on a table", "a cat"]
@@ -20,8 +20,6 @@ PROMPTS = ["a red cube on a table", "a cat"]
 
 def test_every_registered_family_has_a_tiny_entry():
     assert set(ADAPTERS) == set(TINY_TEST_ENTRIES), "a registered family lacks a tiny test entry"
-    assert set(ADAPTERS) == set(TINY_BUILDERS), "a registered family lacks a tiny builder"
-    assert set(TINY_MODELS.values()) == set(ADAPTERS)
     for name in ADAPTERS:
         cls = get_adapter(name)
         assert issubclass(cls, DiffusionAdapter) and cls.family == name
@@ -365,7 +363,7 @@ def test_tiny_builds_are_cached_and_guarded(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "model_index.json").write_text("{}")
     with pytest.raises(FileExistsError, match="not a tiny sd3 pipeline"):
-        TINY_BUILDERS["sd3"](tmp_path / "real")
+        tiny_builder("sd3")(tmp_path / "real")
     with pytest.raises(KeyError, match="unknown tiny model"):
         ensure_tiny_model("tiny-nope", tmp_path)
 
@@ -396,3 +394,64 @@ def test_bf16_weights_keep_the_trainer_numbers_in_fp32(family, tiny_pipeline_dir
 def test_autocast_is_for_cuda_only(family, tiny_pipeline_dir):
     with pytest.raises(ValueError, match=r"autocast_dtype=torch\.bfloat16 is for CUDA"):
         load_tiny_adapter(family, tiny_pipeline_dir(family), autocast_dtype=torch.bfloat16)
+
+
+_THROWAWAY_FAMILY = '''
+"""A throwaway family: SD3 with a plain (unshifted) flow schedule. One file."""
+from typing import Any, ClassVar
+
+from divreward.trainer.models import sd3, tiny
+
+
+def _pipeline(seed: int) -> Any:
+    pipe = sd3._tiny_pipeline(seed)
+    pipe.scheduler.register_to_config(shift=1.0)
+    return pipe
+
+
+class PlainSD3Adapter(sd3.SD3Adapter):
+    family: ClassVar[str] = "plainsd3"
+
+    @classmethod
+    def build_tiny(cls, out_dir, seed=0):
+        return tiny.build_pipeline_dir("plainsd3", _pipeline, out_dir, seed)
+'''
+
+
+def test_a_new_family_is_one_file_and_one_registry_line(tmp_path, monkeypatch):
+    """A family written in one file (its tiny builder included) and registered by one line
+    is built, loaded and sampled by the trainer's own loader from ``model: tiny-<family>``."""
+    from divreward.trainer.config import load_config
+    from divreward.trainer.loop import load_adapter
+    from divreward.trainer.models.registry import ADAPTERS
+
+    (tmp_path / "throwaway_family.py").write_text(_THROWAWAY_FAMILY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(ADAPTERS, "plainsd3", "throwaway_family:PlainSD3Adapter")  # the line
+
+    cfg = load_config(
+        "tiny-cpu", ["model=tiny-plainsd3", "family=plainsd3", f"tiny_models_dir={tmp_path}"]
+    )
+    adapter = load_adapter(cfg, torch.device("cpu"))
+    assert type(adapter).__name__ == "PlainSD3Adapter" and adapter.family == "plainsd3"
+    assert (tmp_path / "plainsd3" / "model_index.json").is_file()
+    # its own builder ran: diffusers' unshifted schedule, not SD3.5's shift 3
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    ref = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    ref.set_timesteps(4)
+    sig = adapter.sigmas(4, height=cfg.height, width=cfg.width)
+    torch.testing.assert_close(sig, torch.tensor([1.0, 0.667, 0.334, 0.001, 0.0]))
+    assert torch.equal(sig, ref.sigmas.float())
+    embeds = adapter.encode_prompts(PROMPTS)
+    ro = adapter.rollout(
+        embeds,
+        num_steps=3,
+        guidance=cfg.guidance,
+        noise_level=0.7,
+        height=cfg.height,
+        width=cfg.width,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert ro.images.shape == (2, 3, cfg.height, cfg.width) and ro.log_probs.shape == (2, 3)
+    assert ensure_tiny_model("tiny-plainsd3", tmp_path)[0] == "plainsd3"

@@ -37,11 +37,11 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_two_process_gloo_run_keeps_the_lora_in_sync(tiny_zoo: Any, tmp_path: Path) -> None:
-    from divreward.trainer.models.tiny import build_tiny_sd3
+    from divreward.trainer.models.sd3 import SD3Adapter
 
     for name in ("pickscore", "clipscore", "dreamsim"):
         tiny_zoo.build(name)
-    build_tiny_sd3(Path(tiny_zoo.root) / "sd3")  # once, before the two ranks load it
+    SD3Adapter.build_tiny(Path(tiny_zoo.root) / "sd3")  # once, before the two ranks load it
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     torchrun = Path(sys.executable).with_name("torchrun")

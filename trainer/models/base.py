@@ -275,6 +275,13 @@ class DiffusionAdapter(ABC):
     ) -> DiffusionAdapter:
         """Load from a hub id or a local pipeline directory through the diffusers loader."""
 
+    @classmethod
+    @abstractmethod
+    def build_tiny(cls, out_dir: str | Path, seed: int = 0) -> Path:
+        """Write a tiny random model of this family's architecture into ``out_dir`` (a
+        directory :meth:`from_pretrained` loads; tests, ``make demo``, ``model: tiny-<family>``)
+        and return it; a no-op when it is already there."""
+
     @abstractmethod
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         """Encode ``prompts`` (no grad): batch-first tensors, one row per prompt."""

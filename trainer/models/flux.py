@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from divreward.trainer.models import tiny
 from divreward.trainer.models.base import (
     ATTENTION_LORA_TARGETS,
     LatentDiffusionAdapter,
@@ -53,6 +55,11 @@ class FluxAdapter(LatentDiffusionAdapter):
         from diffusers import FluxPipeline
 
         return cls.from_diffusers(FluxPipeline, model, **options)
+
+    @classmethod
+    def build_tiny(cls, out_dir: str | Path, seed: int = 0) -> Path:
+        """A random tiny ``FluxPipeline`` (guidance-embedded, like Flux.1-dev) in ``out_dir``."""
+        return tiny.build_pipeline_dir("flux", _tiny_pipeline, out_dir, seed)
 
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         with self._autocast():
@@ -136,3 +143,60 @@ class FluxAdapter(LatentDiffusionAdapter):
                 return_dict=False,
             )[0]
         return self.unpack(out.float(), h, w)
+
+
+def _tiny_pipeline(seed: int) -> Any:
+    """Flux at diffusers' test sizes (TRAINER.md), with a tiny T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,  # Flux.1-dev's embedded guidance
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModel(tiny.clip_config())  # pooled output = hidden 32
+    t5_tokenizer = tiny.t5_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    torch.manual_seed(seed + 3)
+    vae = tiny.tiny_vae(latent_channels=1)  # 2x2 packing gives the transformer's 4 channels
+    # Flux.1-dev's scheduler: resolution-dependent shift (mu from the image sequence length).
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tiny.clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+    )

@@ -3,8 +3,10 @@
 Adding a family (Qwen-Image, an SD3 variant, ...) is one file and one line:
 
 1. ``trainer/models/<family>.py``: a :class:`~divreward.trainer.models.base.DiffusionAdapter`
-   subclass with ``family``, ``default_lora_targets`` and seven methods —
+   subclass with ``family``, ``default_lora_targets`` and eight methods —
    ``from_pretrained`` (the diffusers loader; ``from_diffusers`` does the loading),
+   ``build_tiny`` (a tiny random model of the architecture, for tests and
+   ``model: tiny-<family>``; :mod:`divreward.trainer.models.tiny` has the shared parts),
    ``_encode_uncached`` (the pipeline's ``encode_prompt``; caching is the base class's),
    ``negative_embeds`` (CFG's empty prompt or None), ``initial_latents`` (noise drawn as
    the pipeline draws it), ``sigmas`` (the pipeline's schedule), ``_denoise`` (one
@@ -13,9 +15,9 @@ Adding a family (Qwen-Image, an SD3 variant, ...) is one file and one line:
    draws the noise and decodes given the latent channels and patch. The rollout, the
    training step, LoRA, the reference policy and saving come from the base class.
 2. One line in :data:`ADAPTERS` below.
-3. A tiny builder in :mod:`divreward.trainer.models.tiny` and an entry in
-   ``tests/trainer/trainer_tiny.py``: the contract tests then run on the new family (a test
-   fails while a registered family has no entry).
+3. Its tests: an entry in ``tests/trainer/trainer_tiny.py`` (guidance, load options), and
+   the contract tests run on the new family (a test fails while a registered family has
+   no entry).
 
 A dotted ``"package.module:Class"`` is accepted as well, for adapters outside this package.
 """

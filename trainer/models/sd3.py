@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
+from divreward.trainer.models import tiny
 from divreward.trainer.models.base import (
     ATTENTION_LORA_TARGETS,
     LatentDiffusionAdapter,
@@ -61,6 +63,11 @@ class SD3Adapter(LatentDiffusionAdapter):
             text_encoder_3 = not _saved_without_t5(model)
         no_t5 = {} if text_encoder_3 else {"text_encoder_3": None, "tokenizer_3": None}
         return cls.from_diffusers(StableDiffusion3Pipeline, model, components=no_t5, **options)
+
+    @classmethod
+    def build_tiny(cls, out_dir: str | Path, seed: int = 0) -> Path:
+        """A random tiny ``StableDiffusion3Pipeline`` (no T5) in ``out_dir``; returns it."""
+        return tiny.build_pipeline_dir("sd3", _tiny_pipeline, out_dir, seed)
 
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         with self._autocast():
@@ -121,3 +128,45 @@ class SD3Adapter(LatentDiffusionAdapter):
                 pooled_projections=embeds.tensors["pooled_prompt_embeds"],
                 return_dict=False,
             )[0]
+
+
+def _tiny_pipeline(seed: int) -> Any:
+    """SD3 at diffusers' test sizes (TRAINER.md), without T5."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModelWithProjection(tiny.clip_config())
+    torch.manual_seed(seed + 2)
+    text_encoder_2 = CLIPTextModelWithProjection(tiny.clip_config())
+    torch.manual_seed(seed + 3)
+    vae = tiny.tiny_vae(latent_channels=4)
+    tokenizer = tiny.clip_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),  # SD3.5's schedule
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )

@@ -53,6 +53,11 @@ class ToyAdapter(DiffusionAdapter):
         options.setdefault("prompt_cache_size", 1024)
         return cls(SimpleNamespace(transformer=net), device=device, dtype=dtype, **options)
 
+    @classmethod
+    def build_tiny(cls, out_dir: str | Path, seed: int = 0) -> Path:
+        """An untrained toy model directory (:func:`build_tiny_toy`)."""
+        return build_tiny_toy(out_dir, seed=seed)
+
     @property
     def prompts(self) -> tuple[str, ...]:
         return tuple(self.transformer.config.prompts)  # type: ignore[attr-defined]
