@@ -41,7 +41,7 @@ from divreward.trainer.rewards import GroupRewards, RewardSource, make_reward_so
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "load_adapter", "train"]
+__all__ = ["Policy", "StepSamples", "TrainResult", "load_adapter", "ppo_update", "train"]
 
 # sample ids: unique per (step, rank, prompt slot, image) -> the seeds of its noise
 _IDS_PER_STEP = 1 << 24
@@ -53,6 +53,35 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per step
     last_checkpoint: Path | None = None
     evals: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Policy:
+    """What the update trains, built once at setup: the adapter (its LoRA), its trainable
+    parameters, the optimiser, the EMA (None without one) and the accelerator."""
+
+    adapter: Any
+    cfg: TrainConfig
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    accelerator: Any
+
+
+@dataclass
+class StepSamples:
+    """One step's samples for the update: the kept rollouts (B rows), their prompt
+    embeddings, (B,) advantages, the rows trained on (``live``), each row's sample id
+    (its noise seeds), the prompt noiser, and the step and rank (the shuffling's seeds)."""
+
+    batch: Any
+    embeds: Any
+    adv: torch.Tensor
+    live: torch.Tensor
+    sample_ids: Sequence[int]
+    noiser: PromptNoiser | None
+    step: int
+    rank: int
 
 
 # ----------------------------------------------------------------------------- setup
@@ -194,29 +223,19 @@ def step_loss(
 
 
 def ppo_update(
-    adapter: Any,
-    cfg: TrainConfig,
-    params: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    ema: EMA | None,
-    accelerator: Any,
-    batch: Any,
-    embeds: Any,
-    adv: torch.Tensor,
-    live: torch.Tensor,
-    sample_ids: Sequence[int],
-    noiser: PromptNoiser | None,
-    step: int,
-    rank: int,
-    opt_steps: int,
+    policy: Policy, samples: StepSamples, opt_steps: int
 ) -> tuple[dict[str, float], list[float], int]:
-    """Inner epochs of PPO on one step's samples (rows ``live`` of ``batch``).
+    """Inner epochs of PPO on one step's samples (rows ``samples.live`` of its batch).
 
     One backward per (minibatch, trained timestep); an optimiser step every
     gradient_accumulation_steps minibatches (the step's last one takes what is left),
-    the loss divided by the backward calls it accumulates. Returns the mean of each
-    loss statistic, the grad norms, and the optimiser step count.
+    the loss divided by the backward calls it accumulates. ``opt_steps``: optimiser steps
+    so far. Returns the mean of each loss statistic, the grad norms, and the optimiser
+    step count.
     """
+    adapter, cfg, params = policy.adapter, policy.cfg, policy.params
+    batch, embeds, adv, live = samples.batch, samples.embeds, samples.adv, samples.live
+    noiser, step, rank = samples.noiser, samples.step, samples.rank
     d = cfg.derived()
     steps_j = [j for j in d.train_timesteps if bool(batch.sde_mask[j])]
     sums: dict[str, float] = {}
@@ -231,7 +250,7 @@ def ppo_update(
             n_backward = len(window) * len(steps_j)
             for mb in window:
                 ro_mb, emb_mb, adv_mb = _take(batch, mb), embeds.select(mb), adv[mb]
-                ids_mb = [sample_ids[int(i)] for i in mb]
+                ids_mb = [samples.sample_ids[int(i)] for i in mb]
                 for j in steps_j:
                     emb_j = emb_mb
                     if noiser is not None:  # the rollout's noisy embeds of step j, again
@@ -241,17 +260,18 @@ def ppo_update(
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
+            accelerator = policy.accelerator
             if accelerator.num_processes > 1:  # data parallel: average the LoRA gradients
                 for p in params:
                     g = p.grad if p.grad is not None else torch.zeros_like(p)
                     p.grad = accelerator.reduce(g, reduction="mean")
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             grad_norms.append(float(norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            policy.optimizer.step()
+            policy.optimizer.zero_grad(set_to_none=True)
             opt_steps += 1
-            if ema is not None:
-                ema.step(opt_steps)
+            if policy.ema is not None:
+                policy.ema.step(opt_steps)
     return {k: v / max(count, 1) for k, v in sums.items()}, grad_norms, opt_steps
 
 
@@ -384,6 +404,7 @@ def train(
         eps=cfg.adam_eps,
     )
     ema = EMA(params, decay=cfg.ema_decay, update_every=cfg.ema_every) if cfg.ema else None
+    policy = Policy(adapter, cfg, params, optimizer, ema, accelerator)
     own_rewards = rewards is None
     reward_device = "cpu" if device.type == "cpu" else str(device)  # "cpu:0" under gloo
     if rewards is None:
@@ -461,10 +482,8 @@ def train(
             embeds = adapter.encode_prompts(kept_prompts)
 
             # ---- 4. update: inner epochs of PPO over minibatches and timesteps -----
-            sums, grad_norms, opt_steps = ppo_update(
-                adapter, cfg, params, optimizer, ema, accelerator, batch, embeds, adv,
-                live, kept_ids, noiser, step, rank, opt_steps,
-            )  # fmt: skip
+            samples = StepSamples(batch, embeds, adv, live, kept_ids, noiser, step, rank)
+            sums, grad_norms, opt_steps = ppo_update(policy, samples, opt_steps)
             t_trained = time.perf_counter()
 
             # ---- 5. log, checkpoint, evaluate -------------------------------------
@@ -497,9 +516,7 @@ def train(
                 bar.set_postfix(reward=f"{m['reward/mean']:.3g}", wait_s=f"{wait_s:.2f}")
                 say(_summary_line(step, cfg.max_steps, m))
             if cfg.save_every and step % cfg.save_every == 0:
-                result.last_checkpoint = _save(
-                    adapter, cfg, params, optimizer, ema, step, opt_steps, is_main
-                )
+                result.last_checkpoint = _save(policy, step, opt_steps, is_main)
                 accelerator.wait_for_everyone()
             if cfg.eval_every and step % cfg.eval_every == 0:
                 if is_main:
@@ -521,16 +538,8 @@ def train(
     return result
 
 
-def _save(
-    adapter: Any,
-    cfg: TrainConfig,
-    params: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    ema: EMA | None,
-    step: int,
-    opt_steps: int,
-    is_main: bool,
-) -> Path:
+def _save(policy: Policy, step: int, opt_steps: int, is_main: bool) -> Path:
+    adapter, cfg, ema = policy.adapter, policy.cfg, policy.ema
     directory = ckpt.checkpoint_dir(cfg.output_dir, step)
     if not is_main:
         return directory
@@ -541,8 +550,8 @@ def _save(
         {
             "step": step,
             "optimizer_steps": opt_steps,
-            "lora": [p.detach().cpu().clone() for p in params],
-            "optimizer": optimizer.state_dict(),
+            "lora": [p.detach().cpu().clone() for p in policy.params],
+            "optimizer": policy.optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "rng": ckpt.rng_state(),
             "config": cfg.model_dump(mode="json"),
