@@ -1,9 +1,17 @@
-"""An exponential moving average of the LoRA parameters (Flow-GRPO's EMA).
+"""An exponential moving average of the LoRA parameters (Flow-GRPO's EMA), kept by
+diffusers' :class:`~diffusers.training_utils.EMAModel`.
 
 Updated every ``update_every`` optimiser steps with the warm-up decay
 ``min((1 + s) / (10 + s), decay)`` (s = the number of EMA updates so far), decay 0.9
-and every 8 steps in the reference. ``swapped_in(params)`` puts the averages into the
-live parameters for evaluation and saving and restores the trained values after.
+and every 8 steps in the reference. ``swapped_in()`` puts the averages into the live
+parameters for evaluation and saving (EMAModel's ``store``/``copy_to``/``restore``) and
+restores the trained values after.
+
+EMAModel's own warm-up, ``(1 + n) / (10 + n)`` with n = its update count minus one and
+0 at its first update (the shadow starts as a copy), is one update behind Flow-GRPO's,
+whose first update already uses 1/10: :class:`_FlowGRPOEMAModel` overrides only
+``get_decay`` to give the reference's numbers (tests/trainer/test_trainer_ema.py compares
+it with the plain loop).
 """
 
 from __future__ import annotations
@@ -13,9 +21,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from diffusers.training_utils import EMAModel
 from torch import Tensor
 
 __all__ = ["EMA"]
+
+
+class _FlowGRPOEMAModel(EMAModel):
+    def get_decay(self, optimization_step: int) -> float:
+        s = optimization_step - 1  # the updates before this one (step() counts first)
+        return min((1.0 + s) / (10.0 + s), self.decay)
 
 
 class EMA:
@@ -27,14 +42,30 @@ class EMA:
         if update_every < 1:
             raise ValueError(f"ema update_every must be >= 1, got {update_every}")
         self.params = list(params)
-        self.decay = decay
         self.update_every = update_every
-        self.shadow: list[Tensor] = [p.detach().clone().float() for p in self.params]
-        self.num_updates = 0
+        self.model = _FlowGRPOEMAModel(self.params, decay=decay)
+        self.model.to(dtype=torch.float32)  # the averages in fp32 whatever the parameters' dtype
+
+    @property
+    def decay(self) -> float:
+        return float(self.model.decay)
+
+    @property
+    def shadow(self) -> list[Tensor]:
+        """The averaged tensors, one per parameter."""
+        return self.model.shadow_params
+
+    @property
+    def num_updates(self) -> int:
+        return int(self.model.optimization_step)
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        self.model.optimization_step = int(value)
 
     def current_decay(self) -> float:
-        s = self.num_updates
-        return min((1.0 + s) / (10.0 + s), self.decay)
+        """The decay the next update will use."""
+        return self.model.get_decay(self.num_updates + 1)
 
     @torch.no_grad()
     def step(self, global_step: int) -> bool:
@@ -42,36 +73,27 @@ class EMA:
         multiples of update_every. Returns whether it updated."""
         if global_step % self.update_every != 0:
             return False
-        d = self.current_decay()
-        for s, p in zip(self.shadow, self.params, strict=True):
-            s.mul_(d).add_(p.detach().float(), alpha=1.0 - d)
-        self.num_updates += 1
+        self.model.step(self.params)
         return True
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """The averaged weights in the live parameters inside the block."""
-        backup = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, s in zip(self.params, self.shadow, strict=True):
-                p.copy_(s.to(p.dtype))
+        self.model.store(self.params)
+        self.model.copy_to(self.params)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, b in zip(self.params, backup, strict=True):
-                    p.copy_(b)
+            self.model.restore(self.params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "shadow": [s.clone() for s in self.shadow],
-            "num_updates": self.num_updates,
-            "decay": self.decay,
-            "update_every": self.update_every,
-        }
+        """EMAModel's state (the averages under ``shadow_params``) and the update period."""
+        state = self.model.state_dict()
+        state["shadow_params"] = [s.clone() for s in state["shadow_params"]]
+        return {**state, "update_every": self.update_every}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        shadow = state["shadow"]
+        shadow = state["shadow_params"]
         if len(shadow) != len(self.shadow):
             raise ValueError(
                 f"EMA state has {len(shadow)} tensors but the model has {len(self.shadow)} "
@@ -80,5 +102,7 @@ class EMA:
         for s, v in zip(self.shadow, shadow, strict=True):
             if s.shape != v.shape:
                 raise ValueError(f"EMA state shape {tuple(v.shape)} != {tuple(s.shape)}")
-            s.copy_(v)
-        self.num_updates = int(state["num_updates"])
+        state = {k: v for k, v in state.items() if k != "update_every"}
+        self.model.load_state_dict(
+            {**state, "shadow_params": [v.to(s) for s, v in zip(self.shadow, shadow, strict=True)]}
+        )
