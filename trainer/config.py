@@ -13,6 +13,7 @@ YAML; dotted keys reach into dict fields).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +200,13 @@ class TrainConfig(DocumentedModel):
     eval_metrics: bool = True
     """Ask the service's /v1/metrics for diversity at evaluation."""
     tensorboard: bool = True
-    """Also write TensorBoard events."""
+    """Write TensorBoard events (scalars and evaluation grids) under <output_dir>/tb. Metrics go to
+    <output_dir>/metrics.jsonl always."""
+    log_with: list[Literal["wandb", "mlflow"]] = Field(default_factory=list)
+    """More of accelerate's trackers: 'wandb' (W&B) and/or 'mlflow' (their packages installed and
+    configured as they document, e.g. WANDB_API_KEY, MLFLOW_TRACKING_URI)."""
+    tracker_project: str = "divreward"
+    """The project (W&B) or experiment (MLflow) the run is logged to."""
     progress: bool = True
     """Show the tqdm progress bar."""
 
@@ -215,6 +222,9 @@ class TrainConfig(DocumentedModel):
             raise ValueError(f"reg_weight: regulariser {self.regulariser!r} needs reg_weight > 0")
         if self.subset != "none" and self.pool_factor < 2:
             raise ValueError(f"pool_factor: subset {self.subset!r} needs a pool of >= 2G")
+        for name in self.log_with:
+            if importlib.util.find_spec(name) is None:
+                raise ValueError(f"log_with: {name!r} needs its package: pip install {name}")
         if not self.quality:
             raise ValueError("quality: name at least one scorer, e.g. {pickscore: 1.0}")
         if self.reward_backend == "service" and not self.reward_url.startswith(

@@ -11,7 +11,8 @@ Read :func:`train` top to bottom: setup, then per step
 4. **update**: inner epochs of PPO-clip over minibatches and trained timesteps, one
    backward per (minibatch, timestep), gradient accumulation, grad-norm clip 1.0,
    the regulariser (KL or SA-Reg) against the same network with the LoRA disabled;
-5. **log**: metrics (JSONL, TensorBoard), the progress bar, EMA, checkpoints, evaluation.
+5. **log**: metrics through accelerate's trackers (TensorBoard, JSONL; W&B, MLflow), the
+   progress bar, EMA, checkpoints, evaluation (its sample grids as TensorBoard images).
 
 Every random draw of step s comes from generators seeded by (seed, s, rank, sample), so a
 resumed run draws exactly what an uninterrupted one would.
@@ -35,7 +36,7 @@ from divreward.trainer import checkpoint as ckpt
 from divreward.trainer.config import TrainConfig, read_prompts
 from divreward.trainer.ema import EMA
 from divreward.trainer.losses import kl_penalty, ppo_clip_loss, sa_reg_w2
-from divreward.trainer.metrics import MetricsWriter
+from divreward.trainer.metrics import finite_scalars, log_grids, trackers
 from divreward.trainer.prompt_noise import PromptNoiser, _mix
 from divreward.trainer.rewards import GroupRewards, RewardSource, make_reward_source, wait_all
 
@@ -326,15 +327,16 @@ def evaluate(
     prompts: Sequence[str],
     step: int,
     out_dir: Path,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """ODE samples of held-out prompts (the caller swaps the EMA in): a PNG grid per
-    prompt, their rewards, and the service's /v1/metrics diversity numbers."""
-    from torchvision.utils import save_image
+    prompt, their rewards, and the service's /v1/metrics diversity numbers. Returns the
+    metrics and the grids ('eval/grid/prompt_<i>' -> (3, H, W) in [0, 1])."""
+    from torchvision.utils import make_grid, save_image
 
     n = cfg.eval_images_per_prompt
     grid_dir = out_dir / "eval" / f"step_{step}"
     grid_dir.mkdir(parents=True, exist_ok=True)
-    futures, images = [], []
+    futures, images, grids = [], [], {}
     for pi, prompt in enumerate(prompts[: cfg.eval_prompts]):
         ids = [(1 << 60) + pi * n + i for i in range(n)]  # the same noise every evaluation
         ro = generate(
@@ -346,7 +348,9 @@ def evaluate(
             num_steps=cfg.eval_num_steps,
             noise_level=0.0,
         )
-        save_image(ro.images, grid_dir / f"prompt_{pi:03d}.png", nrow=n)
+        grid = make_grid(ro.images, nrow=n)
+        save_image(grid, grid_dir / f"prompt_{pi:03d}.png")
+        grids[f"eval/grid/prompt_{pi:03d}"] = grid
         images.append(ro.images)
         futures.append(rewards.submit(prompt, ro.images, f"eval{step}/p{pi}", select=False))
     (grid_dir / "prompts.txt").write_text("\n".join(prompts[: cfg.eval_prompts]) + "\n")
@@ -360,7 +364,7 @@ def evaluate(
         for k, v in rewards.metrics(images, ready).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 out[f"eval/diversity/{k}"] = float(v)
-    return out
+    return out, grids
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -387,10 +391,13 @@ def train(
 
     # ---- setup --------------------------------------------------------------------
     d = cfg.derived()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    out_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        log_with=trackers(out_dir, cfg.tensorboard, cfg.log_with),
+    )
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     is_main = accelerator.is_main_process
-    out_dir = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)  # the LoRA's gaussian init
     if adapter is None:
         with accelerator.main_process_first():  # builds a tiny model once, not per rank
@@ -413,7 +420,10 @@ def train(
     prompts = read_prompts(cfg.prompts_path())
     eval_prompts = read_prompts(cfg.eval_prompts_path())
     noiser = PromptNoiser(d.noise_prompt, cfg.seed) if cfg.prompt_noise else None
-    writer = MetricsWriter(out_dir, tensorboard=cfg.tensorboard) if is_main else None
+    accelerator.init_trackers(cfg.tracker_project)  # on the main process only
+    for tracker in accelerator.trackers:  # the run's config where a tracker keeps one
+        if tracker.name in ("wandb", "mlflow"):
+            tracker.store_init_configuration(cfg.model_dump(mode="json"))
     say = print_fn or (lambda s: tqdm.write(s))
     start, opt_steps = 0, 0
     if resume is not None:
@@ -511,8 +521,8 @@ def train(
             m["train/optimizer_steps"] = float(opt_steps)
             m["perf/processes"] = float(world)
             result.history.append(m)
-            if is_main and writer is not None:
-                writer.log(step, m)
+            if is_main:
+                accelerator.log(finite_scalars(m), step=step)
                 bar.set_postfix(reward=f"{m['reward/mean']:.3g}", wait_s=f"{wait_s:.2f}")
                 say(_summary_line(step, cfg.max_steps, m))
             if cfg.save_every and step % cfg.save_every == 0:
@@ -521,18 +531,18 @@ def train(
             if cfg.eval_every and step % cfg.eval_every == 0:
                 if is_main:
                     with ema.swapped_in() if ema is not None else contextlib.nullcontext():
-                        ev = evaluate(adapter, cfg, rewards, eval_prompts, step, out_dir)
+                        ev, grids = evaluate(adapter, cfg, rewards, eval_prompts, step, out_dir)
                     result.evals.append(ev)
-                    if writer is not None:
-                        writer.log(step, ev)
+                    accelerator.log(finite_scalars(ev), step=step)
+                    log_grids(accelerator, grids, step)
                     say(f"eval step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in ev.items()))
                 accelerator.wait_for_everyone()
             if on_step_end is not None and is_main:
                 on_step_end(step, m)
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        for tracker in accelerator.trackers:  # (end_training would also end the process group)
+            tracker.finish()
         if own_rewards:
             rewards.close()
     return result

@@ -6,7 +6,7 @@
 - DRIFT (2G pool, reward-concentrated subset, prompt noise) with in-process rewards: the
   ratio is 1 on the first inner epoch and G of the 2G images are trained on;
 - a service that goes away: the run stops with a clear error, before any update;
-- Flux: one tiny iteration with in-process rewards.
+- Flux: one tiny iteration with in-process rewards, and what TensorBoard holds.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def test_live_service_iteration_metrics_checkpoint_and_exact_resume(
     # the checkpoint: a diffusers-loadable LoRA and the exact trainer state
     ck = tmp_path / "a" / "checkpoints" / "step_1"
     assert (ck / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert (ck / "trainer_state.pt").is_file()
+    assert (ck / "trainer_state.json").is_file() and (ck / "trainer_state.safetensors").is_file()
     assert json.loads((tmp_path / "a" / "config.json").read_text())["max_steps"] == 2
     adapter.pipeline.load_lora_weights(str(ck / "lora"), adapter_name="saved")
 
@@ -201,8 +201,15 @@ def test_service_gone_stops_the_run_before_any_update(tiny_root: Path, tmp_path:
     assert not (tmp_path / "metrics.jsonl").read_text().strip()
 
 
-def test_flux_one_iteration_in_process(tiny_root: Path, tmp_path: Path) -> None:
-    cfg = _cfg(tiny_root, tmp_path, *TINY_FLUX, *ONE_STEP_IN_PROCESS)
+def test_flux_one_iteration_in_process_logged_to_tensorboard(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    """One Flux step and an evaluation, in-process; the step's scalars and the evaluation's
+    sample grids (as images) are in the TensorBoard event file, the same numbers as in
+    metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(tiny_root, tmp_path, *TINY_FLUX, *ONE_STEP_IN_PROCESS[:2], "eval_every=1")
     adapter = load_adapter(cfg, torch.device("cpu"))
     run = train(cfg, adapter=adapter, print_fn=lambda s: None)
     m = run.history[0]
@@ -210,6 +217,21 @@ def test_flux_one_iteration_in_process(tiny_root: Path, tmp_path: Path) -> None:
     assert m["train/optimizer_steps"] >= 1
     lora_b = [p for n, p in adapter.transformer.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    grids = sorted(t for t in tags["images"] if t.startswith("eval/grid/"))
+    assert grids == [f"eval/grid/prompt_{i:03d}" for i in range(cfg.eval_prompts)]
+    n = cfg.eval_images_per_prompt  # one row of n images, torchvision's 2-pixel padding
+    img = events.Images(grids[0])[0]
+    assert img.step == 1 and (img.height, img.width) == (cfg.height + 4, n * (cfg.width + 2) + 2)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    for key in ("reward/mean", "loss/total", "eval/reward/pickscore"):
+        (scalar,) = events.Scalars(key)
+        row = next(r for r in rows if key in r)
+        assert scalar.step == row["step"] == 1
+        assert scalar.value == pytest.approx(row[key], rel=1e-6)  # TensorBoard keeps float32
 
 
 def test_the_loss_replays_the_rollouts_prompt_noise(tiny_root: Path, tmp_path: Path) -> None:
