@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def _client_example() -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    (block,) = [b for b in blocks if "RewardClient(" in b]
+    (block,) = [b for b in blocks if "RewardClient(" in b and ".rewards(" in b]
     return block
 
 
