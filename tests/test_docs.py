@@ -65,6 +65,7 @@ def _commands(line: str, program: str) -> list[list[str]]:
     out: list[list[str]] = []
     current: list[str] | None = None
     start = True  # at a command's first word (after `VAR=value`s and a prompt `$`)
+    prev = ""
     for w in words:
         if w in {"&&", ";", "|", "||"}:
             current, start = None, True
@@ -73,8 +74,12 @@ def _commands(line: str, program: str) -> list[list[str]]:
         elif start and (w == program or w.endswith("/" + program)):  # or .venv/bin/divreward
             current = []
             out.append(current)
+        elif program == "divreward" and w == "divreward.cli" and prev == "-m":
+            current = []  # `accelerate launch ... -m divreward.cli train ...`, torchrun's
+            out.append(current)
         elif not (start and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*|\$", w)):
             start = False  # another program's words
+        prev = w
     return out
 
 
@@ -152,6 +157,8 @@ def test_the_command_check_catches_a_stale_line() -> None:
     ) == [["serve", "--config", "a.yaml"]]
     assert _commands("kubectl get rayservice divreward && make demo", "make") == [["demo"]]
     assert _commands("kubectl get rayservice divreward", "divreward") == []
+    line = "torchrun --nproc_per_node 8 -m divreward.cli train --preset x"
+    assert _commands(line, "divreward") == [["train", "--preset", "x"]]
 
 
 # ------------------------------------------------------------------ make targets
