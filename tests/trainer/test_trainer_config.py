@@ -111,3 +111,42 @@ def test_cli_show_config_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown field 'nope'" in capsys.readouterr().err
     assert main(["train", "--list-presets"]) == 0
     assert "drift-sd35-pickscore" in capsys.readouterr().out
+
+
+def test_trackers_and_diversity_fields_are_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    from accelerate.tracking import TensorBoardTracker
+
+    from divreward.trainer.metrics import JSONLTracker, trackers
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # as if mlflow were missing and wandb installed
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            None if name == "mlflow" else object() if name == "wandb" else real_find_spec(name, *a)
+        ),
+    )
+    with pytest.raises(
+        ValueError, match=r"log_with: 'mlflow' needs its package: pip install mlflow"
+    ):
+        load_config("tiny-cpu", ["log_with=[mlflow]"])
+    with pytest.raises(ValueError, match="log_with"):
+        load_config("tiny-cpu", ["log_with=[comet]"])  # not one accelerate tracker we offer
+    cfg = load_config("tiny-cpu", ["log_with=[wandb]", f"output_dir={tmp_path}"])
+    jsonl, tb, wandb = trackers(cfg.output_dir, cfg.tensorboard, cfg.log_with)
+    assert isinstance(jsonl, JSONLTracker) and jsonl.path == tmp_path / "metrics.jsonl"
+    assert (
+        isinstance(tb, TensorBoardTracker)
+        and Path(tb.logging_dir_param) / tb.run_name == tmp_path / "tb"
+    )
+    assert wandb == "wandb"
+    assert [type(t) for t in trackers(tmp_path, False, [])] == [JSONLTracker]
+    # the method's parameters are validated against its params model, naming the field
+    with pytest.raises(ValueError, match=r"diversity_params of 'drift': lam: Input should be"):
+        load_config("tiny-cpu", ["diversity=drift", "diversity_params={lam: -1}"])
+    with pytest.raises(ValueError, match=r"diversity_params of 'none': beta: Extra inputs"):
+        load_config("tiny-cpu", ["diversity=none"])  # tiny-cpu's beta is DiverseGRPO's
