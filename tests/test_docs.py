@@ -312,3 +312,42 @@ def test_the_quickstart_scores_from_curl_and_python(
     for name, values in from_curl.items():
         assert len(values) == 1
         assert values == pytest.approx(scope["scores"][name], rel=1e-6, abs=1e-9)
+
+
+def test_the_method_defaults_and_presets_the_docs_quote_are_the_codes() -> None:
+    """README's beta and lambda are the services' (and the in-process rewards') defaults;
+    docs/trainer.md's preset table says what the preset files set."""
+    from divreward.core.config import CoreConfig
+    from divreward.trainer.config import load_config
+
+    core = CoreConfig()
+    (beta,) = _quoted("README.md", r"`R = Q \+ β·E` \(β = ([\d.]+)\)")
+    (lam,) = _quoted("README.md", r"`A\(Q\) \+ λ·A\(R_int\)` \(λ = ([\d.]+)\)")
+    assert (float(beta), float(lam)) == (core.diversegrpo.beta, core.drift.lam)
+    doc = "docs/trainer.md"
+    r, alpha, lr, acc, batch = _quoted(
+        doc,
+        r"`diversegrpo-sd35-pickscore` \| SD3.5-M \| PickScore \+ DiverseGRPO \(β [\d.]+\) \| "
+        r"SA-Reg K \d+ \| LoRA (\d+)/(\d+), lr ([\de.-]+), accumulation (\d+), batch (\d+)",
+    )
+    cfg = load_config("diversegrpo-sd35-pickscore")
+    assert (int(r), int(alpha), float(lr)) == (cfg.lora_rank, cfg.lora_alpha, cfg.learning_rate)
+    assert (int(acc), int(batch)) == (cfg.gradient_accumulation_steps, cfg.train_batch_size)
+    assert cfg.diversity == "diversegrpo" and cfg.regulariser == "sa_reg"
+    g, pool, r, alpha, lr = _quoted(
+        doc,
+        r"`drift-sd35-pickscore` \|.*?\| G (\d+) from a pool of (\d+), prompt noise, "
+        r"LoRA (\d+)/(\d+), lr ([\de.-]+)",
+    )
+    cfg = load_config("drift-sd35-pickscore")
+    assert (int(g), int(pool)) == (cfg.group_size, cfg.derived().pool_size)
+    assert (int(r), int(alpha), float(lr)) == (cfg.lora_rank, cfg.lora_alpha, cfg.learning_rate)
+    assert cfg.prompt_noise and cfg.diversity == "drift"
+    (flux_steps, flux_eval, guidance, noise) = _quoted(
+        doc,
+        r"`diversegrpo-flux-pickscore` \| Flux.1-dev, (\d+)/(\d+) steps, guidance ([\d.]+), "
+        r"noise ([\d.]+)",
+    )
+    cfg = load_config("diversegrpo-flux-pickscore")
+    assert (int(flux_steps), int(flux_eval)) == (cfg.num_steps, cfg.eval_num_steps)
+    assert (float(guidance), float(noise)) == (cfg.guidance, cfg.noise_level)
