@@ -24,6 +24,7 @@ def test_every_registered_family_has_a_tiny_entry():
         cls = get_adapter(name)
         assert issubclass(cls, DiffusionAdapter) and cls.family == name
         assert cls.default_lora_targets
+        assert "build_tiny" in vars(cls), f"family {name!r} lacks its own tiny builder"
 
 
 def test_registry_errors_and_dotted_paths():
