@@ -76,4 +76,6 @@ register(ModelSpec("hpsv3", "scorer", "hpsv3", "MizzenAI/HPSv3", "HPSv3 (Qwen2-V
 register(ModelSpec("imagereward", "scorer", "imagereward", "THUDM/ImageReward", "ImageReward (BLIP ViT-L + BERT cross-attention + MLP), standardised"))  # noqa: E501
 register(ModelSpec("dreamsim", "embedder", "dreamsim_embedder", "dreamsim", "DreamSim perceptual embedding (unit rows; distance = 1 - cos)", {"dreamsim_type": "ensemble"}))  # noqa: E501
 register(ModelSpec("clip_embedder", "embedder", "clip_embedder", "openai/clip-vit-base-patch32", "CLIP image embedding (unit rows) for the CLIP-diversity metric"))  # noqa: E501
+register(ModelSpec("ocr", "scorer", "ocr", "rapidocr", "OCR accuracy (RapidOCR PP-OCRv6 from its wheel): Flow-GRPO's 1 - edit distance / len(quoted target)", {"missing_quote": "error"}))  # noqa: E501
+register(ModelSpec("aesthetic", "scorer", "aesthetic", "trl-lib/ddpo-aesthetic-predictor", "LAION improved aesthetic predictor: MLP(unit CLIP ViT-L/14 image features), raw (~1-10)", {"clip_source": "openai/clip-vit-large-patch14"}))  # noqa: E501
 # fmt: on
