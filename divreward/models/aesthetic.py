@@ -31,7 +31,7 @@ from divreward.models import _clip_common as clip
 from divreward.models._checkpoint import check_keys_and_shapes, module_shapes
 from divreward.models._common import canonical, check_options, option, seeded
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
-from divreward.models.weights import Resolved, model_info, resolve_file
+from divreward.models.weights import Resolved, is_hub_id, model_info, resolve_file
 
 if TYPE_CHECKING:
     import torch
@@ -126,10 +126,12 @@ def load(opts: LoadOptions) -> Aesthetic:
 
 
 def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
-    """(repo, files) that :func:`load` reads from the hub: the head and the CLIP."""
+    """(repo, files) that :func:`load` reads from the hub: the head and the CLIP (only
+    the safetensors weights, the first file the CLIP loader looks for)."""
     clip_src = option(opts.options, "clip_source", str, CLIP_SOURCE)
     clip_files = [clip.WEIGHT_FILES[0], "config.json", *clip.PROCESSOR_FILES, *clip.TOKENIZER_FILES]
-    return [(opts.source or REPO, [MLP_FILE]), (clip_src, clip_files)]
+    pairs = [(opts.source or REPO, [MLP_FILE]), (clip_src, clip_files)]
+    return [(repo, files) for repo, files in pairs if is_hub_id(repo)]  # local paths: nothing
 
 
 def build_tiny(out_dir: Path, seed: int) -> None:
