@@ -17,7 +17,8 @@ recognition ONNX models **that ship inside the rapidocr wheel** (the registry so
 ``"rapidocr"``); no hub download ever. One engine per loaded scorer (one per Serve
 replica), reused for every image; images go in as PIL RGB images (RapidOCR converts
 them to the BGR its models expect), ``use_cls=False`` as Flow-GRPO's
-``ocr(img, cls=False)``, and PaddleOCR 2.x's detection size (:data:`DET_LIMIT`). Flow-GRPO ran PaddleOCR 2.9.1 (PP-OCRv4), so absolute scores
+``ocr(img, cls=False)``, and PaddleOCR 2.x's detection size (:data:`DET_LIMIT`).
+Flow-GRPO ran PaddleOCR 2.9.1 (PP-OCRv4), so absolute scores
 differ from its numbers; the formula is the same.
 
 Prompts without a quoted span (Flow-GRPO raises an ``IndexError`` and the batch
@@ -75,8 +76,8 @@ def target_text(prompt: str, missing_quote: str = "error") -> str:
         where = "the prompt"
     else:
         raise ValueError(
-            f'the ocr scorer needs the text to render in double quotes (e.g. a sign that says "OPEN"), '
-            f"and prompt {prompt[:200]!r} has none (or load ocr with option "
+            "the ocr scorer needs the text to render in double quotes (e.g. a sign that "
+            f'says "OPEN"), and prompt {prompt[:200]!r} has none (or load ocr with option '
             "missing_quote='whole_prompt' to read the whole prompt)"
         )
     if not target:
