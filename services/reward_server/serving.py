@@ -13,11 +13,13 @@ and group advantages.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
+from divreward.core.aggregate import aggregate_quality
 from divreward.methods import METHODS
 from divreward.schema import (
     DiversityRequest,
@@ -62,14 +64,15 @@ T = TypeVar("T")
 
 
 def combine_quality(
-    weights: Mapping[str, float], scores: Mapping[str, np.ndarray], n: int
+    weights: Mapping[str, float],
+    scores: Mapping[str, np.ndarray],
+    n: int,
+    aggregation: str = "sum",
 ) -> np.ndarray:
-    """Q = sum_m w_m * s_m (float64, (n,)), accumulated in the order of the weights: the
-    one place the combined quality is computed."""
-    total = np.zeros(n, dtype=np.float64)
-    for name, w in weights.items():
-        total += w * np.asarray(scores[name], dtype=np.float64)
-    return total
+    """Q of one group (float64, (n,)): ``sum`` = sum_m w_m * s_m; ``gdpo`` = the same sum
+    of each score normalised within the group (:func:`divreward.core.aggregate_quality`):
+    the one place the combined quality is computed."""
+    return aggregate_quality(weights, scores, n, aggregation)
 
 
 class RewardServing:
@@ -89,6 +92,7 @@ class RewardServing:
         limit_blas_threads(args.ingress.blas_threads)
         self.limits = args.limits
         self.default_quality = args.default_quality()
+        self.prompt_checks = prompt_checks(args)
         self.observe: Observer = no_observer
 
     # -- helpers -----------------------------------------------------------------
@@ -102,6 +106,23 @@ class RewardServing:
                 f"{field}: unknown scorer {unknown[0]!r}; this server runs: {', '.join(valid)}",
                 valid=valid,
             )
+
+    def _check_prompt_for(
+        self, names: Sequence[str], prompt: str, where: str, group: int | None
+    ) -> None:
+        """A 422 naming the prompt when a scorer cannot score it (e.g. ocr without a quoted
+        text), before anything is sent to a model: a bad prompt must not fail the batch
+        it would share with other requests."""
+        for name in names:
+            check = self.prompt_checks.get(name)
+            if check is None:
+                continue
+            try:
+                check(prompt)
+            except ValueError as exc:
+                raise ServiceError(
+                    422, "invalid_request", f"{where}: scorer {name!r}: {exc}", group_index=group
+                ) from None
 
     async def _decode_put(self, images: Sequence[bytes], group: int | None) -> tuple[Any, int]:
         """Decode a group and put its pixels in the object store once (in a thread)."""
@@ -138,6 +159,7 @@ class RewardServing:
         check_counts([len(req.images)], self.limits, grouped=False)
         for i, p in enumerate(req.prompts):
             check_prompt(p, f"prompts[{i}]", None, self.limits)
+            self._check_prompt_for(names, p, f"prompts[{i}]", None)
         ref, count = await self._decode_put(req.images, None)
         outs = await asyncio.gather(*(self._score(n, ref, list(req.prompts), count) for n in names))
         cards = [o.card for o in outs]
@@ -155,6 +177,8 @@ class RewardServing:
         check_counts([len(g.images) for g in req.groups], self.limits)
         for g, group in enumerate(req.groups):
             check_prompt(group.prompt, f"groups[{g}].prompt", g, self.limits)
+            self._check_prompt_for(list(weights), group.prompt, f"groups[{g}].prompt", g)
+        aggregation = req.aggregation or "sum"
         params = resolve_diversity(req.diversity, self.args.core, self.args.default_diversity)
         adv = resolve_advantage(req.advantage, self.args.core)
         needs_embeddings = METHODS[params.method].needs_embeddings
@@ -171,7 +195,7 @@ class RewardServing:
                 calls.append(self._embed(ref, n))
             outs = await asyncio.gather(*calls)
             scores = {name: outs[i].values for i, name in enumerate(weights)}
-            total = combine_quality(weights, scores, n)
+            total = combine_quality(weights, scores, n, aggregation)
             emb = outs[-1].values if needs_embeddings else None
             try:
                 div = await asyncio.to_thread(
@@ -207,7 +231,9 @@ class RewardServing:
             **meta,
             groups=[r for r, _ in results],
             models=models,
-            params=RewardParams(quality=weights, diversity=params, advantage=adv),
+            params=RewardParams(
+                quality=weights, diversity=params, advantage=adv, aggregation=aggregation
+            ),
         )
 
     # -- delegated to the diversity application ----------------------------------
@@ -268,6 +294,24 @@ class RewardServing:
         if self.link.deployed:  # a quality-only reward app has nothing more to probe
             states.update(await diversity_ready())
         return states
+
+
+def prompt_checks(args: RewardAppArgs) -> dict[str, Callable[[str], None]]:
+    """scorer -> its model module's ``check_prompt(prompt, options)`` bound to the
+    deployment's options (registry models with ``checks_prompts``; plugins have none)."""
+    import importlib
+
+    from divreward.models.registry import REGISTRY
+
+    checks: dict[str, Callable[[str], None]] = {}
+    for name, s in args.scorers.items():
+        spec = REGISTRY.get(name)
+        if s.plugin is not None or spec is None or not spec.checks_prompts:
+            continue
+        module = importlib.import_module(f"divreward.models.{spec.module}")
+        options = {**spec.defaults, **s.options}
+        checks[name] = functools.partial(module.check_prompt, options=options)
+    return checks
 
 
 def _raise_errors(result: T | ServiceError) -> T:
