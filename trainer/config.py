@@ -21,6 +21,7 @@ import torch
 import yaml
 from pydantic import ConfigDict, Field, model_validator
 
+from divreward.core.aggregate import Aggregation
 from divreward.core.config import DocumentedModel, NoisePromptConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -31,6 +32,7 @@ DiversityMethod = Literal["none", "diversegrpo", "drift"]
 RewardBackend = Literal["service", "inprocess"]
 Subset = Literal["none", "concentrated", "contrast"]
 Precision = Literal["auto", "bf16", "fp16", "no"]
+PromptsFormat = Literal["lines", "flow_grpo_txt"]
 
 __all__ = ["Derived", "TrainConfig", "list_presets", "load_config", "read_prompts"]
 
@@ -80,6 +82,10 @@ class TrainConfig(DocumentedModel):
     prompts_file: str | None = None
     """Training prompts, one per line ('#' comments and blank lines skipped); None: the shipped
     trainer/prompts/train.txt."""
+    prompts_format: PromptsFormat = "lines"
+    """How prompts_file / eval_prompts_file are read: 'lines' (above) or 'flow_grpo_txt',
+    Flow-GRPO's text datasets (dataset/ocr/{train,test}.txt, dataset/pickscore): every line
+    stripped is a prompt, '#' included; a blank line is an error naming it."""
     eval_prompts_file: str | None = None
     """Held-out evaluation prompts; None: the shipped trainer/prompts/eval.txt."""
     group_size: int = Field(default=24, ge=1)
@@ -141,6 +147,9 @@ class TrainConfig(DocumentedModel):
     429 and 5xx with backoff)."""
     quality: dict[str, float] = Field(default_factory=lambda: {"pickscore": 1.0})
     """Scorer -> weight; Q = sum(weight * score). Papers: PickScore or HPSv3."""
+    aggregation: Aggregation = "sum"
+    """How the weighted scorers make Q, sent per request: 'sum' or 'gdpo' (each score normalised
+    within its group first, as Flow-Factory's GDPO; docs/api.md)."""
     diversity: DiversityMethod = "none"
     """'diversegrpo' (R = Q + beta E, Eq. 12), 'drift' (Eq. 14 decoupled advantages) or 'none'
     (Flow-GRPO), sent per request."""
@@ -324,13 +333,20 @@ def load_config(
     return TrainConfig.model_validate(data)
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file: one per line; blank lines and '#' comments skipped."""
+def read_prompts(path: str | Path, fmt: PromptsFormat = "lines") -> list[str]:
+    """Prompts from a text file, one per line, each stripped. ``lines``: blank lines and
+    '#' comments skipped. ``flow_grpo_txt``: Flow-GRPO's ``TextPromptDataset`` (every line
+    is a prompt, its metadata ``{}``); a blank line, which Flow-GRPO would train on as an
+    empty prompt, is an error naming the line."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"prompts file {str(p)!r} does not exist")
     prompts = [ln.strip() for ln in p.read_text().splitlines()]
-    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    if fmt == "flow_grpo_txt":
+        blank = [i + 1 for i, ln in enumerate(prompts) if not ln]
+        if blank:
+            raise ValueError(f"prompts file {str(p)!r}: line {blank[0]} is blank")
+    prompts = [ln for ln in prompts if ln and (fmt == "flow_grpo_txt" or not ln.startswith("#"))]
     if not prompts:
         raise ValueError(f"prompts file {str(p)!r} holds no prompt")
     return prompts

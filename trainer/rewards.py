@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from divreward.core.advantages import group_advantages
+from divreward.core.aggregate import aggregate_quality
 from divreward.core.config import AdvantageConfig, DiverseGRPOConfig, DRIFTConfig
 from divreward.core.drift import select_subset
 from divreward.trainer.config import TrainConfig
@@ -157,6 +158,7 @@ class ServiceRewards(_Base):
             fut = self.client.submit(
                 Group(prompt, images, group_id=group_id),
                 quality=self.cfg.quality,
+                aggregation=self.cfg.aggregation,
                 diversity=diversity,
                 advantage={"eps": self.cfg.advantage_eps},
                 return_embeddings=diversity.get("method") != "none",
@@ -262,10 +264,8 @@ class InProcessRewards(_Base):
         ims = self._np_images(images)
         prompts = [prompt] * len(ims)
         scores = {n: np.asarray(self.models[n].score(ims, prompts)) for n in self.cfg.quality}
-        total = np.zeros(len(ims))
-        for n, w in self.cfg.quality.items():
-            total += w * scores[n]
-        scores["total"] = total
+        n, agg = len(ims), self.cfg.aggregation
+        scores["total"] = aggregate_quality(self.cfg.quality, scores, n, agg)
         return scores
 
     def _quality_total(self, prompt: str, images: torch.Tensor, group_id: str) -> np.ndarray:
