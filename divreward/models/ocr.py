@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from divreward.models._common import canonical, check_options, option
+from divreward.models._common import canonical, check_options, iter_chunks, option
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import Resolved, WeightsNotFoundError, model_info
 
@@ -139,10 +139,12 @@ class OCRScorer(Scorer):
                 targets.append(target_text(p, self.missing_quote))
             except ValueError as exc:
                 raise ValueError(f"prompts[{i}]: {exc}") from None
+        arrays = canonical(images)
         out = np.empty(len(targets), dtype=np.float64)
-        with self._lock:
-            for i, (img, target) in enumerate(zip(canonical(images), targets, strict=True)):
-                out[i] = ocr_reward(recognise(self.engine, img), target)
+        with self._lock:  # RapidOCR reads one image per call; a chunk is a run of calls
+            for sl in iter_chunks(arrays, self.max_batch, self.max_batch_pixels):
+                for i in range(sl.start, sl.stop):
+                    out[i] = ocr_reward(recognise(self.engine, arrays[i]), targets[i])
         return out
 
 
