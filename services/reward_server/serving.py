@@ -5,7 +5,8 @@ without HTTP (the HTTP routes and the gRPC methods both call it).
 For each group of a /v1/rewards request the images are decoded once, put in the object
 store once, and sent whole to every scorer named by the quality weights and (unless the
 method is 'none') to the diversity application's embedder, all concurrently. Then
-``Q = sum(weight * score)`` and the core math (DiverseGRPO or DRIFT, through
+``Q = sum(weight * score)`` (or GDPO's sum of group-normalised scores, per request) and
+the core math (DiverseGRPO or DRIFT, through
 :func:`~divreward.services.common.diversity.group_diversity`) give the rewards
 and group advantages.
 """
@@ -17,9 +18,8 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
-
-from divreward.core.aggregate import aggregate_quality
+# Q of one group, 'sum' or 'gdpo': the one place the combined quality is computed.
+from divreward.core.aggregate import aggregate_quality as combine_quality
 from divreward.methods import METHODS
 from divreward.schema import (
     DiversityRequest,
@@ -61,18 +61,6 @@ from divreward.services.model_deployments import ModelOutput
 __all__ = ["RewardServing", "combine_quality"]
 
 T = TypeVar("T")
-
-
-def combine_quality(
-    weights: Mapping[str, float],
-    scores: Mapping[str, np.ndarray],
-    n: int,
-    aggregation: str = "sum",
-) -> np.ndarray:
-    """Q of one group (float64, (n,)): ``sum`` = sum_m w_m * s_m; ``gdpo`` = the same sum
-    of each score normalised within the group (:func:`divreward.core.aggregate_quality`):
-    the one place the combined quality is computed."""
-    return aggregate_quality(weights, scores, n, aggregation)
 
 
 class RewardServing:
