@@ -176,6 +176,13 @@ def test_a_prompt_without_quoted_text_is_a_422_naming_it(app: dict[str, str]) ->
     assert httpx.post(app["http"] + "/v1/rewards", json=body, timeout=60).status_code == 200
 
 
+def test_ready_probes_every_scorer(app: dict[str, str]) -> None:
+    r = httpx.get(app["http"] + "/readyz", timeout=60)
+    assert r.status_code == 200, r.text
+    states = r.json()["deployments"]
+    assert {states[f"scorer:{n}"] for n in SCORERS} == {"ok"}
+
+
 def test_flow_grpo_pickle_dialect_scores_ocr(app: dict[str, str], expected: Any) -> None:
     files = [encode_image(img, "PNG") for img in _images()]
     body = pickle.dumps({"images": files, "prompts": [PROMPT] * 4, "metadata": {}})
