@@ -44,7 +44,7 @@ import numpy as np
 
 from divreward.models._common import canonical, check_options, iter_chunks, option
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
-from divreward.models.weights import Resolved, WeightsNotFoundError, model_info
+from divreward.models.weights import Resolved, WeightsNotFoundError, model_info, resolve_dtype
 
 #: The registry source meaning "the models inside the installed rapidocr wheel".
 WHEEL_SOURCE = "rapidocr"
@@ -189,11 +189,13 @@ def load(opts: LoadOptions) -> OCRScorer:
         )
     if opts.device != "cpu":
         raise ValueError(f"ocr runs on CPU (onnxruntime's CPU provider), not {opts.device!r}")
+    import torch
+
+    if resolve_dtype(opts) != torch.float32:
+        raise ValueError(f"ocr runs its float32 ONNX models as they are, not as {opts.dtype!r}")
     source = opts.source or WHEEL_SOURCE
     files = model_files(source)
     if threads is None:  # a Serve replica has set torch's threads to the CPUs it is given
-        import torch
-
         threads = torch.get_num_threads()
     params: dict[str, Any] = {
         "Global.log_level": "error",
@@ -207,8 +209,6 @@ def load(opts: LoadOptions) -> OCRScorer:
     engine = RapidOCR(params=params)
     revision = f"rapidocr=={metadata.version('rapidocr')}"
     resolved = [Resolved(p, source, revision, False) for p in files.values()]
-    import torch
-
     info = model_info("ocr", "scorer", opts, resolved, "cpu", torch.float32, profile="real")
     return OCRScorer(engine, missing_quote, info)
 

@@ -116,5 +116,7 @@ def test_bad_options() -> None:
         load_model("ocr", LoadOptions(options={"missing_quote": "guess"}))
     with pytest.raises(ValueError, match="unknown option"):
         load_model("ocr", LoadOptions(options={"lang": "en"}))
+    with pytest.raises(ValueError, match="float32 ONNX models"):
+        load_model("ocr", LoadOptions(dtype="float16"))
     with pytest.raises(FileNotFoundError, match=r"PP-OCRv6_rec_small\.onnx"):
         load_model("ocr", LoadOptions(source="/nonexistent/dir"))
