@@ -4,7 +4,8 @@ The reward service (``services/reward_server``, ``services/diversity_server``) a
 trainer's in-process backend (``trainer/rewards.py``) both call these functions, driven
 by the method table (:data:`divreward.methods.METHODS`) and the core config types:
 
-- :func:`combine_quality`: the combined quality ``Q`` of a group from its scorers' scores;
+- :func:`combine_quality`: the combined quality ``Q`` of a group from its scorers' scores
+  (:func:`divreward.core.aggregate.aggregate_quality`: ``sum`` or ``gdpo``, per request);
 - :func:`resolve_diversity` / :func:`resolve_advantage`: a request's parameters over a
   config's defaults;
 - :func:`group_diversity`: the dispatch, one group through its method's entry of the
@@ -22,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from divreward.core import AdvantageConfig, CoreConfig
+from divreward.core.aggregate import aggregate_quality as combine_quality
 from divreward.methods import METHODS
 from divreward.schema import DiversityGroupResult
 
@@ -36,17 +38,6 @@ __all__ = [
 
 def _floats(x: np.ndarray) -> list[float]:
     return [float(v) for v in x]
-
-
-def combine_quality(
-    weights: Mapping[str, float], scores: Mapping[str, np.ndarray], n: int
-) -> np.ndarray:
-    """Q = sum_m w_m * s_m (float64, (n,)), accumulated in the order of the weights: the
-    one place the combined quality is computed."""
-    total = np.zeros(n, dtype=np.float64)
-    for name, w in weights.items():
-        total += w * np.asarray(scores[name], dtype=np.float64)
-    return total
 
 
 def diversity_params(method: str, params: Mapping[str, Any] | None = None) -> BaseModel:

@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from divreward.core.aggregate import Aggregation
 from divreward.core.config import AdvantageConfig
 from divreward.methods import (
     METHODS,
@@ -472,6 +473,13 @@ class RewardGroup(_Model):
     group_id: str | None = Field(default=None, max_length=256)
 
 
+AGGREGATION_DOC = (
+    "How the weighted scorers make Q, before the diversity method: 'sum' (default): "
+    "Q = sum(weight * score); 'gdpo': each score normalised within its group first, "
+    "(s - mean) / max(std, 1e-6) with the population std, then the weighted sum."
+)
+
+
 class RewardsRequest(_Model):
     groups: list[RewardGroup] = Field(min_length=1)
     quality: dict[str, float] | None = Field(
@@ -486,6 +494,7 @@ class RewardsRequest(_Model):
     advantage: AdvantageConfig | None = None
     return_embeddings: bool = False
     request_id: str | None = _REQUEST_ID
+    aggregation: Aggregation | None = Field(default=None, description=AGGREGATION_DOC)
 
     @model_validator(mode="after")
     def _check(self) -> RewardsRequest:
@@ -513,6 +522,7 @@ class RewardParams(_Model):
     quality: dict[str, float]
     diversity: RewardDiversityParams
     advantage: AdvantageConfig
+    aggregation: Aggregation = "sum"
 
 
 class RewardsResponse(_ResponseMeta):

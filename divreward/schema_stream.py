@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from divreward.core.aggregate import Aggregation
 from divreward.core.config import AdvantageConfig
 from divreward.schema import (
     _REQUEST_ID,
+    AGGREGATION_DOC,
     ErrorInfo,
     ImageBytes,
     ModelCard,
@@ -77,6 +79,7 @@ class GroupSubmission(_Model):
         "before failing every waiting part (default and upper bound: server settings).",
     )
     request_id: str | None = _REQUEST_ID
+    aggregation: Aggregation | None = Field(default=None, description=AGGREGATION_DOC)
 
 
 class AssembledGroup(_Model):

@@ -314,7 +314,8 @@ class ScorerServer(_ModelServer):
 
     async def ready(self) -> ModelCard:
         """A real call on a tiny image (what /readyz uses)."""
-        out = await self.score([readiness_image()], ["a readiness probe"])
+        # quoted text: a prompt every scorer accepts (ocr reads the text in double quotes)
+        out = await self.score([readiness_image()], ['a readiness probe saying "ready"'])
         if out.values.shape != (1,) or not np.isfinite(out.values).all():
             raise RuntimeError(f"scorer {self.name!r} returned {out.values!r} on the probe")
         return self.card

@@ -90,6 +90,31 @@ def make_images(n: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+#: Words for rendered-text images (the OCR scorer's tests): distinct enough that no word
+#: reads as another.
+WORDS = ["Hello", "Spring Sale", "OPEN 24", "diverse", "Bakery", "Zebra", "Quantum", "MIX 7"]
+
+
+def text_image(text: str, seed: int = 0, size: tuple[int, int] = (96, 320)) -> np.ndarray:
+    """``text`` in black in PIL's default font (40 px) on a light background, ``(H, W, 3)``
+    uint8; the seed shifts the text and tints the background."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    bg = tuple(int(v) for v in rng.integers(215, 256, size=3))
+    img = Image.new("RGB", (size[1], size[0]), bg)
+    xy = (int(rng.integers(6, 20)), int(rng.integers(10, max(11, size[0] - 60))))
+    ImageDraw.Draw(img).text(xy, text, fill=(0, 0, 0), font=ImageFont.load_default(size=40))
+    return np.asarray(img)
+
+
+def make_text_images(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """``n`` images of WORDS (cycled) and their prompts, each quoting its own word."""
+    words = [WORDS[i % len(WORDS)] for i in range(n)]
+    images = [text_image(w, seed + i) for i, w in enumerate(words)]
+    return images, [f'a shop sign that says "{w}"' for w in words]
+
+
 @pytest.fixture
 def sample_images() -> list[np.ndarray]:
     return make_images(8)

@@ -14,6 +14,7 @@ YAML; dotted keys reach into dict fields).
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ import torch
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from divreward.core.aggregate import Aggregation
 from divreward.core.config import DocumentedModel, NoisePromptConfig
 from divreward.methods import method_names
 from divreward.rewards import diversity_params
@@ -35,6 +37,9 @@ DiversityMethod = Literal[method_names()]  # type: ignore[valid-type]
 RewardBackend = Literal["service", "inprocess"]
 Subset = Literal["none", "concentrated", "contrast"]
 Precision = Literal["auto", "bf16", "fp16", "no"]
+PromptsFormat = Literal["lines", "flow_grpo_txt"]
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Derived", "TrainConfig", "list_presets", "load_config", "read_prompts"]
 
@@ -84,6 +89,10 @@ class TrainConfig(DocumentedModel):
     prompts_file: str | None = None
     """Training prompts, one per line ('#' comments and blank lines skipped); None: the shipped
     trainer/prompts/train.txt."""
+    prompts_format: PromptsFormat = "lines"
+    """How prompts_file / eval_prompts_file are read: 'lines' (above) or 'flow_grpo_txt',
+    Flow-GRPO's text datasets (dataset/ocr/{train,test}.txt, dataset/pickscore): every line
+    stripped is a prompt, '#' included; a blank line is an error naming it."""
     eval_prompts_file: str | None = None
     """Held-out evaluation prompts; None: the shipped trainer/prompts/eval.txt."""
     group_size: int = Field(default=24, ge=1)
@@ -145,6 +154,9 @@ class TrainConfig(DocumentedModel):
     429 and 5xx with backoff)."""
     quality: dict[str, float] = Field(default_factory=lambda: {"pickscore": 1.0})
     """Scorer -> weight; Q = sum(weight * score). Papers: PickScore or HPSv3."""
+    aggregation: Aggregation = "sum"
+    """How the weighted scorers make Q, sent per request: 'sum' or 'gdpo' (each score normalised
+    within its group first, as Flow-Factory's GDPO; docs/api.md)."""
     diversity: DiversityMethod = "none"
     """A method of divreward/methods.py's table: 'diversegrpo' (R = Q + beta E, Eq. 12), 'drift'
     (Eq. 14 decoupled advantages) or 'none' (Flow-GRPO), sent per request."""
@@ -322,6 +334,7 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config fields")
         data.update(loaded)
+    loaded_method = data.get("diversity")
     for item in overrides or []:
         keys, value = _parse_set(item)
         if keys[0] not in TrainConfig.model_fields:
@@ -339,16 +352,38 @@ def load_config(
             target[k] = dict(nested)
             target = target[k]
         target[keys[-1]] = value
+    _reset_params_of_a_switched_method(data, loaded_method, overrides or [])
     return TrainConfig.model_validate(data)
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file: one per line; blank lines and '#' comments skipped."""
+def _reset_params_of_a_switched_method(
+    data: dict[str, Any], loaded_method: Any, overrides: list[str]
+) -> None:
+    """``--set diversity=X`` that switches the preset's (or file's) method drops the
+    preset's ``diversity_params`` (they belong to the other method) unless the overrides
+    set ``diversity_params`` too; the fields a user sets are still validated against X."""
+    keys = {_parse_set(item)[0][0] for item in overrides}
+    method = data.get("diversity", loaded_method)
+    if "diversity" in keys and "diversity_params" not in keys and method != loaded_method:
+        dropped = data.pop("diversity_params", None)
+        if dropped:
+            log.info("diversity=%s: the preset's diversity_params %s are dropped", method, dropped)
+
+
+def read_prompts(path: str | Path, fmt: PromptsFormat = "lines") -> list[str]:
+    """Prompts from a text file, one per line, each stripped. ``lines``: blank lines and
+    '#' comments skipped. ``flow_grpo_txt``: Flow-GRPO's ``TextPromptDataset`` (every line
+    is a prompt, its metadata ``{}``); a blank line, which Flow-GRPO would train on as an
+    empty prompt, is an error naming the line."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"prompts file {str(p)!r} does not exist")
     prompts = [ln.strip() for ln in p.read_text().splitlines()]
-    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    if fmt == "flow_grpo_txt":
+        blank = [i + 1 for i, ln in enumerate(prompts) if not ln]
+        if blank:
+            raise ValueError(f"prompts file {str(p)!r}: line {blank[0]} is blank")
+    prompts = [ln for ln in prompts if ln and (fmt == "flow_grpo_txt" or not ln.startswith("#"))]
     if not prompts:
         raise ValueError(f"prompts file {str(p)!r} holds no prompt")
     return prompts

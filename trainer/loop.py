@@ -417,8 +417,8 @@ def train(
     if rewards is None:
         with accelerator.main_process_first():
             rewards = make_reward_source(cfg, device=reward_device)
-    prompts = read_prompts(cfg.prompts_path())
-    eval_prompts = read_prompts(cfg.eval_prompts_path())
+    prompts = read_prompts(cfg.prompts_path(), cfg.prompts_format)
+    eval_prompts = read_prompts(cfg.eval_prompts_path(), cfg.prompts_format)
     noiser = PromptNoiser(d.noise_prompt, cfg.seed) if cfg.prompt_noise else None
     accelerator.init_trackers(cfg.tracker_project)  # on the main process only
     for tracker in accelerator.trackers:  # the run's config where a tracker keeps one

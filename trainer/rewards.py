@@ -189,6 +189,7 @@ class ServiceRewards(_Base):
             fut = self.client.submit(
                 Group(prompt, images, group_id=group_id),
                 quality=self.cfg.quality,
+                aggregation=self.cfg.aggregation,
                 diversity=diversity,
                 advantage={"eps": self.cfg.advantage_eps},
                 return_embeddings=METHODS[diversity["method"]].needs_embeddings,
@@ -289,7 +290,7 @@ class InProcessRewards(_Base):
         ims = self._np_images(images)
         prompts = [prompt] * len(ims)
         scores = {n: np.asarray(self.models[n].score(ims, prompts)) for n in self.cfg.quality}
-        scores["total"] = combine_quality(self.cfg.quality, scores, len(ims))
+        scores["total"] = combine_quality(self.cfg.quality, scores, len(ims), self.cfg.aggregation)
         return scores
 
     def _quality_total(self, prompt: str, images: torch.Tensor, group_id: str) -> np.ndarray:

@@ -100,11 +100,14 @@ def _reward_params(
     diversity: DiversityArg = None,
     advantage: AdvantageArg = None,
     return_embeddings: bool = False,
+    aggregation: str | None = None,
 ) -> dict[str, Any]:
     """The reward parameters the caller set (the rest takes the server's defaults)."""
     body: dict[str, Any] = {}
     if quality is not None:
         body["quality"] = dict(quality)
+    if aggregation is not None:
+        body["aggregation"] = aggregation
     if diversity is not None:
         body["diversity"] = _params(_DIVERSITY_MODELS, diversity, "diversity")
     if advantage is not None:
@@ -175,6 +178,7 @@ def rewards_request(
     return_embeddings: bool,
     request_id: str,
     opts: ImageOptions,
+    aggregation: str | None = None,
 ) -> RewardsRequest:
     if isinstance(groups, Group | tuple) and not isinstance(groups, list):
         groups = [groups]  # type: ignore[list-item]
@@ -189,6 +193,7 @@ def rewards_request(
             diversity=diversity,
             advantage=advantage,
             return_embeddings=return_embeddings,
+            aggregation=aggregation,
         ),
     }
     return RewardsRequest.model_validate(body)
@@ -205,7 +210,7 @@ def group_submission(
 ) -> GroupSubmission:
     """The submission of one group (or part); a fresh request id unless one is given.
     ``reward_params``: those of :meth:`RewardClient.submit` (quality, diversity,
-    advantage, return_embeddings)."""
+    advantage, return_embeddings, aggregation)."""
     if group.group_id is None:
         raise ValueError("group.group_id is required for submit/stream: answers are tagged by it")
     body: dict[str, Any] = {

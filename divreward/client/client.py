@@ -308,8 +308,11 @@ class AsyncRewardClient:
         advantage: AdvantageArg = None,
         return_embeddings: bool = False,
         request_id: str | None = None,
+        aggregation: str | None = None,
     ) -> RewardsResponse:
-        """Quality + diversity rewards and group advantages, one result per group."""
+        """Quality + diversity rewards and group advantages, one result per group.
+        ``aggregation``: how the weighted scorers make Q, 'sum' (the server's default) or
+        'gdpo' (each score normalised within its group first; docs/api.md)."""
         rid = request_id or new_request_id()
         opts = await self._image_options()
         req = await asyncio.to_thread(
@@ -321,6 +324,7 @@ class AsyncRewardClient:
                 return_embeddings=return_embeddings,
                 request_id=rid,
                 opts=opts,
+                aggregation=aggregation,
             )
         )
         return await self._call("rewards", req, RewardsResponse, rid)
@@ -373,6 +377,7 @@ class AsyncRewardClient:
         return_embeddings: bool = False,
         assembly_timeout_s: float | None = None,
         request_id: str | None = None,
+        aggregation: str | None = None,
     ) -> GroupSubmissionResult:
         """One group's rewards. Wrap in ``asyncio.create_task`` to overlap with generation
         (copy the images first if the buffers will be reused before the task runs).
@@ -387,6 +392,7 @@ class AsyncRewardClient:
             return_embeddings=return_embeddings,
             assembly_timeout_s=assembly_timeout_s,
             request_id=request_id,
+            aggregation=aggregation,
         )
         return _raise_if_error(await self._submit(group, params))
 

@@ -6,7 +6,8 @@ Adding a model is one module in ``divreward/models/`` that defines
     def build_tiny(out_dir: pathlib.Path, seed: int) -> None  # tiny random twin, same layout
 
 plus one line in ``REGISTRY`` below. A test fails if a registered model has no tiny
-builder or no contract-test entry.
+builder or no contract-test entry. (``ocr`` has no tiny twin: its real weights ship in
+the rapidocr wheel and run in the tests; its ``build_tiny`` writes nothing.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class ModelSpec:
     default_source: str  # hub id (or a dreamsim type / open_clip name, as the module says)
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)  # per-model default options
+    # The module defines ``check_prompt(prompt, options)`` (ValueError when it cannot score
+    # the prompt); the services call it on every prompt before any model runs.
+    checks_prompts: bool = False
 
 
 # name -> spec. Keep one line per model (wrapped only for length).
@@ -76,4 +80,6 @@ register(ModelSpec("hpsv3", "scorer", "hpsv3", "MizzenAI/HPSv3", "HPSv3 (Qwen2-V
 register(ModelSpec("imagereward", "scorer", "imagereward", "THUDM/ImageReward", "ImageReward (BLIP ViT-L + BERT cross-attention + MLP), standardised"))  # noqa: E501
 register(ModelSpec("dreamsim", "embedder", "dreamsim_embedder", "dreamsim", "DreamSim perceptual embedding (unit rows; distance = 1 - cos)", {"dreamsim_type": "ensemble"}))  # noqa: E501
 register(ModelSpec("clip_embedder", "embedder", "clip_embedder", "openai/clip-vit-base-patch32", "CLIP image embedding (unit rows) for the CLIP-diversity metric"))  # noqa: E501
+register(ModelSpec("ocr", "scorer", "ocr", "rapidocr", "OCR accuracy (RapidOCR PP-OCRv6 from its wheel): Flow-GRPO's 1 - edit distance / len(quoted target)", {"missing_quote": "error"}, checks_prompts=True))  # noqa: E501
+register(ModelSpec("aesthetic", "scorer", "aesthetic", "trl-lib/ddpo-aesthetic-predictor", "LAION improved aesthetic predictor: MLP(unit CLIP ViT-L/14 image features), raw (~1-10)", {"clip_source": "openai/clip-vit-large-patch14"}))  # noqa: E501
 # fmt: on

@@ -360,7 +360,7 @@ class NoDiversityParams(_message.Message):
     def __init__(self, method: _Optional[str] = ...) -> None: ...
 
 class RewardParams(_message.Message):
-    __slots__ = ("quality", "diversegrpo", "drift", "none", "advantage")
+    __slots__ = ("quality", "diversegrpo", "drift", "none", "advantage", "aggregation")
     class QualityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -373,12 +373,14 @@ class RewardParams(_message.Message):
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     NONE_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     quality: _containers.ScalarMap[str, float]
     diversegrpo: DiverseGRPOParams
     drift: DriftParams
     none: NoDiversityParams
     advantage: AdvantageConfig
-    def __init__(self, quality: _Optional[_Mapping[str, float]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ...) -> None: ...
+    aggregation: str
+    def __init__(self, quality: _Optional[_Mapping[str, float]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., aggregation: _Optional[str] = ...) -> None: ...
 
 class ModelsResponse(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "scorers", "embedder", "defaults", "limits")
@@ -461,7 +463,7 @@ class RewardGroupResult(_message.Message):
     def __init__(self, group_id: _Optional[str] = ..., size: _Optional[int] = ..., quality: _Optional[_Mapping[str, FloatList]] = ..., diversity: _Optional[_Union[DiversityGroupResult, _Mapping]] = ..., rewards: _Optional[_Iterable[float]] = ..., advantages: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RewardsRequest(_message.Message):
-    __slots__ = ("groups", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "request_id")
+    __slots__ = ("groups", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "request_id", "aggregation")
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     DIVERSEGRPO_FIELD_NUMBER: _ClassVar[int]
@@ -470,6 +472,7 @@ class RewardsRequest(_message.Message):
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     groups: _containers.RepeatedCompositeFieldContainer[RewardGroup]
     quality: FloatMap
     diversegrpo: DiverseGRPOParams
@@ -478,7 +481,8 @@ class RewardsRequest(_message.Message):
     advantage: AdvantageConfig
     return_embeddings: bool
     request_id: str
-    def __init__(self, groups: _Optional[_Iterable[_Union[RewardGroup, _Mapping]]] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    aggregation: str
+    def __init__(self, groups: _Optional[_Iterable[_Union[RewardGroup, _Mapping]]] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
 
 class RewardsResponse(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "groups", "models", "params")
@@ -564,7 +568,7 @@ class AssembledGroup(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., group_positions: _Optional[_Iterable[int]] = ..., result: _Optional[_Union[RewardGroupResult, _Mapping]] = ...) -> None: ...
 
 class GroupSubmission(_message.Message):
-    __slots__ = ("group_id", "prompt", "images", "group_size", "namespace", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "assembly_timeout_s", "request_id")
+    __slots__ = ("group_id", "prompt", "images", "group_size", "namespace", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "assembly_timeout_s", "request_id", "aggregation")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -578,6 +582,7 @@ class GroupSubmission(_message.Message):
     RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ASSEMBLY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     prompt: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
@@ -591,7 +596,8 @@ class GroupSubmission(_message.Message):
     return_embeddings: bool
     assembly_timeout_s: float
     request_id: str
-    def __init__(self, group_id: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_size: _Optional[int] = ..., namespace: _Optional[str] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., assembly_timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    aggregation: str
+    def __init__(self, group_id: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_size: _Optional[int] = ..., namespace: _Optional[str] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., assembly_timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
 
 class GroupSubmissionResult(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "group_id", "rewards", "advantages", "quality", "groups", "models", "params", "error")

@@ -33,7 +33,7 @@ def params_key(sub: GroupSubmission) -> str:
     """A digest of the parameters that must agree across the parts of a group."""
     data = sub.model_dump(
         mode="json",
-        include={"quality", "diversity", "advantage", "return_embeddings"},
+        include={"quality", "diversity", "advantage", "return_embeddings", "aggregation"},
         exclude_unset=True,
     )
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -46,7 +46,7 @@ def _rewards_request(
         "groups": [RewardGroup(prompt=sub.prompt, images=images, group_id=sub.group_id)],
         "request_id": request_id,
     }
-    for name in ("quality", "diversity", "advantage", "return_embeddings"):
+    for name in ("quality", "diversity", "advantage", "return_embeddings", "aggregation"):
         if name in sub.model_fields_set:
             data[name] = getattr(sub, name)
     return RewardsRequest(**data)

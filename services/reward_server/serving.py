@@ -5,7 +5,8 @@ without HTTP (the HTTP routes and the gRPC methods both call it).
 For each group of a /v1/rewards request the images are decoded once, put in the object
 store once, and sent whole to every scorer named by the quality weights and (unless the
 method is 'none') to the diversity application's embedder, all concurrently. Then
-``Q = sum(weight * score)`` (:func:`divreward.rewards.combine_quality`) and the core math
+``Q = sum(weight * score)`` or GDPO's sum of group-normalised scores, per request
+(:func:`divreward.rewards.combine_quality`), and the core math
 (DiverseGRPO or DRIFT, through :func:`divreward.rewards.group_diversity`) give the
 rewards and group advantages: the same functions as the trainer's in-process rewards.
 """
@@ -13,6 +14,7 @@ rewards and group advantages: the same functions as the trainer's in-process rew
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -77,6 +79,7 @@ class RewardServing:
         limit_blas_threads(args.ingress.blas_threads)
         self.limits = args.limits
         self.default_quality = args.default_quality()
+        self.prompt_checks = prompt_checks(args)
         self.observe: Observer = no_observer
 
     # -- helpers -----------------------------------------------------------------
@@ -90,6 +93,23 @@ class RewardServing:
                 f"{field}: unknown scorer {unknown[0]!r}; this server runs: {', '.join(valid)}",
                 valid=valid,
             )
+
+    def _check_prompt_for(
+        self, names: Sequence[str], prompt: str, where: str, group: int | None
+    ) -> None:
+        """A 422 naming the prompt when a scorer cannot score it (e.g. ocr without a quoted
+        text), before anything is sent to a model: a bad prompt must not fail the batch
+        it would share with other requests."""
+        for name in names:
+            check = self.prompt_checks.get(name)
+            if check is None:
+                continue
+            try:
+                check(prompt)
+            except ValueError as exc:
+                raise ServiceError(
+                    422, "invalid_request", f"{where}: scorer {name!r}: {exc}", group_index=group
+                ) from None
 
     async def _decode_put(self, images: Sequence[bytes], group: int | None) -> tuple[Any, int]:
         """Decode a group and put its pixels in the object store once (in a thread)."""
@@ -126,6 +146,7 @@ class RewardServing:
         check_counts([len(req.images)], self.limits, grouped=False)
         for i, p in enumerate(req.prompts):
             check_prompt(p, f"prompts[{i}]", None, self.limits)
+            self._check_prompt_for(names, p, f"prompts[{i}]", None)
         ref, count = await self._decode_put(req.images, None)
         outs = await asyncio.gather(*(self._score(n, ref, list(req.prompts), count) for n in names))
         cards = [o.card for o in outs]
@@ -143,6 +164,8 @@ class RewardServing:
         check_counts([len(g.images) for g in req.groups], self.limits)
         for g, group in enumerate(req.groups):
             check_prompt(group.prompt, f"groups[{g}].prompt", g, self.limits)
+            self._check_prompt_for(list(weights), group.prompt, f"groups[{g}].prompt", g)
+        aggregation = req.aggregation or "sum"
         params = resolve_diversity(req.diversity, self.args.core, self.args.default_diversity)
         adv = resolve_advantage(req.advantage, self.args.core)
         needs_embeddings = METHODS[params.method].needs_embeddings
@@ -159,7 +182,7 @@ class RewardServing:
                 calls.append(self._embed(ref, n))
             outs = await asyncio.gather(*calls)
             scores = {name: outs[i].values for i, name in enumerate(weights)}
-            total = combine_quality(weights, scores, n)
+            total = combine_quality(weights, scores, n, aggregation)
             emb = outs[-1].values if needs_embeddings else None
             try:
                 div = await asyncio.to_thread(
@@ -195,7 +218,9 @@ class RewardServing:
             **meta,
             groups=[r for r, _ in results],
             models=models,
-            params=RewardParams(quality=weights, diversity=params, advantage=adv),
+            params=RewardParams(
+                quality=weights, diversity=params, advantage=adv, aggregation=aggregation
+            ),
         )
 
     # -- delegated to the diversity application ----------------------------------
@@ -256,6 +281,24 @@ class RewardServing:
         if self.link.deployed:  # a quality-only reward app has nothing more to probe
             states.update(await diversity_ready())
         return states
+
+
+def prompt_checks(args: RewardAppArgs) -> dict[str, Callable[[str], None]]:
+    """scorer -> its model module's ``check_prompt(prompt, options)`` bound to the
+    deployment's options (registry models with ``checks_prompts``; plugins have none)."""
+    import importlib
+
+    from divreward.models.registry import REGISTRY
+
+    checks: dict[str, Callable[[str], None]] = {}
+    for name, s in args.scorers.items():
+        spec = REGISTRY.get(name)
+        if s.plugin is not None or spec is None or not spec.checks_prompts:
+            continue
+        module = importlib.import_module(f"divreward.models.{spec.module}")
+        options = {**spec.defaults, **s.options}
+        checks[name] = functools.partial(module.check_prompt, options=options)
+    return checks
 
 
 def _raise_errors(result: T | ServiceError) -> T:

@@ -12,7 +12,16 @@ from divreward.models._common import recording_passes
 from divreward.models.base import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, Embedder, Scorer
 from divreward.models.registry import REGISTRY, load_model
 
-PROMPTS = ["a red bicycle", "two cats", "a lighthouse", "ramen", "a fox", "snow", "a boat"]
+# quoted, so that the ocr scorer has a text to look for
+PROMPTS = [
+    '"a red bicycle"',
+    '"two cats"',
+    '"a lighthouse"',
+    '"ramen"',
+    '"a fox"',
+    '"snow"',
+    '"a boat"',
+]
 
 
 def _run(model: Scorer | Embedder, images: list[np.ndarray]) -> np.ndarray:

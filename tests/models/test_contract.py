@@ -13,13 +13,14 @@ import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from fixtures_models import TinyZoo, make_images
+from fixtures_models import TinyZoo, make_images, make_text_images
 from PIL import Image
 
 from divreward.images import ImageError
@@ -37,6 +38,22 @@ class Contract:
     # Tolerance of "a batch of 8 = eight batches of 1" (fp32 CPU matmuls reassociate).
     batch_rtol: float = 1e-4
     batch_atol: float = 1e-5
+    # The model runs its real weights in the tiny profile too (ocr: the ONNX models in
+    # the rapidocr wheel, small and fast on CPU; its build_tiny writes nothing): it
+    # reports profile "real" and its registry source.
+    real_weights: bool = False
+    # Whether scores depend on the prompt (the aesthetic predictor scores images only).
+    uses_prompts: bool = True
+    # Test inputs (images, prompts) for n images and a seed; default: random images and
+    # PROMPTS. The OCR scorer needs rendered text and prompts quoting it.
+    inputs: Callable[[int, int], tuple[list[np.ndarray], list[str]]] | None = None
+
+
+def _ocr_inputs(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """Rendered words; every other prompt asks for one letter more than its image shows,
+    so that the scores differ (read right: 1; one letter short: 1 - 1/len)."""
+    images, prompts = make_text_images(n, seed)
+    return images, [p[:-1] + ('X"' if i % 2 else '"') for i, p in enumerate(prompts)]
 
 
 CONTRACT: dict[str, Contract] = {
@@ -48,6 +65,10 @@ CONTRACT: dict[str, Contract] = {
     "imagereward": Contract(),
     "dreamsim": Contract(alt_options={"dreamsim_type": "dino_vitb16"}),
     "clip_embedder": Contract(),
+    "ocr": Contract(
+        alt_options={"missing_quote": "whole_prompt"}, real_weights=True, inputs=_ocr_inputs
+    ),
+    "aesthetic": Contract(uses_prompts=False),
 }
 
 PROMPTS = [
@@ -87,6 +108,14 @@ def test_importing_the_registry_loads_no_framework() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _inputs(name: str, n: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """The contract's test inputs for ``name``: ``n`` images and one prompt each."""
+    make = CONTRACT[name].inputs
+    if make is not None:
+        return make(n, seed)
+    return make_images(n, seed), PROMPTS[:n]
+
+
 def _run(model: Scorer | Embedder, images: Any, prompts: list[str]) -> np.ndarray:
     if isinstance(model, Scorer):
         return model.score(images, prompts)
@@ -100,19 +129,20 @@ class TestContract:
         model = tiny_zoo.load(name)
         assert isinstance(model, Scorer if spec.kind == "scorer" else Embedder)
         info = model.info
-        assert (info.name, info.kind, info.profile) == (name, spec.kind, "tiny")
+        real = CONTRACT[name].real_weights
+        assert (info.name, info.kind, info.profile) == (name, spec.kind, "real" if real else "tiny")
         assert (info.device, info.dtype) == ("cpu", "float32")
         assert info.weights_hash is not None and len(info.weights_hash) == 16
         int(info.weights_hash, 16)
-        assert str(tiny_zoo.root) in info.source
+        assert info.source == spec.default_source if real else str(tiny_zoo.root) in info.source
         for key, value in spec.defaults.items():
             assert info.options[key] == value
         assert isinstance(model.max_resolution, int) and model.max_resolution > 0
 
     def test_shapes_dtypes_finite(self, tiny_zoo: TinyZoo, name: str) -> None:
         model = tiny_zoo.load(name)
-        images = make_images(8)
-        out = _run(model, images, PROMPTS)
+        images, prompts = _inputs(name, 8)
+        out = _run(model, images, prompts)
         if isinstance(model, Scorer):
             assert out.dtype == np.float64 and out.shape == (8,)
         else:
@@ -130,17 +160,17 @@ class TestContract:
 
     def test_deterministic(self, tiny_zoo: TinyZoo, name: str) -> None:
         model = tiny_zoo.load(name)
-        images = make_images(4, seed=1)
-        a = _run(model, images, PROMPTS[:4])
-        b = _run(model, images, PROMPTS[:4])
+        images, prompts = _inputs(name, 4, seed=1)
+        a = _run(model, images, prompts)
+        b = _run(model, images, prompts)
         np.testing.assert_array_equal(a, b)
 
     def test_batch_of_8_equals_8_batches_of_1(self, tiny_zoo: TinyZoo, name: str) -> None:
         model = tiny_zoo.load(name)
-        images = make_images(8, seed=2)
-        whole = _run(model, images, PROMPTS)
+        images, prompts = _inputs(name, 8, seed=2)
+        whole = _run(model, images, prompts)
         single = np.concatenate(
-            [_run(model, [img], [p]) for img, p in zip(images, PROMPTS, strict=True)]
+            [_run(model, [img], [p]) for img, p in zip(images, prompts, strict=True)]
         )
         c = CONTRACT[name]
         np.testing.assert_allclose(whole, single, rtol=c.batch_rtol, atol=c.batch_atol)
@@ -149,35 +179,40 @@ class TestContract:
         """Permuting (image, prompt) pairs permutes the outputs; for scorers, each score
         depends on its own prompt (re-pairing prompts changes the scores)."""
         model = tiny_zoo.load(name)
-        images = make_images(8, seed=3)
-        base = _run(model, images, PROMPTS)
+        images, prompts = _inputs(name, 8, seed=3)
+        base = _run(model, images, prompts)
         perm = [5, 2, 7, 0, 3, 1, 6, 4]
-        permuted = _run(model, [images[i] for i in perm], [PROMPTS[i] for i in perm])
+        permuted = _run(model, [images[i] for i in perm], [prompts[i] for i in perm])
         np.testing.assert_allclose(permuted, base[perm], rtol=1e-4, atol=1e-5)
         if isinstance(model, Scorer):
             # Same images, prompts rotated by one: image i now gets prompt i+1; its
             # score must equal scoring that pair alone.
-            rotated = PROMPTS[1:] + PROMPTS[:1]
+            rotated = prompts[1:] + prompts[:1]
             shifted = model.score(images, rotated)
-            assert not np.allclose(shifted, base), "scores ignore the prompts"
+            if CONTRACT[name].uses_prompts:
+                assert not np.allclose(shifted, base), "scores ignore the prompts"
+            else:
+                np.testing.assert_allclose(shifted, base, rtol=1e-5, atol=1e-6)
             alone = model.score([images[0]], [rotated[0]])
             np.testing.assert_allclose(shifted[0], alone[0], rtol=1e-4, atol=1e-5)
 
     def test_accepts_every_image_form(self, tiny_zoo: TinyZoo, name: str) -> None:
         model = tiny_zoo.load(name)
-        images = [img[:40, :40] for img in make_images(3, seed=4)]  # same size: stackable
-        ref = _run(model, images, PROMPTS[:3])
+        full, prompts = _inputs(name, 3, seed=4)
+        images = [img[:40, :40] for img in full]  # same size: stackable
+        ref = _run(model, images, prompts)
         pil = [Image.fromarray(img) for img in images]
         nhwc = np.stack(images)
         nchw = torch.from_numpy(nhwc).permute(0, 3, 1, 2).float() / 255.0
         for form in (pil, nhwc, nchw):
-            np.testing.assert_allclose(_run(model, form, PROMPTS[:3]), ref, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(_run(model, form, prompts), ref, rtol=1e-5, atol=1e-6)
 
     def test_bad_image_names_its_index(self, tiny_zoo: TinyZoo, name: str) -> None:
         model = tiny_zoo.load(name)
-        images = [*make_images(1), np.zeros((0, 5, 3), np.uint8)]
+        good, prompts = _inputs(name, 2)
+        images = [good[0], np.zeros((0, 5, 3), np.uint8)]
         with pytest.raises(ImageError, match=r"image 1: has zero pixels"):
-            _run(model, images, PROMPTS[:2])
+            _run(model, images, prompts)
 
     def test_prompt_count_must_match(self, tiny_zoo: TinyZoo, name: str) -> None:
         model = tiny_zoo.load(name)
@@ -211,7 +246,5 @@ class TestContract:
         )
         assert reloaded.info.weights_hash == info.weights_hash
         assert reloaded.info.options == info.options
-        images = make_images(3, seed=5)
-        np.testing.assert_array_equal(
-            _run(reloaded, images, PROMPTS[:3]), _run(model, images, PROMPTS[:3])
-        )
+        images, prompts = _inputs(name, 3, seed=5)
+        np.testing.assert_array_equal(_run(reloaded, images, prompts), _run(model, images, prompts))

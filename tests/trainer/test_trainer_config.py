@@ -16,6 +16,8 @@ PRESETS = {
     "diversegrpo-sd35-hpsv3",
     "diversegrpo-flux-pickscore",
     "drift-sd35-pickscore",
+    "flowgrpo-sd35-ocr",
+    "flowgrpo-sd35-ocr-pickscore-gdpo",
     "tiny-cpu",
 }
 
@@ -104,6 +106,33 @@ def test_shipped_prompts_and_prompt_file_rules(tmp_path: Path) -> None:
         read_prompts(tmp_path / "missing.txt")
 
 
+def test_flow_grpo_ocr_presets_and_prompt_files(tmp_path: Path) -> None:
+    ocr = load_config("flowgrpo-sd35-ocr")
+    assert (ocr.quality, ocr.aggregation, ocr.diversity) == ({"ocr": 1.0}, "sum", "none")
+    assert (ocr.regulariser, ocr.reg_weight, ocr.group_size) == ("kl", 0.04, 24)
+    assert (ocr.prompts_file, ocr.eval_prompts_file, ocr.prompts_format) == (
+        "dataset/ocr/train.txt",
+        "dataset/ocr/test.txt",
+        "flow_grpo_txt",
+    )
+    both = load_config("flowgrpo-sd35-ocr-pickscore-gdpo")
+    assert (both.quality, both.aggregation) == ({"ocr": 1.0, "pickscore": 1.0}, "gdpo")
+    with pytest.raises(ValueError, match="aggregation"):
+        load_config("flowgrpo-sd35-ocr", ["aggregation=mean"])
+    # Flow-GRPO's TextPromptDataset: every line stripped is a prompt, '#' included
+    f = tmp_path / "train.txt"
+    f.write_text('A sign that says "OPEN" \n# "No. 1" on a jersey\n  "Hi"\n')
+    assert read_prompts(f, "flow_grpo_txt") == [
+        'A sign that says "OPEN"',
+        '# "No. 1" on a jersey',
+        '"Hi"',
+    ]
+    assert read_prompts(f) == ['A sign that says "OPEN"', '"Hi"']  # 'lines': '#' is a comment
+    f.write_text('"a"\n\n"b"\n')
+    with pytest.raises(ValueError, match="line 2 is blank"):
+        read_prompts(f, "flow_grpo_txt")
+
+
 def test_cli_show_config_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--preset", "tiny-cpu", "--set", "group_size=6", "--show-config"]) == 0
     assert '"group_size": 6' in capsys.readouterr().out
@@ -149,4 +178,10 @@ def test_trackers_and_diversity_fields_are_checked_at_start(
     with pytest.raises(ValueError, match=r"diversity_params of 'drift': lam: Input should be"):
         load_config("tiny-cpu", ["diversity=drift", "diversity_params={lam: -1}"])
     with pytest.raises(ValueError, match=r"diversity_params of 'none': beta: Extra inputs"):
-        load_config("tiny-cpu", ["diversity=none"])  # tiny-cpu's beta is DiverseGRPO's
+        load_config("tiny-cpu", ["diversity=none", "diversity_params={beta: 0.5}"])
+    # switching the preset's method drops the preset's params (tiny-cpu's beta is DiverseGRPO's)
+    assert load_config("tiny-cpu").diversity_params
+    switched = load_config("tiny-cpu", ["diversity=none"])
+    assert switched.diversity == "none" and switched.diversity_params == {}
+    kept = load_config("tiny-cpu", ["diversity=diversegrpo"])  # not a switch: params stay
+    assert kept.diversity_params == load_config("tiny-cpu").diversity_params
