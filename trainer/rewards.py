@@ -172,13 +172,17 @@ class ServiceRewards(_Base):
     def __init__(self, cfg: TrainConfig, client: Any | None = None) -> None:
         super().__init__(cfg, max_workers=max(4, 2 * cfg.prompts_per_step))
         from divreward.client import RetryPolicy, RewardClient
+        from divreward.client.tls import check_token
 
         token = os.environ.get(cfg.reward_token_env) if cfg.reward_token_env else None
         self.client = client or RewardClient(
             cfg.reward_url,
             timeout_s=cfg.reward_timeout_s,
             retry=RetryPolicy(max_attempts=cfg.reward_retries),
-            headers={"authorization": f"Bearer {token}"} if token else None,
+            # one token (a list, e.g. the server's DIVREWARD_API_TOKENS, is an error)
+            headers={"authorization": f"Bearer {check_token(token, cfg.reward_token_env)}"}
+            if token and cfg.reward_token_env
+            else None,
         )
 
     def _call(self, prompt: str, images: torch.Tensor, group_id: str, diversity: Any) -> Any:

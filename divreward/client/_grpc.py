@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -53,8 +54,11 @@ def grpc_error(exc: grpc.RpcError, target: str, request_id: str, attempts: int) 
     if name == "DEADLINE_EXCEEDED":
         return RewardTimeoutError(f"{target}: DEADLINE_EXCEEDED: {details}", request_id=request_id)
     if name == "UNAVAILABLE":
+        hint = ""
+        if "ssl" in details.lower() or "handshake" in details.lower():
+            hint = " (a TLS failure: is ca_file / $DIVREWARD_CA_FILE the server's CA?)"
         return ServiceUnavailableError(
-            f"cannot reach {target} after {attempts} attempt(s): UNAVAILABLE: {details}",
+            f"cannot reach {target} after {attempts} attempt(s): UNAVAILABLE: {details}{hint}",
             request_id=request_id,
             attempts=attempts,
         )
@@ -96,13 +100,19 @@ class AsyncGrpcTransport:
         retry: RetryPolicy,
         application: str | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        ca_file: str | None = None,
     ) -> None:
         self.target = _target(url)
         self.timeout_s = timeout_s
         self.retry = retry
         self.application = application
         self.extra_metadata = list(metadata)
-        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        if url.startswith("grpcs://"):  # verified TLS, never a plaintext fallback
+            roots = Path(ca_file).read_bytes() if ca_file else None
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = grpc.aio.secure_channel(self.target, creds, options=_CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.RewardServiceStub(self._channel)
 
     def metadata(self, request_id: str) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -29,6 +30,7 @@ from divreward.client.retry import (
     parse_retry_after,
     retryable_http_status,
 )
+from divreward.client.tls import ssl_context
 from divreward.schema import BINARY_MEDIA_TYPE
 
 __all__ = ["WIRES", "AsyncHttpTransport", "HttpRoute", "Wire"]
@@ -124,6 +126,16 @@ def _raise_for(response: httpx.Response, request_id: str, attempts: int) -> None
     raise RewardRequestError(status, detail, request_id=request_id, attempts=attempts)
 
 
+def _tls_failure(exc: BaseException) -> str | None:
+    """The certificate error behind a connection error, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class AsyncHttpTransport:
     """asyncio transport over one ``httpx.AsyncClient``.
 
@@ -139,6 +151,7 @@ class AsyncHttpTransport:
         wire: Wire = "msgpack",
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | None = None,
     ) -> None:
         if wire not in WIRES:
             raise ValueError(f"wire must be 'msgpack' or 'json', got {wire!r}")
@@ -148,7 +161,10 @@ class AsyncHttpTransport:
         self.wire = wire
         self.headers = dict(headers or {})
         self._client = httpx.AsyncClient(
-            timeout=self.timeout_s, limits=httpx.Limits(max_connections=64), transport=transport
+            timeout=self.timeout_s,
+            limits=httpx.Limits(max_connections=64),
+            transport=transport,
+            verify=ssl_context(ca_file),
         )
 
     def _prepare(
@@ -162,6 +178,17 @@ class AsyncHttpTransport:
     ) -> tuple[bool, float | None, Exception | None]:
         """(retry?, Retry-After seconds, error to raise if not retrying)."""
         if exc is not None:
+            if _tls_failure(exc):  # retrying cannot fix a certificate: say so at once
+                return (
+                    False,
+                    None,
+                    RewardClientError(
+                        f"TLS verification of {self.base_url} failed: {_tls_failure(exc)}; pass "
+                        "the CA that signed the server's certificate (ca_file= or "
+                        "$DIVREWARD_CA_FILE)",
+                        request_id=request_id,
+                    ),
+                )
             if isinstance(exc, _TIMEOUTS):
                 err: Exception = RewardTimeoutError(
                     f"no answer from {self.base_url} within {self.timeout_s} s "

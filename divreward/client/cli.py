@@ -33,7 +33,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per attempt")
     p.add_argument("--no-downsize", action="store_true", help="send full-resolution images")
     p.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    add_credential_args(p)
     p.set_defaults(func=run_rewards)
+
+
+def add_credential_args(p: argparse.ArgumentParser) -> None:
+    """--token/--token-file/--ca-file of every command that calls the service."""
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--token", help="bearer token (default: $DIVREWARD_API_TOKEN)")
+    who.add_argument("--token-file", type=Path, help="file holding the one bearer token")
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA certificate (PEM) for https:// and grpcs:// (default: $DIVREWARD_CA_FILE)",
+    )
+
+
+def credentials(args: argparse.Namespace) -> dict[str, str | None]:
+    """The client options of those flags (None: the client's own defaults)."""
+    from divreward.client.tls import read_token_file
+
+    token = read_token_file(args.token_file) if args.token_file else args.token
+    return {"token": token, "ca_file": str(args.ca_file) if args.ca_file else None}
 
 
 def run_rewards(args: argparse.Namespace) -> int:
@@ -42,7 +63,7 @@ def run_rewards(args: argparse.Namespace) -> int:
 
     try:
         with RewardClient(
-            args.url, timeout_s=args.timeout, downsize=not args.no_downsize
+            args.url, timeout_s=args.timeout, downsize=not args.no_downsize, **credentials(args)
         ) as client:
             res = client.rewards(
                 [Group(args.prompt, [str(p) for p in args.images])],

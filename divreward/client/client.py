@@ -61,6 +61,7 @@ from divreward.client._requests import (
 from divreward.client._stream import StreamSession
 from divreward.client.errors import RewardServiceError, RewardTimeoutError
 from divreward.client.retry import RetryPolicy, new_request_id, retryable_http_status
+from divreward.client.tls import CA_ENV, TOKEN_ENV, check_token, tls_ca_file
 from divreward.schema import (
     EmbedResponse,
     HealthResponse,
@@ -135,8 +136,15 @@ class ClientSettings:
             the name ``divreward serve`` deploys it under), sent as gRPC metadata: Serve's
             gRPC proxy needs it when the cluster runs several applications.
         wire: HTTP body encoding, ``msgpack`` (binary, default) or ``json``.
-        headers: extra HTTP headers / gRPC metadata (e.g. ``authorization``).
+        headers: extra HTTP headers / gRPC metadata.
         max_in_flight: ``stream`` keeps at most this many groups unanswered.
+        token: this trainer's bearer token, sent as ``authorization: Bearer <token>``
+            (default: ``$DIVREWARD_API_TOKEN``; one token, never a list: a comma in it is
+            an error). An ``authorization`` entry in ``headers`` wins over both.
+        ca_file: PEM file of the CA(s) that signed the server's certificate, for
+            ``https://`` and ``grpcs://`` (default: ``$DIVREWARD_CA_FILE``, else
+            ``$SSL_CERT_FILE``, else the system's trust store). ``grpcs://`` and
+            ``https://`` are always verified TLS, never plaintext.
     """
 
     url: str = dataclasses.field(kw_only=False)
@@ -151,6 +159,8 @@ class ClientSettings:
     wire: Wire = "msgpack"
     headers: Mapping[str, str] | None = None
     max_in_flight: int = 16
+    token: str | None = None
+    ca_file: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
@@ -163,7 +173,16 @@ class ClientSettings:
         set_ = functools.partial(object.__setattr__, self)
         set_("retry", self.retry or RetryPolicy())
         set_("image_format", self.image_format.upper())
-        set_("headers", dict(self.headers or {}))
+        headers = dict(self.headers or {})
+        token = self.token if self.token is not None else os.environ.get(TOKEN_ENV)
+        if token is not None:
+            token = check_token(token, "token" if self.token is not None else TOKEN_ENV)
+            if not any(k.lower() == "authorization" for k in headers):
+                headers["authorization"] = f"Bearer {token}"
+        set_("token", token)
+        set_("headers", headers)
+        ca = self.ca_file or os.environ.get(CA_ENV) or os.environ.get("SSL_CERT_FILE") or None
+        set_("ca_file", tls_ca_file(ca) if ca else None)
 
     @property
     def kind(self) -> Transport:
@@ -176,7 +195,12 @@ class ClientSettings:
         headers = dict(self.headers or {})
         if self.kind == "http":
             return AsyncHttpTransport(
-                self.url, timeout_s=self.timeout_s, retry=retry, wire=self.wire, headers=headers
+                self.url,
+                timeout_s=self.timeout_s,
+                retry=retry,
+                wire=self.wire,
+                headers=headers,
+                ca_file=self.ca_file,
             )
         return AsyncGrpcTransport(
             self.url,
@@ -184,6 +208,7 @@ class ClientSettings:
             retry=retry,
             application=self.application,
             metadata=[(k.lower(), v) for k, v in headers.items()],
+            ca_file=self.ca_file,
         )
 
 

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from divreward.schema import BINARY_MEDIA_TYPE, ErrorResponse
 from divreward.services.common.api import Api
-from divreward.services.common.auth import PUBLIC_PATHS
+from divreward.services.common.auth import DOCS_ASSETS, TOKEN_PATH_PREFIX, is_public
 from divreward.services.common.errors import ServiceError
 from divreward.services.common.wire import error_response, wants_binary
 
@@ -130,17 +130,19 @@ COMMON_ERRORS = (401, 405)
 def make_app(title: str, description: str, api: Api, routers: Iterable[APIRouter]) -> FastAPI:
     """A FastAPI app with the routers, the bearer check on every non-probe call, and
     errors in the schema's ErrorResponse form."""
-    app = FastAPI(title=title, description=description, version="1")
+    app = FastAPI(title=title, description=description, version="1", docs_url=None)
     app.state.api = api
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        if _app_path(request) not in PUBLIC_PATHS:
+        path = _app_path(request)
+        if not is_public(path):
+            peer = request.client.host if request.client is not None else None
             try:
-                api.auth.check(
-                    request.headers.get("authorization"),
-                    request.client.host if request.client is not None else None,
-                )
+                if path.startswith(TOKEN_PATH_PREFIX):
+                    _strip_path_token(request, path, api, peer)
+                else:
+                    api.auth.check(request.headers.get("authorization"), peer)
             except ServiceError as err:
                 api.metrics.errors.labels(api.app_name, "auth", err.kind).inc()
                 return error_response(err, None, wants_binary(request))
@@ -155,9 +157,50 @@ def make_app(title: str, description: str, api: Api, routers: Iterable[APIRouter
 
     for router in routers:
         app.include_router(router)
+    _offline_docs(app)
     if api.auth.enabled:
         _declare_bearer(app)
     return app
+
+
+def _strip_path_token(request: Request, path: str, api: Api, peer: str | None) -> None:
+    """``/t/<token>/<rest>``: check the token, then route the call as ``/<rest>``. Only
+    the compatibility routes take a token this way; no message repeats the token."""
+    token, _, rest = path[len(TOKEN_PATH_PREFIX) :].partition("/")
+    rest = "/" + rest
+    if rest != "/" and not rest.startswith("/compat/"):
+        raise ServiceError(
+            404,
+            "invalid_request",
+            f"a token in the URL path ({TOKEN_PATH_PREFIX}<token>/...) is accepted by the "
+            "compatibility routes only ('/' and '/compat/...'); send other calls an "
+            "'Authorization: Bearer <token>' header",
+        )
+    api.auth.check_path_token(token, peer)
+    root = str(request.scope.get("root_path", "") or "")
+    request.scope["path"] = root + rest
+    request.scope["raw_path"] = (root + rest).encode()
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs from the packaged Swagger UI (swagger-ui-bundle), served by the app itself:
+    it works in an air-gapped cluster (FastAPI's default loads it from a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def _docs(request: Request) -> Response:
+        root = str(request.scope.get("root_path", "") or "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def _declare_bearer(app: FastAPI) -> None:

@@ -20,11 +20,32 @@ from urllib.parse import unquote
 from divreward.services.common.errors import ServiceError
 from divreward.services.config import AuthArgs
 
-__all__ = ["PUBLIC_PATHS", "BearerAuth", "grpc_peer_host", "is_loopback"]
+__all__ = [
+    "DOCS_ASSETS",
+    "PUBLIC_PATHS",
+    "TOKEN_PATH_PREFIX",
+    "BearerAuth",
+    "grpc_peer_host",
+    "is_loopback",
+    "is_public",
+]
 
-#: Routes that answer without a token, from anywhere (liveness and readiness probes:
-#: a Kubernetes kubelet or a compose health check calls them; they reveal nothing).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+#: Routes that answer without a token, from anywhere: the liveness and readiness probes
+#: (a Kubernetes kubelet or a compose health check calls them; they reveal nothing),
+#: and the API's description: /docs, its Swagger UI assets and /openapi.json (the
+#: published schema of this open-source API; every operation they describe still needs
+#: a token, which /docs's "Authorize" button sends).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json"})
+#: Where the app serves the packaged Swagger UI files (public, like /docs).
+DOCS_ASSETS = "/docs-assets"
+#: ``/t/<token>/<compat path>``: the token in the URL path, for the pickle clients that
+#: cannot send headers (only the compatibility routes: ``/`` and ``/compat/...``).
+TOKEN_PATH_PREFIX = "/t/"
+
+
+def is_public(path: str) -> bool:
+    """Whether ``path`` (inside the application) answers without a token."""
+    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
 def is_loopback(host: str) -> bool:
@@ -84,10 +105,21 @@ class BearerAuth:
         if scheme.lower() != "bearer" or not token.strip():
             where = "authorization metadata" if grpc else "Authorization header"
             raise ServiceError(401, "unauthorized", f"the {where} must be 'Bearer <token>'")
-        given = token.strip().encode()
+        if not self._known(token.strip()):
+            raise ServiceError(401, "unauthorized", "invalid bearer token")
+
+    def check_path_token(self, token: str, peer: str | None) -> None:
+        """The check of a token given in the URL path (``/t/<token>/...``); the messages
+        never repeat the token."""
+        if not self.enabled:
+            self.check(None, peer)
+        elif not self._known(unquote(token)):
+            raise ServiceError(401, "unauthorized", "invalid token in the URL path (/t/<token>/)")
+
+    def _known(self, token: str) -> bool:
+        given = token.encode()
         # Compare against every token, in constant time each, so timing reveals nothing.
         ok = False
         for t in self._tokens:
             ok |= hmac.compare_digest(given, t)
-        if not ok:
-            raise ServiceError(401, "unauthorized", "invalid bearer token")
+        return ok and bool(given)

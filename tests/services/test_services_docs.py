@@ -75,7 +75,7 @@ def test_every_documented_endpoint_is_in_the_openapi_document() -> None:
     assert documented
     for method, path in documented:
         if path in ("/docs", "/openapi.json"):
-            assert path in (app.docs_url, app.openapi_url)
+            assert path in {getattr(r, "path", None) for r in app.routes}
         else:
             assert method.lower() in doc["paths"][path], (method, path)
     for path in ("/v1/rewards", "/v1/score", "/v1/embed", "/v1/diversity", "/v1/metrics"):
