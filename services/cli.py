@@ -85,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=900.0,
         help="seconds to wait for every deployment to be RUNNING (default 900)",
     )
+    from divreward.services.tls import add_tls_args
+
+    add_tls_args(p)
     p.set_defaults(func=run_serve)
 
 
@@ -147,6 +150,10 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
                 f"refusing to listen on {http['host']} (not a loopback address) without auth "
                 f"for {off}: pass --token-file FILE or set DIVREWARD_API_TOKENS"
             )
+    from divreward.services.tls import GRPC_WITHOUT_TLS, apply_tls
+
+    if apply_tls(args, config):
+        log.info("TLS on: %s", GRPC_WITHOUT_TLS)
     validate_config(config)
     # Auth that is on must have tokens now, not fail later inside a replica.
     from divreward.services.config import AuthArgs
@@ -219,8 +226,9 @@ def run_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _raise_stop)
         serve.start(**start_options)
         deploy(targets, timeout_s=args.deploy_timeout)
+        scheme = "https" if config["http_options"].get("ssl_certfile") else "http"
         print(
-            f"divreward: serving {names} on http://{host}:{port} (profile "
+            f"divreward: serving {names} on {scheme}://{host}:{port} (profile "
             f"{'/'.join(sorted(profiles))}); Ctrl-C to stop",
             flush=True,
         )
