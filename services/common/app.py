@@ -130,7 +130,7 @@ COMMON_ERRORS = (401, 405)
 def make_app(title: str, description: str, api: Api, routers: Iterable[APIRouter]) -> FastAPI:
     """A FastAPI app with the routers, the bearer check on every non-probe call, and
     errors in the schema's ErrorResponse form."""
-    app = FastAPI(title=title, description=description, version="1", docs_url=None)
+    app = FastAPI(title=title, description=description, version="1", docs_url=None, redoc_url=None)
     app.state.api = api
 
     @app.middleware("http")

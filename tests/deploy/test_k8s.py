@@ -72,7 +72,7 @@ def test_every_overlay_renders_the_expected_objects(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     name, objs = overlay
-    kinds = sorted(o["kind"] for o in objs)
+    kinds = sorted(o["kind"] for o in objs if o["kind"] != "NetworkPolicy")  # test below
     if name == "dev":  # tiny models, no weights claim, a throw-away token, the trainer Job
         assert kinds == ["Job", "RayService", "Secret"]
     else:  # the token Secret is created out of band, never overwritten
@@ -255,3 +255,61 @@ def _check_trainer_job(job: dict[str, Any], preset: str) -> None:
 def test_trainer_job() -> None:
     _check_trainer_job(one(render(K8S / "trainer"), "Job"), "diversegrpo-sd35-pickscore")
     _check_trainer_job(one(render(K8S / "overlays" / "dev"), "Job"), "tiny-cpu")
+
+
+def test_network_policies_open_the_api_ports_to_trainers_only(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Ingress to the Ray pods: each other on any port; 8000/9000 from the trainers'
+    namespaces and trainer pods; 8080 from Prometheus; the head's dashboard and Jobs API
+    (8265) from the KubeRay operator only. Nothing else, and no Service exposes 8265."""
+    name, objs = overlay
+    pols = {o["metadata"]["name"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    assert set(pols) == {"divreward-ray-nodes", "divreward-ray-head-operator"}
+    ray = {"ray.io/is-ray-node": "yes"}
+    opened: dict[int, list[Any]] = {}
+    for pol in pols.values():
+        assert not check_k8s_object(pol, "V1NetworkPolicy", "networkpolicy")
+        spec = pol["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        # KubeRay's labels only (commonLabels must not leak into the selectors)
+        assert spec["podSelector"]["matchLabels"].items() >= ray.items()
+        assert set(spec["podSelector"]["matchLabels"]) <= {*ray, "ray.io/node-type"}
+        for rule in spec["ingress"]:
+            if "ports" not in rule:  # all ports: the cluster's own pods only
+                assert rule["from"] == [{"podSelector": {"matchLabels": ray}}]
+                continue
+            for port in rule["ports"]:
+                assert port["protocol"] == "TCP"
+                opened.setdefault(port["port"], []).extend(rule["from"])
+    trainers = [
+        {"namespaceSelector": {"matchLabels": {"divreward.io/trainers": "true"}}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "trainer"}}},
+    ]
+    operator = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}}
+    ]
+    prometheus = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    as_set = {port: sorted(map(json.dumps, sources)) for port, sources in opened.items()}
+    assert as_set == {
+        port: sorted(map(json.dumps, sources))
+        for port, sources in {
+            8000: trainers + operator,
+            9000: trainers,
+            8080: prometheus,
+            8265: operator,
+        }.items()
+    }
+    head = pols["divreward-ray-head-operator"]["spec"]["podSelector"]["matchLabels"]
+    assert head["ray.io/node-type"] == "head"  # 8265 is opened on the head only
+    rs = one(objs, "RayService")
+    assert not rs["spec"].get("rayClusterConfig", {}).get("headGroupSpec", {}).get("enableIngress")
+    for svc in (o for o in objs if o["kind"] == "Service"):
+        assert 8265 not in [p["port"] for p in svc["spec"]["ports"]]
+    if name == "dev":  # the trainer Job's pods carry the label the policy opens 8000 to
+        job = one(objs, "Job")
+        assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == (
+            "trainer"
+        )
