@@ -92,7 +92,8 @@ def test_serve_terminates_tls_itself(tiny_zoo: Any, tmp_path: Path) -> None:
         while True:
             assert proc.poll() is None, f"divreward serve exited {proc.returncode}:\n{_tail(log)}"
             try:
-                if httpx.get(f"{base}/readyz", timeout=10, verify=verify).status_code == 200:
+                ready = httpx.get(f"{base}/readyz", timeout=10, verify=verify).status_code
+                if ready == 200 and "divreward: serving" in log.read_text(errors="replace"):
                     break
             except httpx.HTTPError:
                 pass
