@@ -502,6 +502,8 @@ def test_both_clients_take_one_settings_object_with_the_documented_defaults() ->
         "wire": "msgpack",
         "headers": None,
         "max_in_flight": 16,
+        "token": None,
+        "ca_file": None,
     }
     for cls in (RewardClient, AsyncRewardClient, ClientSettings):
         params = inspect.signature(cls).parameters
