@@ -67,23 +67,8 @@ def test_serve_terminates_tls_itself(tiny_zoo: Any, tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "tls")
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = _start(
-        [
-            "--profile",
-            "tiny",
-            "--port",
-            str(port),
-            "--tiny-dir",
-            str(tiny_zoo.root),
-            "--num-cpus",
-            "2",
-            "--tls-cert",
-            str(certs.cert),
-            "--tls-key",
-            str(certs.key),
-        ],
-        log,
-    )
+    tls = [f"--tls-cert={certs.cert}", f"--tls-key={certs.key}", f"--tiny-dir={tiny_zoo.root}"]
+    proc = _start(["--profile=tiny", "--num-cpus=2", f"--port={port}", *tls], log)
     base = f"https://127.0.0.1:{port}"
     tree: list[Any] = []
     try:
