@@ -287,3 +287,7 @@ def test_bearer_token_from_the_environment(
     monkeypatch.delenv("DIVREWARD_API_TOKEN")
     ServiceRewards(_cfg(tiny_root, tmp_path, "reward_url=grpc://h:9000")).close()
     assert seen["headers"] is None
+    # the server's list is not a trainer's token: refused, never sent
+    monkeypatch.setenv("DIVREWARD_API_TOKEN", "tok-a,tok-b")
+    with pytest.raises(ValueError, match="DIVREWARD_API_TOKEN holds a comma-separated list"):
+        ServiceRewards(_cfg(tiny_root, tmp_path, "reward_url=grpc://h:9000"))
