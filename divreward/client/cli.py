@@ -49,12 +49,12 @@ def add_credential_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def credentials(args: argparse.Namespace) -> dict[str, str | None]:
-    """The client options of those flags (None: the client's own defaults)."""
+def credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(token, ca_file) of those flags (None: the client's own defaults)."""
     from divreward.client.tls import read_token_file
 
     token = read_token_file(args.token_file) if args.token_file else args.token
-    return {"token": token, "ca_file": str(args.ca_file) if args.ca_file else None}
+    return token, str(args.ca_file) if args.ca_file else None
 
 
 def run_rewards(args: argparse.Namespace) -> int:
@@ -62,8 +62,13 @@ def run_rewards(args: argparse.Namespace) -> int:
     from divreward.images import ImageError
 
     try:
+        token, ca_file = credentials(args)
         with RewardClient(
-            args.url, timeout_s=args.timeout, downsize=not args.no_downsize, **credentials(args)
+            args.url,
+            timeout_s=args.timeout,
+            downsize=not args.no_downsize,
+            token=token,
+            ca_file=ca_file,
         ) as client:
             res = client.rewards(
                 [Group(args.prompt, [str(p) for p in args.images])],

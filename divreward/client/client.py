@@ -200,7 +200,7 @@ class ClientSettings:
                 retry=retry,
                 wire=self.wire,
                 headers=headers,
-                ca_file=self.ca_file,
+                ca_file=os.fspath(self.ca_file) if self.ca_file else None,
             )
         return AsyncGrpcTransport(
             self.url,
@@ -208,7 +208,7 @@ class ClientSettings:
             retry=retry,
             application=self.application,
             metadata=[(k.lower(), v) for k, v in headers.items()],
-            ca_file=self.ca_file,
+            ca_file=os.fspath(self.ca_file) if self.ca_file else None,
         )
 
 
