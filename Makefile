@@ -8,6 +8,7 @@ export HF_HUB_OFFLINE ?=
 PROFILE ?= real
 CONFIG  ?=
 TINY_DIR ?= .cache/tiny-models
+TYPECHECK := build/typecheck
 
 .PHONY: help venv test test-quick test-fast test-slow lint format serve demo demo-serve tiny-models bench bench-collapse \
         proto compose-config k8s-check clean
@@ -35,9 +36,14 @@ test-fast: venv ## pure-math and model tests only (no Ray Serve)
 test-slow: venv ## only the tests marked slow
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow and not gpu"
 
-lint: venv ## ruff check and format check
+lint: venv ## ruff check and format check, then mypy on the package, services and trainer
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# services/ and trainer/ are installed as divreward.services and divreward.trainer: mypy
+	@# reads them so through a tree of links (errors name build/typecheck/divreward/...).
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/divreward
+	@for f in divreward/* services trainer; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/divreward/; done
+	$(BIN)/mypy $(TYPECHECK)/divreward
 
 format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

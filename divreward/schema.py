@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from pydantic import (
     BaseModel,
@@ -246,14 +246,19 @@ def _union(members: tuple[type[BaseModel], ...]) -> Any:
     return Annotated[Union[members], Field(discriminator="method")]  # noqa: UP007
 
 
-DiversityParams = _union(tuple(m.params for m in embedding_methods()))
-"""Parameters of ``/v1/diversity``: the method and any of its config fields."""
+if TYPE_CHECKING:  # built from the table at run time: to mypy, any method's params or name
+    DiversityParams: TypeAlias = Any
+    RewardDiversityParams: TypeAlias = Any
+    MethodName: TypeAlias = str
+else:
+    DiversityParams = _union(tuple(m.params for m in embedding_methods()))
+    """Parameters of ``/v1/diversity``: the method and any of its config fields."""
 
-RewardDiversityParams = _union(tuple(m.params for m in METHODS.values()))
-"""Parameters of the diversity term of ``/v1/rewards``."""
+    RewardDiversityParams = _union(tuple(m.params for m in METHODS.values()))
+    """Parameters of the diversity term of ``/v1/rewards``."""
 
-MethodName = Literal[method_names()]  # type: ignore[valid-type]
-"""A diversity method's name (every method of the table)."""
+    MethodName = Literal[method_names()]
+    """A diversity method's name (every method of the table)."""
 
 
 # --------------------------------------------------------------------------- /v1/embed
@@ -362,7 +367,8 @@ def _group_result_model() -> type[_Model]:
         for name, info in method.result.model_fields.items():
             if name in fields:
                 raise TypeError(f"method {method.name!r}: result field {name!r} is taken")
-            fields[name] = (info.annotation | None, Field(None, description=info.description))
+            optional: Any = Union[info.annotation, None]  # noqa: UP007 (a runtime type, not a hint)
+            fields[name] = (optional, Field(None, description=info.description))
     fields["rewards"] = (
         list[float] | None,
         Field(None, description="Combined rewards (when quality was given)."),
@@ -384,7 +390,10 @@ def _group_result_model() -> type[_Model]:
     )
 
 
-DiversityGroupResult = _group_result_model()
+if TYPE_CHECKING:  # created from the table at run time: to mypy, any model
+    DiversityGroupResult: TypeAlias = Any
+else:
+    DiversityGroupResult = _group_result_model()
 
 
 class DiversityResolvedParams(_Model):

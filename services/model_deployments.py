@@ -340,8 +340,8 @@ class EmbedderServer(_ModelServer):
         return self.card
 
 
-ScorerDeployment = serve.deployment(ScorerServer, name="scorer")
-EmbedderDeployment = serve.deployment(EmbedderServer, name="embedder")
+ScorerDeployment = serve.deployment(name="scorer")(ScorerServer)
+EmbedderDeployment = serve.deployment(name="embedder")(EmbedderServer)
 
 
 def model_deployment_options(name: str, args: ModelDeploymentArgs) -> dict[str, Any]:

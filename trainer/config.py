@@ -17,7 +17,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 import yaml
@@ -33,7 +33,10 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 Regulariser = Literal["none", "kl", "sa_reg"]
 # The methods table's names (divreward/methods.py): a method added there is a valid value.
-DiversityMethod = Literal[method_names()]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # to mypy, any name
+    DiversityMethod: TypeAlias = str
+else:
+    DiversityMethod = Literal[method_names()]
 RewardBackend = Literal["service", "inprocess"]
 Subset = Literal["none", "concentrated", "contrast"]
 Precision = Literal["auto", "bf16", "fp16", "no"]
@@ -224,7 +227,7 @@ class TrainConfig(DocumentedModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        NoisePromptConfig(**self.prompt_noise_params)  # names the bad field if any
+        NoisePromptConfig.model_validate(self.prompt_noise_params)  # names the bad field if any
         try:
             diversity_params(self.diversity, self.diversity_params)
         except ValidationError as exc:
@@ -264,7 +267,7 @@ class TrainConfig(DocumentedModel):
             backward_per_optimizer_step=self.gradient_accumulation_steps * n_train,
             precision=precision,
             autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
-            noise_prompt=NoisePromptConfig(**self.prompt_noise_params),
+            noise_prompt=NoisePromptConfig.model_validate(self.prompt_noise_params),
         )
 
     def diversity_request(self) -> dict[str, Any] | None:

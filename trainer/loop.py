@@ -359,8 +359,8 @@ def evaluate(
     for name in results[0].quality:
         out[f"eval/reward/{name}"] = float(np.mean([r.quality[name].mean() for r in results]))
     if cfg.eval_metrics and n >= 2:
-        embs = [r.embeddings for r in results]
-        ready = None if any(e is None for e in embs) else embs
+        embs = [r.embeddings for r in results if r.embeddings is not None]
+        ready = embs if len(embs) == len(results) else None
         for k, v in rewards.metrics(images, ready).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 out[f"eval/diversity/{k}"] = float(v)

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from ray.serve.config import BackpressureConfig
+from ray.serve.schema import ReplicaState
 
 from divreward.services.common.api import Api
 from divreward.services.common.app import make_app
@@ -105,7 +106,7 @@ async def unavailable_deployments(state: Any) -> dict[str, str]:
             down[name] = "application not deployed"
             continue
         for dep_name, dep in app.deployments.items():
-            if not dep.replica_states.get("RUNNING"):
+            if not dep.replica_states.get(ReplicaState.RUNNING):
                 why = f"{dep.status}: {dep.message}" if dep.message else str(dep.status)
                 down[f"{name}/{dep_name}"] = f"no running replica ({why})"[:500]
     return down

@@ -300,7 +300,7 @@ def assembler_deployment(
         "max_ongoing_requests": 100_000,
         "ray_actor_options": {"num_cpus": 0},
     }
-    deployment: Any = serve.deployment(GroupAssembler).options(
+    deployment: Any = serve.deployment()(GroupAssembler).options(
         **(overrides or Overrides()).apply(options)
     )
     return deployment.bind(args or AssemblyArgs())

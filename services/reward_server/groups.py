@@ -64,7 +64,8 @@ class GroupService:
         self.serving = serving
         self._assembler = assembler
         # the reward app's configured settings (RewardAppArgs.assembly) unless given
-        self.args = args or getattr(getattr(serving, "args", None), "assembly", AssemblyArgs())
+        configured = getattr(getattr(serving, "args", None), "assembly", None)
+        self.args: AssemblyArgs = args or configured or AssemblyArgs()
 
     @property
     def assembler(self) -> Any:

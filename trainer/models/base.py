@@ -202,6 +202,12 @@ class DiffusionAdapter(ABC):
     transformer: torch.nn.Module  # the denoiser that gets the LoRA
     decode_batch: int = 8  # images per VAE decode call (bounds the decoder's memory)
 
+    @property
+    def transformer_config(self) -> Any:
+        """The denoiser's diffusers config (a FrozenDict that diffusers annotates as a plain
+        dict, though its fields are read as attributes: ``.patch_size``)."""
+        return cast(Any, self.transformer).config
+
     def __init__(
         self,
         pipeline: Any,

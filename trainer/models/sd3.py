@@ -91,11 +91,11 @@ class SD3Adapter(LatentDiffusionAdapter):
         return self._negative
 
     def _latent_patch(self) -> tuple[int, str]:
-        p = self.transformer.config.patch_size
+        p = self.transformer_config.patch_size
         return p, f"patch size {p}"
 
     def _latent_channels(self) -> int:
-        return int(self.transformer.config.in_channels)
+        return int(self.transformer_config.in_channels)
 
     def sigmas(self, num_steps: int, *, height: int, width: int) -> Tensor:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -108,7 +108,7 @@ class SD3Adapter(LatentDiffusionAdapter):
         kwargs: dict[str, Any] = {}
         if sched.config.get("use_dynamic_shifting", None):
             h, w = self._latent_hw(height, width)
-            p = self.transformer.config.patch_size
+            p = self.transformer_config.patch_size
             kwargs["mu"] = calculate_shift(
                 (h // p) * (w // p),
                 sched.config.get("base_image_seq_len", 256),
