@@ -36,7 +36,7 @@ def no_colours(cls: str, found: Sequence[Obj]) -> list[str]:
     raise AssertionError("no colour classification expected")
 
 
-def fixed_colours(*names: str):  # noqa: ANN201
+def fixed_colours(*names: str):
     calls: list[tuple[str, int]] = []
 
     def fn(cls: str, found: Sequence[Obj]) -> list[str]:
@@ -47,7 +47,7 @@ def fixed_colours(*names: str):  # noqa: ANN201
     return fn
 
 
-def run(meta: dict, detected: dict[str, list[Obj]], colours=no_colours):  # noqa: ANN001, ANN202
+def run(meta: dict, detected: dict[str, list[Obj]], colours=no_colours):
     d = evaluate(parse_spec(meta), detected, colours)
     return d.geneval, d.strict, d.reward
 
