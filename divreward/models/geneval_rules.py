@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from divreward.models.base import MetadataError
+
 __all__ = [
     "COCO_CLASSES",
     "COLORS",
@@ -95,10 +97,6 @@ COCO_CLASSES = (
     "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
     "toothbrush",
 )  # fmt: skip
-
-
-class MetadataError(ValueError):
-    """A prompt's metadata is missing or malformed (the service answers 4xx)."""
 
 
 @dataclass(frozen=True)
@@ -190,18 +188,18 @@ def parse_spec(metadata: Any) -> Spec:
             "and got none"
         )
     if not isinstance(metadata, Mapping):
-        raise MetadataError(f"metadata must be an object, got {type(metadata).__name__}")
+        raise MetadataError(f"must be an object, got {type(metadata).__name__}")
     tag = metadata.get("tag")
     if tag not in TAGS:
-        raise MetadataError(f"metadata.tag must be one of {list(TAGS)}, got {tag!r}")
+        raise MetadataError(f"tag must be one of {list(TAGS)}, got {tag!r}")
     include = metadata.get("include")
     if not isinstance(include, list) or not include:
-        raise MetadataError("metadata.include must be a non-empty list of {class, count} items")
+        raise MetadataError("include must be a non-empty list of {class, count} items")
     exclude = metadata.get("exclude", [])
     if not isinstance(exclude, list):
-        raise MetadataError(f"metadata.exclude must be a list, got {type(exclude).__name__}")
-    inc = tuple(_item(r, f"metadata.include[{i}]", i) for i, r in enumerate(include))
-    exc = tuple(_item(r, f"metadata.exclude[{i}]", None) for i, r in enumerate(exclude))
+        raise MetadataError(f"exclude must be a list, got {type(exclude).__name__}")
+    inc = tuple(_item(r, f"include[{i}]", i) for i, r in enumerate(include))
+    exc = tuple(_item(r, f"exclude[{i}]", None) for i, r in enumerate(exclude))
     return Spec(str(tag), inc, exc)
 
 

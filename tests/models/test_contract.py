@@ -23,8 +23,19 @@ from fixtures_models import TinyZoo, make_images
 from PIL import Image
 
 from divreward.images import ImageError
-from divreward.models.base import Embedder, LoadOptions, ModelInfo, Scorer
+from divreward.models.base import Embedder, LoadOptions, MetadataError, ModelInfo, Scorer
 from divreward.models.registry import REGISTRY, get_spec, load_model
+
+PROMPTS = [
+    "a red bicycle leaning on a wall",
+    "two cats asleep on a sofa",
+    "a lighthouse at dusk, oil painting",
+    "a bowl of ramen, top view",
+    "an astronaut riding a horse",
+    "a watercolor of a fox in snow",
+    "a city street in the rain at night",
+    "a close-up photo of a bee on a flower",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,19 @@ class Contract:
     # Tolerance of "a batch of 8 = eight batches of 1" (fp32 CPU matmuls reassociate).
     batch_rtol: float = 1e-4
     batch_atol: float = 1e-5
+    # Per-prompt metadata for a scorer that needs it (GenEval): prompt -> metadata.
+    metadata: dict[str, dict[str, Any]] | None = None
+
+
+def _geneval_metadata() -> dict[str, dict[str, Any]]:
+    """A GenEval spec per contract prompt, with different counts so that re-pairing
+    prompts changes the tiny detector's rewards."""
+    counts = [1, 2, 3, 4, 1, 2, 3, 4]
+    return {
+        p: {"tag": "counting" if i == 7 else "two_object",
+            "include": [{"class": "car", "count": c}, {"class": "person", "count": 1}]}
+        for i, (p, c) in enumerate(zip(PROMPTS, counts, strict=True))
+    }  # fmt: skip
 
 
 CONTRACT: dict[str, Contract] = {
@@ -46,20 +70,11 @@ CONTRACT: dict[str, Contract] = {
     "hpsv21": Contract(),
     "hpsv3": Contract(),
     "imagereward": Contract(),
+    "geneval": Contract(alt_options={"score": "geneval"}, metadata=_geneval_metadata()),
     "dreamsim": Contract(alt_options={"dreamsim_type": "dino_vitb16"}),
     "clip_embedder": Contract(),
 }
 
-PROMPTS = [
-    "a red bicycle leaning on a wall",
-    "two cats asleep on a sofa",
-    "a lighthouse at dusk, oil painting",
-    "a bowl of ramen, top view",
-    "an astronaut riding a horse",
-    "a watercolor of a fox in snow",
-    "a city street in the rain at night",
-    "a close-up photo of a bee on a flower",
-]
 
 NAMES = list(REGISTRY)
 
@@ -87,9 +102,21 @@ def test_importing_the_registry_loads_no_framework() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _metadata(model: Scorer, prompts: list[str]) -> list[dict[str, Any]] | None:
+    if not model.needs_metadata:
+        return None
+    table = CONTRACT[model.info.name].metadata
+    assert table is not None, f"{model.info.name} needs metadata: give Contract.metadata"
+    return [table[p] for p in prompts]
+
+
+def _score(model: Scorer, images: Any, prompts: list[str]) -> np.ndarray:
+    return model.score_with_metadata(images, prompts, _metadata(model, prompts))
+
+
 def _run(model: Scorer | Embedder, images: Any, prompts: list[str]) -> np.ndarray:
     if isinstance(model, Scorer):
-        return model.score(images, prompts)
+        return _score(model, images, prompts)
     return model.embed(images)
 
 
@@ -158,9 +185,9 @@ class TestContract:
             # Same images, prompts rotated by one: image i now gets prompt i+1; its
             # score must equal scoring that pair alone.
             rotated = PROMPTS[1:] + PROMPTS[:1]
-            shifted = model.score(images, rotated)
+            shifted = _score(model, images, rotated)
             assert not np.allclose(shifted, base), "scores ignore the prompts"
-            alone = model.score([images[0]], [rotated[0]])
+            alone = _score(model, [images[0]], [rotated[0]])
             np.testing.assert_allclose(shifted[0], alone[0], rtol=1e-4, atol=1e-5)
 
     def test_accepts_every_image_form(self, tiny_zoo: TinyZoo, name: str) -> None:
@@ -184,9 +211,17 @@ class TestContract:
         if not isinstance(model, Scorer):
             pytest.skip("embedders take no prompts")
         with pytest.raises(ValueError, match="prompts has 2 entries but images has 3"):
-            model.score(make_images(3), PROMPTS[:2])
+            model.score_with_metadata(make_images(3), PROMPTS[:2], _metadata(model, PROMPTS[:3]))
         with pytest.raises(ValueError, match="not a single str"):
-            model.score(make_images(1), "a cat")  # type: ignore[arg-type]
+            model.score_with_metadata(make_images(1), "a cat", _metadata(model, PROMPTS[:1]))  # type: ignore[arg-type]
+        if model.needs_metadata:
+            with pytest.raises(MetadataError, match="got none"):
+                model.score(make_images(1), PROMPTS[:1])
+            assert model.probe_metadata is not None
+            model.check_metadata([model.probe_metadata])
+        else:
+            with pytest.raises(ValueError, match="metadata has 1 entries but images has 2"):
+                model.score_with_metadata(make_images(2), PROMPTS[:2], [{}])
 
     def test_config_round_trip(self, tiny_zoo: TinyZoo, name: str) -> None:
         """Load with non-default options; the reported info carries them, survives JSON,
