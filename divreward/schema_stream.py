@@ -23,6 +23,7 @@ from divreward.schema import (
     _REQUEST_ID,
     ErrorInfo,
     ImageBytes,
+    Metadata,
     ModelCard,
     RewardDiversityParams,
     RewardGroupResult,
@@ -75,6 +76,11 @@ class GroupSubmission(_Model):
         gt=0,
         description="How long the server holds an incomplete group after its first part "
         "before failing every waiting part (default and upper bound: server settings).",
+    )
+    metadata: Metadata | None = Field(
+        default=None,
+        description="The prompt's metadata, as RewardGroup.metadata; all parts of a group "
+        "must send the same.",
     )
     request_id: str | None = _REQUEST_ID
 

@@ -33,7 +33,7 @@ def params_key(sub: GroupSubmission) -> str:
     """A digest of the parameters that must agree across the parts of a group."""
     data = sub.model_dump(
         mode="json",
-        include={"quality", "diversity", "advantage", "return_embeddings"},
+        include={"quality", "diversity", "advantage", "return_embeddings", "metadata"},
         exclude_unset=True,
     )
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -43,7 +43,11 @@ def _rewards_request(
     sub: GroupSubmission, images: list[bytes], request_id: str | None
 ) -> RewardsRequest:
     data: dict[str, Any] = {
-        "groups": [RewardGroup(prompt=sub.prompt, images=images, group_id=sub.group_id)],
+        "groups": [
+            RewardGroup(
+                prompt=sub.prompt, images=images, group_id=sub.group_id, metadata=sub.metadata
+            )
+        ],
         "request_id": request_id,
     }
     for name in ("quality", "diversity", "advantage", "return_embeddings"):

@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from ray.exceptions import RayTaskError
 
 from divreward.methods import METHODS
+from divreward.models.base import MetadataError
 from divreward.schema import (
     DiversityRequest,
     DiversityResponse,
@@ -72,6 +74,28 @@ def combine_quality(
     return total
 
 
+def metadata_error(exc: BaseException, scorer: str, group: int | None) -> BaseException:
+    """A scorer's MetadataError (raised in its replica) as a 400 naming the group (or, for
+    /v1/score, the image); any other exception unchanged."""
+    cause: BaseException = exc
+    while isinstance(cause, RayTaskError) and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    if not isinstance(cause, MetadataError):
+        return exc
+    if group is not None:
+        where, image = f"groups[{group}].metadata", None
+    else:
+        where = "metadata" if cause.index is None else f"metadata[{cause.index}]"
+        image = cause.index
+    return ServiceError(
+        400,
+        "invalid_request",
+        f"{where}: scorer {scorer!r}: {cause.detail}",
+        group_index=group,
+        image_index=image,
+    )
+
+
 class RewardServing:
     """The reward service's logic.
 
@@ -109,8 +133,19 @@ class RewardServing:
             decode_and_put, images, group, self.limits.max_pixels_per_image
         )
 
-    async def _score(self, name: str, ref: Any, prompts: list[str], n: int) -> ModelOutput:
-        out: ModelOutput = await self.scorers[name].score.remote(ref, prompts)
+    async def _score(
+        self,
+        name: str,
+        ref: Any,
+        prompts: list[str],
+        n: int,
+        metadata: list[Any] | None = None,
+        group: int | None = None,
+    ) -> ModelOutput:
+        try:
+            out: ModelOutput = await self.scorers[name].score.remote(ref, prompts, metadata)
+        except Exception as exc:
+            raise metadata_error(exc, name, group) from None
         self.observe(name, n, out.batch_images, out.model_s)
         return out
 
@@ -139,7 +174,10 @@ class RewardServing:
         for i, p in enumerate(req.prompts):
             check_prompt(p, f"prompts[{i}]", None, self.limits)
         ref, count = await self._decode_put(req.images, None)
-        outs = await asyncio.gather(*(self._score(n, ref, list(req.prompts), count) for n in names))
+        meta = list(req.metadata) if req.metadata is not None else None
+        outs = await asyncio.gather(
+            *(self._score(n, ref, list(req.prompts), count, meta) for n in names)
+        )
         cards = [o.card for o in outs]
         return ScoreResponse(
             **response_meta(self.args, cards, req.request_id),
@@ -166,7 +204,8 @@ class RewardServing:
             # One put per group: every model reads the same pixels from the object store.
             ref, n = await self._decode_put(group.images, g)
             prompts = [group.prompt] * n
-            calls = [self._score(name, ref, prompts, n) for name in weights]
+            meta = [group.metadata] * n if group.metadata is not None else None
+            calls = [self._score(name, ref, prompts, n, meta, g) for name in weights]
             if needs_embeddings:
                 calls.append(self._embed(ref, n))
             outs = await asyncio.gather(*calls)
