@@ -356,6 +356,25 @@ class ScorerServer(_ModelServer):
             self.model.check_metadata(None if metadata is None else list(metadata))
         return await self._run(images, list(prompts), None if metadata is None else list(metadata))
 
+    async def score_components(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every number the scorer computes per image, by name (``Scorer.score_components``;
+        GenEval: reward, strict, geneval), outside the batch queue, in the model's own
+        chunks; for the dialects that return them all (Flow-GRPO's GenEval client)."""
+        assert isinstance(self.model, Scorer)
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        meta = None if metadata is None else list(metadata)
+        if self.model.needs_metadata or meta is not None:
+            self.model.check_metadata(meta)
+        return await asyncio.to_thread(
+            self.model.score_components, list(images), list(prompts), meta
+        )
+
     async def ready(self) -> ModelCard:
         """A real call on a tiny image (what /readyz uses)."""
         assert isinstance(self.model, Scorer)

@@ -117,6 +117,16 @@ class Scorer(BatchLimits, ABC):
             )
         return self.score(images, prompts)
 
+    def score_components(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every number the scorer computes per image, by name (GenEval: its reward and
+        both 0/1 decisions); the default is the score alone, under ``"score"``."""
+        return {"score": self.score_with_metadata(images, prompts, metadata)}
+
     def check_metadata(self, metadata: Sequence[Metadata | None] | None) -> None:
         """Validate metadata before any model work (:class:`MetadataError` naming the
         image); the default accepts anything."""

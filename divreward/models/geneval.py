@@ -220,6 +220,21 @@ class GenEval(Scorer):
         attr = "strict" if self.mode == "strict" else "geneval"
         return np.array([float(getattr(d, attr)) for d in decisions], dtype=np.float64)
 
+    def score_components(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``reward``, ``strict`` and ``geneval`` per image (float64; 0/1 for the two
+        decisions)."""
+        decisions = self.decide(images, prompts, metadata)
+        return {
+            "reward": np.array([d.reward for d in decisions], dtype=np.float64),
+            "strict": np.array([float(d.strict) for d in decisions], dtype=np.float64),
+            "geneval": np.array([float(d.geneval) for d in decisions], dtype=np.float64),
+        }
+
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
         return self.score_with_metadata(images, prompts, None)
 

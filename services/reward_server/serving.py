@@ -186,6 +186,23 @@ class RewardServing:
             params=ScoreParams(scorers=names),
         )
 
+    async def score_components(
+        self, name: str, images: Sequence[bytes], metadata: list[Any]
+    ) -> dict[str, np.ndarray]:
+        """Every number scorer ``name`` computes per image (its ``score_components``),
+        for the dialects that return them all; 400 when the server does not run it."""
+        self._check_scorers([name], "scorer")
+        check_counts([len(images)], self.limits, grouped=False)
+        ref, _ = await self._decode_put(images, None)
+        prompts = [str(m.get("prompt", "")) if isinstance(m, dict) else "" for m in metadata]
+        try:
+            parts: dict[str, np.ndarray] = await self.scorers[name].score_components.remote(
+                ref, prompts, metadata
+            )
+        except Exception as exc:
+            raise metadata_error(exc, name, None) from None
+        return parts
+
     # -- /v1/rewards -------------------------------------------------------------
     async def rewards(self, req: RewardsRequest) -> RewardsResponse:
         weights = dict(req.quality) if req.quality is not None else dict(self.default_quality)

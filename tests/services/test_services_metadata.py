@@ -142,3 +142,35 @@ def test_score_names_the_image_with_bad_metadata(metadata_app: dict[str, str]) -
     )
     err = _error(resp)
     assert err["image_index"] == 1 and err["message"].startswith("metadata[1]: scorer 'geneval'")
+
+
+def test_flow_grpo_geneval_pickle_client(metadata_app: dict[str, str], tiny_zoo: Any) -> None:
+    """Flow-GRPO's geneval_score body and reply (reward-server's app_geneval.py)."""
+    import pickle
+
+    from divreward.client.encoding import encode_images
+
+    images = make_images(3, seed=5)
+    metas = [DOG, CARS, POSITION]
+    body = {"images": encode_images(images, fmt="PNG"), "meta_datas": metas, "only_strict": False}
+    resp = httpx.post(metadata_app["http"] + "/compat/pickle", content=pickle.dumps(body),
+                      timeout=60)  # fmt: skip
+    assert resp.status_code == 200, resp.content
+    reply = pickle.loads(resp.content)
+    parts = tiny_zoo.load("geneval").score_components(images, [m["prompt"] for m in metas], metas)
+    assert reply["scores"] == pytest.approx(list(parts["reward"]), abs=1e-12)
+    assert reply["rewards"] == list(parts["geneval"])
+    assert reply["strict_rewards"] == list(parts["strict"])
+    assert reply["group_strict_rewards"]["counting"] == [-10.0, parts["strict"][1], -10.0]
+    assert reply["group_rewards"]["color_attr"] == [-10.0] * 3
+    body["only_strict"] = True
+    reply = pickle.loads(
+        httpx.post(
+            metadata_app["http"] + "/compat/pickle", content=pickle.dumps(body), timeout=60
+        ).content
+    )
+    assert reply["rewards"] == [0.0] * 3 and reply["strict_rewards"] == list(parts["strict"])
+    body["meta_datas"] = metas[:2]
+    resp = httpx.post(metadata_app["http"] + "/compat/pickle", content=pickle.dumps(body),
+                      timeout=60)  # fmt: skip
+    assert resp.status_code == 400 and b"meta_datas" in resp.content
