@@ -13,6 +13,7 @@ YAML; dotted keys reach into dict fields).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,7 +79,9 @@ class TrainConfig(DocumentedModel):
 
     # ------------------------------------------------------------------ data
     prompts_file: str | None = None
-    """Training prompts, one per line ('#' comments and blank lines skipped); None: the shipped
+    """Training prompts, one per line ('#' comments and blank lines skipped), or a '.jsonl' of
+    one JSON object per line with a 'prompt' (Flow-GRPO's GenEval metadata files): the whole
+    object is the prompt's metadata, sent with each of its groups; None: the shipped
     trainer/prompts/train.txt."""
     eval_prompts_file: str | None = None
     """Held-out evaluation prompts; None: the shipped trainer/prompts/eval.txt."""
@@ -324,11 +327,54 @@ def load_config(
     return TrainConfig.model_validate(data)
 
 
+class MetaPrompt(str):
+    """A prompt that carries its metadata (a JSONL prompt source's object) to the reward
+    request of each of its groups; everywhere else it is the plain prompt string."""
+
+    metadata: dict[str, Any]
+
+    def __new__(cls, prompt: str, metadata: dict[str, Any]) -> MetaPrompt:
+        self = super().__new__(cls, prompt)
+        self.metadata = metadata
+        return self
+
+    def __getnewargs__(self) -> tuple[str, dict[str, Any]]:  # type: ignore[override]
+        return (str(self), self.metadata)
+
+
+def prompt_metadata(prompt: str) -> dict[str, Any] | None:
+    """The metadata a prompt read from a JSONL source carries (None for a plain one)."""
+    return prompt.metadata if isinstance(prompt, MetaPrompt) else None
+
+
+def _read_jsonl_prompts(p: Path) -> list[str]:
+    out: list[str] = []
+    for number, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{p}:{number}: not a JSON object ({exc})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ValueError(f"{p}:{number}: each line must be a JSON object with a 'prompt' str")
+        out.append(MetaPrompt(obj["prompt"], obj))
+    return out
+
+
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file: one per line; blank lines and '#' comments skipped."""
+    """Prompts from a text file: one per line; blank lines and '#' comments skipped. A
+    ``.jsonl`` file holds one JSON object per line whose 'prompt' is the prompt and the
+    whole object its metadata (:class:`MetaPrompt`), as Flow-GRPO's
+    ``dataset/geneval/{train,test}_metadata.jsonl``."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"prompts file {str(p)!r} does not exist")
+    if p.suffix == ".jsonl":
+        prompts = _read_jsonl_prompts(p)
+        if not prompts:
+            raise ValueError(f"prompts file {str(p)!r} holds no prompt")
+        return prompts
     prompts = [ln.strip() for ln in p.read_text().splitlines()]
     prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
     if not prompts:

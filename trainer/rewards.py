@@ -35,7 +35,7 @@ import torch
 from divreward.core.advantages import group_advantages
 from divreward.core.config import AdvantageConfig, DiverseGRPOConfig, DRIFTConfig
 from divreward.core.drift import select_subset
-from divreward.trainer.config import TrainConfig
+from divreward.trainer.config import TrainConfig, prompt_metadata
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class ServiceRewards(_Base):
         fut: concurrent.futures.Future[Any] | None = None
         try:
             fut = self.client.submit(
-                Group(prompt, images, group_id=group_id),
+                Group(prompt, images, group_id=group_id, metadata=prompt_metadata(prompt)),
                 quality=self.cfg.quality,
                 diversity=diversity,
                 advantage={"eps": self.cfg.advantage_eps},
@@ -261,7 +261,12 @@ class InProcessRewards(_Base):
     def _scores(self, prompt: str, images: torch.Tensor) -> dict[str, np.ndarray]:
         ims = self._np_images(images)
         prompts = [prompt] * len(ims)
-        scores = {n: np.asarray(self.models[n].score(ims, prompts)) for n in self.cfg.quality}
+        meta = prompt_metadata(prompt)
+        metadata = None if meta is None else [meta] * len(ims)
+        scores = {
+            n: np.asarray(self.models[n].score_with_metadata(ims, prompts, metadata))
+            for n in self.cfg.quality
+        }
         total = np.zeros(len(ims))
         for n, w in self.cfg.quality.items():
             total += w * scores[n]
