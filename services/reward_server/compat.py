@@ -91,6 +91,17 @@ def _pickle_error(err: ServiceError) -> Response:
     return _pickle_reply({"error": f"{err.kind}: {err.message}"}, 500 if transient else err.status)
 
 
+def _check_keys(data: dict[Any, Any], keys: Sequence[str], what: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in keys)
+    if unknown:
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"unknown keys {unknown} in {what}; accepted: {list(keys)}",
+            valid=list(keys),
+        )
+
+
 def _parse_pickle_body(data: Any, check: bool = True) -> tuple[list[bytes], list[str]]:
     """``images`` and ``prompts`` of a pickled body (``check=False``: images only)."""
     if not isinstance(data, dict):
@@ -99,14 +110,7 @@ def _parse_pickle_body(data: Any, check: bool = True) -> tuple[list[bytes], list
             "invalid_request",
             f"the pickled body must be a dict with {list(_PICKLE_KEYS)}, got {type(data).__name__}",
         )
-    unknown = sorted(str(k) for k in data if k not in _PICKLE_KEYS)
-    if unknown:
-        raise ServiceError(
-            400,
-            "invalid_request",
-            f"unknown keys {unknown} in the pickled body; accepted: {list(_PICKLE_KEYS)}",
-            valid=list(_PICKLE_KEYS),
-        )
+    _check_keys(data, _PICKLE_KEYS, "the pickled body")
     images = data.get("images")
     if not isinstance(images, list | tuple) or not images:
         raise ServiceError(
@@ -146,14 +150,7 @@ _GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position"
 
 def _parse_geneval_body(data: dict[Any, Any]) -> tuple[list[bytes], list[Any], bool]:
     """Flow-GRPO's GenEval request: images, one metadata dict per image, only_strict."""
-    unknown = sorted(str(k) for k in data if k not in _GENEVAL_KEYS)
-    if unknown:
-        raise ServiceError(
-            400,
-            "invalid_request",
-            f"unknown keys {unknown} in the GenEval pickled body; accepted: {list(_GENEVAL_KEYS)}",
-            valid=list(_GENEVAL_KEYS),
-        )
+    _check_keys(data, _GENEVAL_KEYS, "the GenEval pickled body")
     images, _ = _parse_pickle_body({"images": data.get("images"), "prompts": []}, check=False)
     metas = data.get("meta_datas")
     if not isinstance(metas, list | tuple) or len(metas) != len(images):

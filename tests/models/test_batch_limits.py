@@ -15,9 +15,15 @@ from divreward.models.registry import REGISTRY, load_model
 PROMPTS = ["a red bicycle", "two cats", "a lighthouse", "ramen", "a fox", "snow", "a boat"]
 
 
+# GenEval metadata without colours: the recorded passes are the detector's alone.
+METADATA = {"tag": "two_object",
+            "include": [{"class": "car", "count": 1}, {"class": "person", "count": 1}]}  # fmt: skip
+
+
 def _run(model: Scorer | Embedder, images: list[np.ndarray]) -> np.ndarray:
     if isinstance(model, Scorer):
-        return model.score(images, PROMPTS[: len(images)])
+        meta = [METADATA] * len(images) if model.needs_metadata else None
+        return model.score_with_metadata(images, PROMPTS[: len(images)], meta)
     return model.embed(images)
 
 
