@@ -166,8 +166,9 @@ class GroupAssembler:
             raise ServiceError(
                 409,
                 "conflict",
-                f"{group.describe()}: this part's quality/diversity/advantage parameters or "
-                "metadata differ from its first part's; send the same ones with every part",
+                f"{group.describe()}: this part's quality/diversity/advantage parameters "
+                "differ from its first part's (or its metadata does); send the same ones "
+                "with every part",
             )
 
     def _new_group(
