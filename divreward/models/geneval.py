@@ -35,6 +35,7 @@ allow); every image's crops are classified in one CLIP pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -203,9 +204,7 @@ class GenEval(Scorer):
             objects = rules.keep_detections(
                 det["boxes"], det["scores"], det["labels"], list(det["masks"]), spec.tag
             )
-            decisions.append(
-                rules.evaluate(spec, objects, lambda c, o, im=image: self.colours(im, c, o))
-            )
+            decisions.append(rules.evaluate(spec, objects, functools.partial(self.colours, image)))
         return decisions
 
     def score_with_metadata(
@@ -322,7 +321,7 @@ def tiny_detector(seed: int, labels: Sequence[str] = rules.COCO_CLASSES) -> Any:
     import torch
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
-    backbone = SwinConfig(
+    swin: dict[str, Any] = dict(
         image_size=TINY_SIDE,
         patch_size=4,
         embed_dim=16,
@@ -331,8 +330,8 @@ def tiny_detector(seed: int, labels: Sequence[str] = rules.COCO_CLASSES) -> Any:
         window_size=4,
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
-    config = Mask2FormerConfig(
-        backbone_config=backbone,
+    m2f: dict[str, Any] = dict(
+        backbone_config=SwinConfig(**swin),
         num_labels=len(labels),
         num_queries=10,
         hidden_dim=32,
@@ -349,6 +348,7 @@ def tiny_detector(seed: int, labels: Sequence[str] = rules.COCO_CLASSES) -> Any:
         id2label=dict(enumerate(labels)),
         label2id={c: i for i, c in enumerate(labels)},
     )
+    config = Mask2FormerConfig(**m2f)
     with seeded(seed):
         model = Mask2FormerForUniversalSegmentation(config).eval()
     with torch.no_grad():

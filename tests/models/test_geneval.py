@@ -6,6 +6,7 @@ GenEval's masked crops, and the decisions are the rule engine's on those detecti
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -120,7 +121,7 @@ def test_decisions_are_the_rules_on_the_detections(model: geneval.GenEval) -> No
         scores = np.array([s["score"] for s in res["segments_info"]])
         labels = np.array([s["label_id"] for s in res["segments_info"]])
         objects = rules.keep_detections(boxes, scores, labels, list(masks), spec.tag)
-        expected = rules.evaluate(spec, objects, lambda c, o, im=image: model.colours(im, c, o))
+        expected = rules.evaluate(spec, objects, functools.partial(model.colours, image))
         assert d == expected
 
 
@@ -132,6 +133,7 @@ def test_score_option_picks_the_decision(tiny_zoo: TinyZoo, model: geneval.GenEv
     )
     for mode in ("strict", "geneval"):
         m = load_model("geneval", tiny_zoo.options("geneval", options={"score": mode}))
+        assert isinstance(m, geneval.GenEval)
         np.testing.assert_array_equal(
             m.score_with_metadata(images, PROMPTS, META),
             [float(getattr(d, mode)) for d in decisions],

@@ -82,6 +82,7 @@ def test_question_template_and_penalty_options(tiny_zoo: TinyZoo, judge) -> None
     image = make_images(1, seed=2)
     opts = {"question": 'Is this "{prompt}"?', "repetition_penalty": 1.0}
     other = load_model("vqascore", tiny_zoo.options("vqascore", options=opts))
+    assert isinstance(other, vqascore.QwenJudge)
     assert other.render("a cat").count('Is this "a cat"?') == 1
     assert other.score(image, ["a cat"])[0] != judge.score(image, ["a cat"])[0]
     with pytest.raises(ValueError, match="must contain '\\{prompt\\}'"):

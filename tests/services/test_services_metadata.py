@@ -18,12 +18,12 @@ pytestmark = [pytest.mark.serve, pytest.mark.timeout(400)]
 
 APP, ROUTE = "metadata_reward", "/metadata"
 SCORERS = ("geneval", "vqascore")
-DOG = {"tag": "single_object", "prompt": "a photo of a dog",
+DOG: dict[str, Any] = {"tag": "single_object", "prompt": "a photo of a dog",
        "include": [{"class": "dog", "count": 1}]}  # fmt: skip
-CARS = {"tag": "counting", "prompt": "a photo of two cars",
+CARS: dict[str, Any] = {"tag": "counting", "prompt": "a photo of two cars",
         "include": [{"class": "car", "count": 2}],
         "exclude": [{"class": "car", "count": 3}]}  # fmt: skip
-POSITION = {"tag": "position", "prompt": "a photo of a person above a car", "include": [
+POSITION: dict[str, Any] = {"tag": "position", "prompt": "a person above a car", "include": [
     {"class": "car", "count": 1},
     {"class": "person", "count": 1, "position": ["above", 0]}]}  # fmt: skip
 
@@ -70,7 +70,7 @@ def test_group_metadata_reaches_geneval(
 
     groups = [(DOG, make_images(4, seed=1)), (CARS, make_images(4, seed=2)),
               (POSITION, make_images(3, seed=3))]  # fmt: skip
-    kw = {"application": APP} if transport == "grpc" else {}
+    kw: dict[str, Any] = {"application": APP} if transport == "grpc" else {}
     with RewardClient(metadata_app[transport], downsize=False, **kw) as client:
         res = client.rewards(
             [Group(m["prompt"], imgs, metadata=m) for m, imgs in groups],
