@@ -73,6 +73,7 @@ BACKGROUND = "#999"  # GenEval's crop canvas
 SCORES = ("reward", "strict", "geneval")
 OPTIONS = ("score", "clip_source", "max_batch", "max_batch_pixels")
 DEFAULT_MAX_BATCH = 8
+MAX_RESOLUTION = 1024
 PROBE_METADATA: Metadata = {"tag": "single_object", "include": [{"class": "dog", "count": 1}]}
 
 
@@ -107,9 +108,9 @@ class GenEval(Scorer):
         self.max_batch_pixels = max_batch_pixels
         self.info = info
         self.device = bundle.device
-        size = processor.size
-        sides = [int(v) for k, v in dict(size).items() if k in ("shortest_edge", "height", "width")]
-        self.max_resolution = max([bundle.max_resolution, *sides])
+        # The colour crops are cut from the image as sent (GenEval's 512x512 samples),
+        # not from the detector's resized input: clients should not downsize below this.
+        self.max_resolution = MAX_RESOLUTION
         self._classifiers: dict[str, Any] = {}
 
     # -- the models --------------------------------------------------------------
