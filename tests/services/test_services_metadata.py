@@ -174,3 +174,10 @@ def test_flow_grpo_geneval_pickle_client(metadata_app: dict[str, str], tiny_zoo:
     resp = httpx.post(metadata_app["http"] + "/compat/pickle", content=pickle.dumps(body),
                       timeout=60)  # fmt: skip
     assert resp.status_code == 400 and b"meta_datas" in resp.content
+
+
+def test_readiness_probes_geneval_with_its_probe_metadata(metadata_app: dict[str, str]) -> None:
+    ready = httpx.get(metadata_app["http"] + "/readyz", timeout=60)
+    assert ready.status_code == 200, ready.text
+    states = ready.json()["deployments"]
+    assert states["scorer:geneval"] == "ok" and states["scorer:vqascore"] == "ok"
