@@ -70,6 +70,7 @@ __all__ = [
     "ErrorResponse",
     "HealthResponse",
     "ImageBytes",
+    "Metadata",
     "MetricsGroup",
     "MetricsRequest",
     "MetricsResponse",
@@ -447,11 +448,28 @@ class MetricsResponse(_ResponseMeta):
 
 
 # --------------------------------------------------------------------------- /v1/score
+Metadata = dict[str, JsonValue]
+"""A prompt's metadata: a JSON object read by the scorers that need one (GenEval's
+``{"tag", "include": [...], "exclude": [...]}``) and ignored by the others."""
+
+_METADATA_DOC = (
+    "The prompt's metadata, a JSON object for the scorers that need one (geneval: GenEval's "
+    "{'tag', 'include': [{'class', 'count', 'color', 'position'}], 'exclude'}); other "
+    "scorers ignore it. A scorer that needs metadata and gets none, or a malformed one, is "
+    "a 400 naming the group."
+)
+
+
 class ScoreRequest(_Model):
     prompts: list[str] = Field(min_length=1, description="One prompt per image.")
     images: list[ImageBytes] = Field(min_length=1)
     scorers: list[str] | None = Field(
         default=None, min_length=1, description="Scorer names; default: all configured."
+    )
+    metadata: list[Metadata | None] | None = Field(
+        default=None,
+        description="One metadata object (or null) per image, for the scorers that need "
+        "one (see RewardGroup.metadata); a 400 names the image when one is missing or bad.",
     )
     request_id: str | None = _REQUEST_ID
 
@@ -461,6 +479,11 @@ class ScoreRequest(_Model):
             raise ValueError(
                 f"prompts has {len(self.prompts)} entries but images has "
                 f"{len(self.images)}: give exactly one prompt per image"
+            )
+        if self.metadata is not None and len(self.metadata) != len(self.images):
+            raise ValueError(
+                f"metadata has {len(self.metadata)} entries but images has "
+                f"{len(self.images)}: give one metadata object (or null) per image"
             )
         return self
 
@@ -480,6 +503,7 @@ class RewardGroup(_Model):
     prompt: str = Field(description="The prompt every image of the group was made from.")
     images: list[ImageBytes] = Field(min_length=1)
     group_id: str | None = Field(default=None, max_length=256)
+    metadata: Metadata | None = Field(default=None, description=_METADATA_DOC)
 
 
 AGGREGATION_DOC = (

@@ -14,6 +14,7 @@ YAML; dotted keys reach into dict fields).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,9 @@ class TrainConfig(DocumentedModel):
 
     # ------------------------------------------------------------------ data
     prompts_file: str | None = None
-    """Training prompts, one per line ('#' comments and blank lines skipped); None: the shipped
+    """Training prompts, one per line ('#' comments and blank lines skipped), or a '.jsonl' of
+    one JSON object per line with a 'prompt' (Flow-GRPO's GenEval metadata files): the whole
+    object is the prompt's metadata, sent with each of its groups; None: the shipped
     trainer/prompts/train.txt."""
     prompts_format: PromptsFormat = "lines"
     """How prompts_file / eval_prompts_file are read: 'lines' (above) or 'flow_grpo_txt',
@@ -373,14 +376,56 @@ def _reset_params_of_a_switched_method(
             log.info("diversity=%s: the preset's diversity_params %s are dropped", method, dropped)
 
 
+class MetaPrompt(str):
+    """A prompt that carries its metadata (a JSONL prompt source's object) to the reward
+    request of each of its groups; everywhere else it is the plain prompt string."""
+
+    metadata: dict[str, Any]
+
+    def __new__(cls, prompt: str, metadata: dict[str, Any]) -> MetaPrompt:
+        self = super().__new__(cls, prompt)
+        self.metadata = metadata
+        return self
+
+    def __getnewargs__(self) -> tuple[str, dict[str, Any]]:  # type: ignore[override]
+        return (str(self), self.metadata)
+
+
+def prompt_metadata(prompt: str) -> dict[str, Any] | None:
+    """The metadata a prompt read from a JSONL source carries (None for a plain one)."""
+    return prompt.metadata if isinstance(prompt, MetaPrompt) else None
+
+
+def _read_jsonl_prompts(p: Path) -> list[str]:
+    out: list[str] = []
+    for number, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{p}:{number}: not a JSON object ({exc})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ValueError(f"{p}:{number}: each line must be a JSON object with a 'prompt' str")
+        out.append(MetaPrompt(obj["prompt"], obj))
+    return out
+
+
 def read_prompts(path: str | Path, fmt: PromptsFormat = "lines") -> list[str]:
     """Prompts from a text file, one per line, each stripped. ``lines``: blank lines and
     '#' comments skipped. ``flow_grpo_txt``: Flow-GRPO's ``TextPromptDataset`` (every line
     is a prompt, its metadata ``{}``); a blank line, which Flow-GRPO would train on as an
-    empty prompt, is an error naming the line."""
+    empty prompt, is an error naming the line. Whatever ``fmt``, a ``.jsonl`` file holds one
+    JSON object per line whose 'prompt' is the prompt and the whole object its metadata
+    (:class:`MetaPrompt`), as Flow-GRPO's ``dataset/geneval/{train,test}_metadata.jsonl``."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"prompts file {str(p)!r} does not exist")
+    if p.suffix == ".jsonl":
+        prompts = _read_jsonl_prompts(p)
+        if not prompts:
+            raise ValueError(f"prompts file {str(p)!r} holds no prompt")
+        return prompts
     prompts = [ln.strip() for ln in p.read_text().splitlines()]
     if fmt == "flow_grpo_txt":
         blank = [i + 1 for i, ln in enumerate(prompts) if not ln]

@@ -675,9 +675,10 @@ _TINY_CORPUS_EXTRA = (
 )
 
 
-def _tiny_tokenizer() -> Any:
+def tiny_tokenizer(extra_corpus: Sequence[str] = ()) -> Any:
     """A byte-level BPE trained on the fly (deterministic), wrapped as Qwen2Tokenizer
-    with Qwen's special tokens appended after the BPE vocabulary, as in the real one."""
+    with Qwen's special tokens appended after the BPE vocabulary, as in the real one.
+    ``extra_corpus``: more training text (another tiny Qwen model's own prompts)."""
     from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -697,7 +698,7 @@ def _tiny_tokenizer() -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = [INSTRUCTION, PROMPT_WITH_SPECIAL_TOKEN, _TINY_CORPUS_EXTRA] * 4
+    corpus = [INSTRUCTION, PROMPT_WITH_SPECIAL_TOKEN, _TINY_CORPUS_EXTRA, *extra_corpus] * 4
     bpe.train_from_iterator(corpus, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
@@ -796,7 +797,7 @@ def build_tiny(out_dir: Path, seed: int) -> None:
     base_dir.mkdir(parents=True, exist_ok=True)
     hps_dir.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(str(base_dir))
     raw = tiny_base_config(tokenizer)
     (base_dir / "config.json").write_text(json.dumps(raw, indent=2) + "\n")

@@ -78,6 +78,9 @@ register(ModelSpec("hpsv2", "scorer", "hpsv2", "xswu/HPSv2", "HPSv2 (open_clip V
 register(ModelSpec("hpsv21", "scorer", "hpsv2", "xswu/HPSv2", "HPSv2.1 (open_clip ViT-H-14, HPS_v2.1_compressed.pt): cosine", {"version": "v2.1"}))  # noqa: E501
 register(ModelSpec("hpsv3", "scorer", "hpsv3", "MizzenAI/HPSv3", "HPSv3 (Qwen2-VL-7B + reward head): mu of the predicted (mu, log_sigma)"))  # noqa: E501
 register(ModelSpec("imagereward", "scorer", "imagereward", "THUDM/ImageReward", "ImageReward (BLIP ViT-L + BERT cross-attention + MLP), standardised"))  # noqa: E501
+register(ModelSpec("geneval", "scorer", "geneval", "facebook/mask2former-swin-small-coco-instance", "GenEval rules on Mask2Former detections + CLIP colours; needs per-prompt metadata; Flow-GRPO's partial reward", {"score": "reward"}))  # noqa: E501
+register(ModelSpec("vqascore", "scorer", "vqascore", "Qwen/Qwen2.5-VL-7B-Instruct", "VQAScore: P('Yes') to 'Does this image show \"{prompt}\"?' from Qwen2.5-VL logits", {"mode": "vqascore"}))  # noqa: E501
+register(ModelSpec("unifiedreward", "scorer", "vqascore", "CodeGoat24/UnifiedReward-qwen-7b", "UnifiedReward (Qwen2.5-VL): Flow-GRPO's prompt, greedy answer, 'Final Score' / 5", {"mode": "unifiedreward"}))  # noqa: E501
 register(ModelSpec("dreamsim", "embedder", "dreamsim_embedder", "dreamsim", "DreamSim perceptual embedding (unit rows; distance = 1 - cos)", {"dreamsim_type": "ensemble"}))  # noqa: E501
 register(ModelSpec("clip_embedder", "embedder", "clip_embedder", "openai/clip-vit-base-patch32", "CLIP image embedding (unit rows) for the CLIP-diversity metric"))  # noqa: E501
 register(ModelSpec("ocr", "scorer", "ocr", "rapidocr", "OCR accuracy (RapidOCR PP-OCRv6 from its wheel): Flow-GRPO's 1 - edit distance / len(quoted target)", {"missing_quote": "error"}, checks_prompts=True))  # noqa: E501

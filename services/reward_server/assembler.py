@@ -167,7 +167,8 @@ class GroupAssembler:
                 409,
                 "conflict",
                 f"{group.describe()}: this part's quality/diversity/advantage parameters "
-                "differ from its first part's; send the same parameters with every part",
+                "differ from its first part's (or its metadata does); send the same ones "
+                "with every part",
             )
 
     def _new_group(
