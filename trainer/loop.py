@@ -59,9 +59,12 @@ class TrainResult:
 
 
 def resolve_model(cfg: TrainConfig) -> str:
-    """'tiny-sd3' / 'tiny-flux': build the tiny random pipeline when missing."""
+    """'tiny-sd3' / 'tiny-flux': build the tiny random pipeline when missing; a hub id:
+    the weights directory's copy when it holds it (divreward.trainer.models.hub)."""
     if not cfg.model.startswith("tiny-"):
-        return cfg.model
+        from divreward.trainer.models.hub import resolve_policy
+
+        return resolve_policy(cfg, "--preset <preset> (or --config <file>)")
     from divreward.trainer.models import tiny
 
     family = cfg.model.removeprefix("tiny-")

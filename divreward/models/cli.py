@@ -94,7 +94,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
+def parse_options(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -139,7 +139,7 @@ def _score(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         device=args.device,
         dtype=args.dtype,
-        options=_parse_options(args.option),
+        options=parse_options(args.option),
     )
     model = load_model(args.model, opts)
     assert isinstance(model, Scorer)

@@ -57,6 +57,7 @@ from divreward.models.weights import (
     WeightsNotFoundError,
     check_device,
     model_info,
+    optional,
     resolve_dtype,
     resolve_file,
 )
@@ -212,6 +213,13 @@ def build_model(cfg: dict[str, Any], device: str = "meta") -> Any:
         raise ValueError("hpsv2: only the standard open_clip CLIP text tower is supported")
     with torch.device(device):
         return open_clip.CLIP(**cfg, output_dict=True)
+
+
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    """The checkpoint of the chosen version (and the tiny profile's architecture file,
+    read only when present)."""
+    version = option(opts.options, "version", str, "v2.0")
+    return [(opts.source or REPO, [VERSIONS.get(version, VERSIONS["v2.0"]), optional(ARCH_FILE)])]
 
 
 def load(opts: LoadOptions) -> HPSv2:

@@ -275,6 +275,12 @@ class DiffusionAdapter(ABC):
     ) -> DiffusionAdapter:
         """Load from a hub id or a local pipeline directory through the diffusers loader."""
 
+    @classmethod
+    def skipped_components(cls, model: str, **options: Any) -> dict[str, None]:
+        """The pipeline components that ``from_pretrained(model, **options)`` does not load
+        (given to diffusers as None); ``divreward weights pull --preset`` leaves them out."""
+        return {}
+
     @abstractmethod
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         """Encode ``prompts`` (no grad): batch-first tensors, one row per prompt."""
