@@ -225,19 +225,18 @@ def _inspect(directory: Path, patterns: Sequence[str]) -> tuple[list[str], list[
     return chosen, absent
 
 
-def _cache_snapshot(repo: str, cache_dir: str | None, patterns: Sequence[str]) -> Path | None:
-    from huggingface_hub import snapshot_download
+def _cache_snapshot(repo: str, cache_dir: str | None) -> Path | None:
+    """The Hugging Face cache's snapshot of ``repo`` at ``main`` (the cache layout:
+    ``models--org--name/refs/main`` holds the commit of ``snapshots/<commit>/``)."""
+    from huggingface_hub import constants
 
+    folder = Path(cache_dir or constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
     try:
-        return Path(
-            str(
-                snapshot_download(
-                    repo, allow_patterns=list(patterns), cache_dir=cache_dir, local_files_only=True
-                )
-            )
-        )
-    except Exception:  # not cached (LocalEntryNotFoundError and friends)
+        commit = (folder / "refs" / "main").read_text().strip()
+    except OSError:
         return None
+    snap = folder / "snapshots" / commit
+    return snap if snap.is_dir() else None
 
 
 def check_repo(
@@ -253,7 +252,7 @@ def check_repo(
     candidates: list[Path] = []
     if weights_dir is not None:
         candidates.append(weights_dir / repo)
-    snap = _cache_snapshot(repo, cache_dir, patterns)
+    snap = _cache_snapshot(repo, cache_dir)
     if snap is not None:
         candidates.append(snap)
     best: RepoCheck | None = None
