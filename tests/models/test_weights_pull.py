@@ -230,3 +230,106 @@ def test_missing_weights_name_every_place_and_the_exact_pull_command(
     assert f"the Hugging Face cache {tmp_path / 'c'}" in msg  # then the cache
     assert msg.endswith(f"`divreward weights pull hpsv21 --weights-dir {empty}`")
     assert "\n" not in msg
+
+
+# ---------------------------------------------------------------- the trainer's policy
+
+SD35 = "stabilityai/stable-diffusion-3.5-medium"
+
+
+def _serve_tiny_sd3(hub: Hub, tmp_path: Path) -> Path:
+    """A tiny SD3 pipeline served as SD3.5-Medium, with what the trainer must not fetch:
+    a T5 component (listed in model_index.json), an fp16 variant and a root single-file
+    checkpoint."""
+    import json
+
+    from divreward.trainer.models.tiny import build_tiny_sd3
+
+    served = tmp_path / "served-sd3"
+    shutil.copytree(build_tiny_sd3(tmp_path / "tiny-sd3"), served)
+    index = json.loads((served / "model_index.json").read_text())
+    index["text_encoder_3"] = ["transformers", "T5EncoderModel"]
+    index["tokenizer_3"] = ["transformers", "T5TokenizerFast"]
+    (served / "model_index.json").write_text(json.dumps(index))
+    for f in (
+        "text_encoder_3/config.json",
+        "text_encoder_3/model.safetensors",
+        "tokenizer_3/spiece.model",
+    ):
+        (served / f).parent.mkdir(exist_ok=True)
+        (served / f).write_bytes(b"{}")
+    shutil.copy(
+        served / "text_encoder/model.safetensors", served / "text_encoder/model.fp16.safetensors"
+    )
+    (served / "sd3.5_medium.safetensors").write_bytes(b"0" * 1000)
+    hub.fake.add(SD35, served)
+    return served
+
+
+def test_pull_preset_fetches_only_what_the_policy_loads_then_trains_from_it(
+    hub: Hub, tmp_path: Path
+) -> None:
+    import yaml
+
+    from divreward.trainer.config import load_config
+    from divreward.trainer.models.hub import MODEL_INDEX, policy_hub_files, resolve_policy
+    from divreward.trainer.models.sd3 import SD3Adapter
+
+    served = _serve_tiny_sd3(hub, tmp_path)
+    train = tmp_path / "train.yaml"
+    train.write_text(
+        yaml.safe_dump({"model": SD35, "family": "sd3", "model_options": {"text_encoder_3": False}})
+    )
+    weights = tmp_path / "weights"
+    assert (
+        main(["weights", "pull", "--train-config", str(train), "--weights-dir", str(weights)]) == 0
+    )
+    got = sorted(
+        p.relative_to(weights / SD35).as_posix()
+        for p in (weights / SD35).rglob("*")
+        if p.is_file() and ".cache" not in p.parts
+    )
+    expected = sorted(
+        p.relative_to(served).as_posix()
+        for p in served.rglob("*")
+        if p.is_file()
+        and not p.relative_to(served).as_posix().startswith(("text_encoder_3/", "tokenizer_3/"))
+        and p.name
+        not in (
+            "model.fp16.safetensors",
+            "sd3.5_medium.safetensors",
+            "divreward-tiny-pipeline.json",
+        )
+    )
+    assert got == expected
+    # The preset that loads T5 asks for it (and still for no variant).
+    index = yaml.safe_load((served / MODEL_INDEX).read_text())
+    ((_, with_t5),) = policy_hub_files(load_config("diversegrpo-sd35-pickscore"), index)
+    assert "text_encoder_3/config.json" in with_t5
+    hub.offline()
+    hub.monkeypatch.setenv(ENV_WEIGHTS_DIR, str(weights))
+    assert main(["weights", "check", "--train-config", str(train)]) == 0
+    cfg = load_config(None, [], train)
+    path = resolve_policy(cfg, "--train-config x")
+    assert path == str(weights / SD35)
+    import torch
+
+    adapter = SD3Adapter.from_pretrained(
+        path, device="cpu", dtype=torch.float32, text_encoder_3=False
+    )
+    assert adapter.pipeline.text_encoder_3 is None and adapter.transformer is not None
+
+
+def test_train_without_the_policy_weights_is_one_short_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(ENV_WEIGHTS_DIR, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["train", "--preset", "diversegrpo-sd35-pickscore"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"the policy pipeline '{SD35}'" in err
+    assert "`divreward weights pull --preset diversegrpo-sd35-pickscore`" in err
