@@ -44,7 +44,9 @@ __all__ = [
     "config_targets",
     "deploy",
     "deploy_services",
+    "fit_problems",
     "init_local_ray",
+    "resource_demands",
     "serve_start_options",
     "shutdown",
     "start",
@@ -323,6 +325,88 @@ def config_start_options(config: Mapping[str, Any]) -> dict[str, Any]:
             value = getattr(schema, key)
             options[key] = value.model_dump() if hasattr(value, "model_dump") else value
     return options
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one deployment asks of the cluster: per replica, and how many replicas it
+    starts with (``num_replicas``, or an autoscaled deployment's initial/min replicas)."""
+
+    app: str
+    deployment: str
+    replicas: int
+    per_replica: dict[str, float]
+
+
+def resource_demands(targets: Sequence[Target]) -> list[Demand]:
+    """The resources every deployment of ``targets`` asks for, as Serve will place them
+    (``ray_actor_options``: ``num_cpus`` (Serve's default 1), ``num_gpus``, ``memory``
+    and custom ``resources``)."""
+    from ray.serve._private.build_app import build_app  # what serve.run itself builds
+
+    out: list[Demand] = []
+    for target in targets:
+        for dep in build_app(target.app, name=target.name).deployments:
+            actor = dict(dep.ray_actor_options or {})
+            need: dict[str, float] = {"CPU": float(actor.get("num_cpus", 1) or 0.0)}
+            need["GPU"] = float(actor.get("num_gpus", 0) or 0.0)
+            need["memory"] = float(actor.get("memory", 0) or 0.0)
+            need.update({k: float(v) for k, v in (actor.get("resources") or {}).items()})
+            auto = dep._deployment_config.autoscaling_config
+            if auto is not None:
+                replicas = int(auto.initial_replicas or auto.min_replicas or 0)
+            else:
+                replicas = int(dep.num_replicas or 1)
+            need = {k: v for k, v in need.items() if v > 0}
+            out.append(Demand(target.name, dep.name, replicas, need))
+    return out
+
+
+def _amount(resource: str, value: float) -> str:
+    if resource == "memory":
+        return f"{value / 2**30:.3g} GiB of memory"
+    return f"{resource} {value:g}"
+
+
+def fit_problems(
+    demands: Sequence[Demand], totals: Mapping[str, float], nodes: Sequence[Mapping[str, float]]
+) -> list[str]:
+    """Why ``demands`` cannot be placed on a cluster with these total resources
+    (``ray.cluster_resources()``) and nodes (each alive node's resources): a replica
+    that no single node can hold, or more of a resource than the cluster has in all.
+    Empty when they fit (as far as totals tell: fragmentation across nodes is not
+    modelled). Each problem names the deployment and the resource."""
+    eps = 1e-9
+    problems: list[str] = []
+    for d in demands:
+        for res, amount in d.per_replica.items():
+            largest = max((float(n.get(res, 0.0)) for n in nodes), default=0.0)
+            if amount > largest + eps:
+                problems.append(
+                    f"deployment {d.deployment!r} of application {d.app!r} asks for "
+                    f"{_amount(res, amount)} per replica, but no node of this Ray cluster "
+                    f"has that much (largest node: {_amount(res, largest)}; cluster total: "
+                    f"{_amount(res, float(totals.get(res, 0.0)))})"
+                )
+    if problems:
+        return problems
+    summed: dict[str, float] = {}
+    for d in demands:
+        for res, amount in d.per_replica.items():
+            summed[res] = summed.get(res, 0.0) + amount * d.replicas
+    for res, amount in summed.items():
+        have = float(totals.get(res, 0.0))
+        if amount > have + eps:
+            who = ", ".join(
+                f"{d.app}/{d.deployment} {d.replicas} x {d.per_replica[res]:g}"
+                for d in demands
+                if res in d.per_replica and d.replicas
+            )
+            problems.append(
+                f"the deployments ask for {_amount(res, amount)} in all ({who}), but this Ray "
+                f"cluster has {_amount(res, have)}"
+            )
+    return problems
 
 
 @dataclass

@@ -257,14 +257,19 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
     cache, may_download = cache_dir_for(opts, dreamsim_type)
     missing = [f for f in required_files(dreamsim_type) if not (cache / f).is_file()]
     if missing and not may_download:
+        root = weights_root(opts)
+        dirs = list(dict.fromkeys([*([root / "dreamsim"] if root else []), cache]))
+        places = [
+            f"{d}: missing "
+            + ", ".join(str(d / f) for f in required_files(dreamsim_type) if not (d / f).is_file())
+            for d in dirs
+        ]
         raise WeightsNotFoundError(
-            f"dreamsim ({dreamsim_type}) weights not found in {cache}: missing "
-            + ", ".join(str(cache / f) for f in missing)
-            + f". Fetch them with `divreward weights pull dreamsim --option "
-            f"dreamsim_type={dreamsim_type}` (into this cache) or with `--weights-dir DIR` "
-            "(into DIR/dreamsim), on a machine with internet access",
+            f"dreamsim ({dreamsim_type}) weights not found; looked in: " + "; ".join(places),
+            "Fetch them with `divreward weights pull dreamsim` on a machine with internet "
+            "access (`--weights-dir DIR`: into DIR/dreamsim)",
             repo_id="dreamsim",
-            looked=[str(cache)],
+            looked=[str(d) for d in dirs],
         )
     image_size = IMAGE_SIZE
     if (cache / TINY_FILE).is_file():
@@ -295,7 +300,10 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
     except (OSError, RuntimeError, ValueError) as exc:  # download/hub/load failures
         raise WeightsNotFoundError(
             f"dreamsim ({dreamsim_type}) could not be loaded from {cache}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc}".replace("\n", " "),
+            "Fetch its files with `divreward weights pull dreamsim`",
+            repo_id="dreamsim",
+            looked=[str(cache)],
         ) from exc
     finally:
         torch.hub.set_dir(previous_hub)

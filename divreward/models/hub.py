@@ -194,6 +194,7 @@ class RepoCheck:
     where: str | None  # the directory that holds the files, else None
     present: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    looked: list[str] = field(default_factory=list)  # every place looked in
 
     @property
     def ok(self) -> bool:
@@ -202,7 +203,7 @@ class RepoCheck:
 
 def _inspect(directory: Path, patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     if not directory.is_dir():
-        return [], [p for p in patterns if not is_glob(p)]
+        return select_files([], patterns)
     files = [
         p.relative_to(directory).as_posix()
         for p in directory.rglob("*")
@@ -249,18 +250,24 @@ def check_repo(
     """Where ``repo``'s files are, offline: ``<weights_dir>/<repo>`` when it holds every
     required file, else the Hugging Face cache; the result lists the files present and
     the required ones missing (from the place that has most of them)."""
+    from huggingface_hub import constants
+
     candidates: list[Path] = []
+    looked = []
     if weights_dir is not None:
         candidates.append(weights_dir / repo)
+        looked.append(str(weights_dir / repo))
     snap = _cache_snapshot(repo, cache_dir)
     if snap is not None:
         candidates.append(snap)
+    looked.append(f"the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE}")
     best: RepoCheck | None = None
     for directory in candidates:
         present, missing = _inspect(directory, patterns)
-        found = RepoCheck(repo, str(directory) if directory.is_dir() else None, present, missing)
+        where = str(directory) if directory.is_dir() else None
+        found = RepoCheck(repo, where, present, missing, looked)
         if found.ok:
             return found
         if best is None or len(found.present) > len(best.present):
             best = found
-    return best or RepoCheck(repo, None, [], [p for p in patterns if not is_glob(p)])
+    return best or RepoCheck(repo, None, [], select_files([], patterns)[1], looked)

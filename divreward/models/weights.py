@@ -208,10 +208,12 @@ def _local_directory(
 
 
 def _hub_looked(repo_id: str, opts: LoadOptions, files: Sequence[str], exc: BaseException) -> str:
-    mode = "HF_HUB_OFFLINE=1, " if _offline() else ""
+    from huggingface_hub import constants
+
+    where = "HF_HUB_OFFLINE=1" if _offline() else f"hub {constants.ENDPOINT}"
     return (
-        f"the Hugging Face cache {_hub_cache_dir(opts)} and hub ({mode}"
-        f"{', '.join(files)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        f"the Hugging Face cache {_hub_cache_dir(opts)} ({where}): {' / '.join(files)} not "
+        f"available ({type(exc).__name__})"
     )
 
 
@@ -277,39 +279,58 @@ def resolve_dir(
 
 def resolve_file(repo_id: str, filename: str, opts: LoadOptions) -> Resolved:
     """Resolve one file of ``repo_id`` (hub id or local directory)."""
-    looked: list[str] = []
-    directory = _local_directory(repo_id, opts, [filename], looked)
-    if directory is not None:
-        path = directory / filename
-        return Resolved(path, str(directory), None, _tiny(path))
-    try:
-        from huggingface_hub import hf_hub_download
-
-        got = hf_hub_download(repo_id, filename, cache_dir=opts.cache_dir)
-    except Exception as exc:
-        looked.append(_hub_looked(repo_id, opts, [filename], exc))
-        raise _not_found(repo_id, looked, weights_root(opts)) from exc
-    path = Path(str(got))
-    return Resolved(path, repo_id, _snapshot_revision(path), _tiny(path))
+    return resolve_first(repo_id, [filename], opts)
 
 
 def resolve_first(repo_id: str, candidates: Sequence[str], opts: LoadOptions) -> Resolved:
     """Resolve the first of ``candidates`` (e.g. ``model.safetensors`` then
-    ``pytorch_model.bin``) that ``repo_id`` provides; the error names all of them."""
-    errors: list[WeightsNotFoundError] = []
+    ``pytorch_model.bin``) that ``repo_id`` provides, each place in the resolution order
+    asked for any of them before the next; the error names all of them."""
+    looked: list[str] = []
+    if not is_hub_id(repo_id):
+        errors: list[WeightsNotFoundError] = []
+        for filename in candidates:
+            try:
+                directory = _local_directory(repo_id, opts, [filename], looked)
+            except WeightsNotFoundError as exc:
+                errors.append(exc)
+                continue
+            assert directory is not None
+            path = directory / filename
+            return Resolved(path, str(directory), None, _tiny(path))
+        if len(errors) == 1:
+            raise errors[0]
+        raise WeightsNotFoundError(
+            f"none of {', '.join(candidates)} found in the local directory {repo_id}",
+            repo_id=repo_id,
+            looked=[repo_id],
+        )
+    for filename in candidates:
+        directory = _local_directory(repo_id, opts, [filename], [])
+        if directory is not None:
+            path = directory / filename
+            return Resolved(path, str(directory), None, _tiny(path))
+    root = weights_root(opts)
+    if root is not None:
+        files = ", ".join(str(root / repo_id / f) for f in candidates)
+        looked.append(
+            f"the weights directory {root} ({ENV_WEIGHTS_DIR}/--weights-dir): "
+            + (f"none of {files}" if len(candidates) > 1 else f"missing {files}")
+        )
+    from huggingface_hub import hf_hub_download
+
+    error: BaseException | None = None
     for filename in candidates:
         try:
-            return resolve_file(repo_id, filename, opts)
-        except WeightsNotFoundError as exc:
-            errors.append(exc)
-    raise WeightsNotFoundError(
-        f"none of {', '.join(candidates)} found for {repo_id!r} ("
-        + "; ".join(e.detail for e in errors)
-        + ")",
-        errors[-1].remedy,
-        repo_id=repo_id,
-        looked=[p for e in errors for p in e.looked],
-    )
+            got = hf_hub_download(repo_id, filename, cache_dir=opts.cache_dir)
+        except Exception as exc:  # offline, missing repo or file, network, gated...
+            error = exc
+            continue
+        path = Path(str(got))
+        return Resolved(path, repo_id, _snapshot_revision(path), _tiny(path))
+    assert error is not None
+    looked.append(_hub_looked(repo_id, opts, candidates, error))
+    raise _not_found(repo_id, looked, root) from error
 
 
 def _tiny(path: Path) -> bool:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Selection", "register", "select"]
+__all__ = ["Selection", "add_serve_config", "check_selection", "register", "select"]
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _add_model(sel: Selection, name: str, source: str | None, options: dict[str,
         sel.models.append((name, opts))
 
 
-def _add_serve_config(sel: Selection, config: dict[str, Any], where: str) -> None:
+def add_serve_config(sel: Selection, config: dict[str, Any], where: str) -> None:
     from divreward.services.config import DiversityAppArgs, RewardAppArgs
     from divreward.services.deploy_config import builder_args_model
 
@@ -103,11 +103,11 @@ def select(args: argparse.Namespace) -> Selection:
     elif args.profile == "real":
         from divreward.services.deploy_config import default_config
 
-        _add_serve_config(sel, default_config("real"), "divreward serve --profile real")
+        add_serve_config(sel, default_config("real"), "divreward serve --profile real")
     if args.serve_config is not None:
         from divreward.services.deploy_config import load_config
 
-        _add_serve_config(sel, load_config(args.serve_config), str(args.serve_config))
+        add_serve_config(sel, load_config(args.serve_config), str(args.serve_config))
     if args.preset is not None or args.train_config is not None:
         from divreward.trainer.config import load_config as load_train
 
@@ -204,9 +204,34 @@ def cmd_pull(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ check
 
 
+def check_selection(sel: Selection, root: Path | None, cache_dir: str | None) -> list[Any]:
+    """A :class:`~divreward.models.hub.RepoCheck` per repository of the selection (and
+    per model that keeps its own files), offline, where the loaders look: ``root``
+    (the weights directory) when it holds the files, else the Hugging Face cache."""
+    from divreward.models.hub import RepoCheck, check_repo, merge_needs
+    from divreward.models.registry import _module, get_spec
+
+    results: list[RepoCheck] = [
+        check_repo(repo, patterns, weights_dir=root, cache_dir=cache_dir)
+        for repo, patterns in merge_needs(_model_needs(sel)).items()
+    ]
+    if sel.train is not None:
+        from divreward.trainer.models.hub import check_policy
+
+        found = check_policy(sel.train, root, cache_dir)
+        if found is not None:
+            results.append(found)
+    for name, opts in _no_hub(sel):
+        here = replace(opts, weights_dir=str(root) if root else None)
+        cache, present, missing = _module(get_spec(name)).local_files(here)
+        where = str(cache) if present else None
+        looked = [str(p) for p in dict.fromkeys([*([root / name] if root else []), cache])]
+        results.append(RepoCheck(name, where, present, missing, looked))
+    return results
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from divreward.models.base import LoadOptions
-    from divreward.models.hub import RepoCheck, check_repo, merge_needs
     from divreward.models.weights import weights_root
 
     try:
@@ -217,22 +242,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     root = weights_root(
         LoadOptions(weights_dir=str(args.weights_dir) if args.weights_dir else None)
     )
-    results: list[RepoCheck] = [
-        check_repo(repo, patterns, weights_dir=root, cache_dir=args.cache_dir)
-        for repo, patterns in merge_needs(_model_needs(sel)).items()
-    ]
-    if sel.train is not None:
-        from divreward.trainer.models.hub import check_policy
-
-        found = check_policy(sel.train, root, args.cache_dir)
-        if found is not None:
-            results.append(found)
-    for name, opts in _no_hub(sel):
-        from divreward.models.registry import _module, get_spec
-
-        here = replace(opts, weights_dir=str(root) if root else None)
-        cache, present, missing = _module(get_spec(name)).local_files(here)
-        results.append(RepoCheck(name, str(cache) if present else None, present, missing))
+    results = check_selection(sel, root, args.cache_dir)
     bad = [r for r in results if not r.ok]
     if args.json:
         print(json.dumps([{**r.__dict__, "ok": r.ok} for r in results], indent=2))

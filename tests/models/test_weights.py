@@ -93,7 +93,7 @@ def test_offline_hub_miss_names_repo_files_and_both_remedies(tmp_path: Path) -> 
     assert "'someorg/not-cached'" in msg and "model.safetensors" in msg
     assert "HF_HUB_OFFLINE=1" in msg and "Hugging Face cache" in msg
     assert "divreward weights pull" in msg and "\n" not in msg  # one line
-    both = r"none of model\.safetensors, pytorch_model\.bin"
+    both = r"model\.safetensors / pytorch_model\.bin not available"
     with pytest.raises(WeightsNotFoundError, match=both):
         resolve_first("someorg/not-cached", ("model.safetensors", "pytorch_model.bin"), opts)
 
