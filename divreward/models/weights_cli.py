@@ -148,13 +148,20 @@ def _no_hub(sel: Selection) -> list[tuple[str, Any]]:
 # ------------------------------------------------------------------------------- pull
 
 
+def _selected(args: argparse.Namespace) -> Selection | None:
+    """The selection, or None after printing why it is not one."""
+    try:
+        return select(args)
+    except ValueError as exc:
+        print(f"divreward weights {args.weights_command}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from divreward.models.hub import PullError, merge_needs, pull_repo
 
-    try:
-        sel = select(args)
-    except ValueError as exc:
-        print(f"divreward weights pull: {exc}", file=sys.stderr)
+    sel = _selected(args)
+    if sel is None:
         return 2
     for note in sel.notes:
         print(f"note: {note}")
@@ -234,10 +241,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from divreward.models.base import LoadOptions
     from divreward.models.weights import weights_root
 
-    try:
-        sel = select(args)
-    except ValueError as exc:
-        print(f"divreward weights check: {exc}", file=sys.stderr)
+    sel = _selected(args)
+    if sel is None:
         return 2
     root = weights_root(
         LoadOptions(weights_dir=str(args.weights_dir) if args.weights_dir else None)

@@ -333,3 +333,30 @@ def test_train_without_the_policy_weights_is_one_short_error(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"the policy pipeline '{SD35}'" in err
     assert "`divreward weights pull --preset diversegrpo-sd35-pickscore`" in err
+
+
+def test_check_selects_by_serve_config_and_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a Serve config and ``--profile real`` select (offline, nothing there): every
+    repository its models read, with where it looked; ``--profile tiny`` selects nothing."""
+    import json
+
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(ENV_WEIGHTS_DIR, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    config = Path(__file__).resolve().parents[2] / "deploy" / "serve-1gpu.yaml"
+    for selection in (["--serve-config", str(config)], ["--profile", "real"]):
+        assert main(["weights", "check", *selection, "--json"]) == 1
+        out, err = capsys.readouterr()
+        found = {r["repo"]: r for r in json.loads(out)}
+        assert set(found) == {PICK, LAION, "dreamsim"}
+        assert not any(r["ok"] for r in found.values())
+        assert "model.safetensors or pytorch_model.bin" in found[PICK]["missing"]
+        assert found[PICK]["looked"] == [f"the Hugging Face cache {tmp_path / 'hf'}"]
+        assert f"fetch with `divreward weights pull {' '.join(selection)}`" in err
+    assert main(["weights", "pull", "--profile", "tiny"]) == 0
+    assert "nothing to fetch" in capsys.readouterr().out
