@@ -360,3 +360,29 @@ def test_check_selects_by_serve_config_and_profile(
         assert f"fetch with `divreward weights pull {' '.join(selection)}`" in err
     assert main(["weights", "pull", "--profile", "tiny"]) == 0
     assert "nothing to fetch" in capsys.readouterr().out
+
+
+def test_a_hub_error_deep_in_diffusers_chain_becomes_one_line_with_the_pull() -> None:
+    """Online, diffusers raises its own OSError from the hub's: the trainer names the
+    repository, that it is gated, and the pull command; other errors pass through."""
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError
+
+    from divreward.trainer.cli import weights_error
+
+    response = httpx2.Response(403, request=httpx2.Request("GET", "http://hub/x"))
+    try:
+        try:
+            raise GatedRepoError(
+                "403 Client Error: access to model x is restricted", response=response
+            )
+        except GatedRepoError as inner:
+            raise OSError(f"Cannot load model {SD35}: ...") from inner
+    except OSError as exc:
+        message = weights_error(exc, SD35, "--preset diversegrpo-sd35-pickscore")
+    assert message is not None and "\n" not in message
+    assert message.startswith(f"the weights of '{SD35}' could not be loaded (a gated repository")
+    assert message.endswith(
+        "Fetch them with `divreward weights pull --preset diversegrpo-sd35-pickscore`"
+    )
+    assert weights_error(OSError("disk full"), SD35, "--preset x") is None
