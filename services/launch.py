@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import ray
@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import HTTPOptions
 
+from divreward.services.common.deployments import Overrides
 from divreward.services.config import DiversityAppArgs, RewardAppArgs
 
 __all__ = [
@@ -64,12 +65,14 @@ class DeployError(RuntimeError):
 
 
 class Target(NamedTuple):
-    """One application to deploy: what ``serve.run`` gets."""
+    """One application to deploy: what ``serve.run`` gets, and (for a config's
+    application, :func:`config_targets`) the final options of each of its deployments."""
 
     app: Application
     name: str
     route_prefix: str | None = "/"
     logging_config: Mapping[str, Any] | None = None
+    deployments: tuple[Mapping[str, Any], ...] = ()
 
 
 def serve_start_options(
@@ -276,7 +279,6 @@ def config_targets(config: Mapping[str, Any]) -> list[Target]:
     before anything is deployed."""
     from ray.serve.schema import ServeDeploySchema
 
-    from divreward.services.common.deployments import Overrides
     from divreward.services.deploy_config import builder_args_model, import_builder
 
     schema = ServeDeploySchema.model_validate(config)
@@ -299,13 +301,14 @@ def config_targets(config: Mapping[str, Any]) -> list[Target]:
                 "divreward.services.reward_server.app:build_app and "
                 "divreward.services.diversity_server.app:build_app)"
             )
+        overrides = _RecordedOverrides.from_app_config(given)
         try:
-            built = builder(
-                model.model_validate(app.args or {}), overrides=Overrides.from_app_config(given)
-            )
+            built = builder(model.model_validate(app.args or {}), overrides=overrides)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
-        targets.append(Target(built, app.name, app.route_prefix, given.get("logging_config")))
+        logging_config = given.get("logging_config")
+        recorded = tuple(overrides.seen)
+        targets.append(Target(built, app.name, app.route_prefix, logging_config, recorded))
     return targets
 
 
@@ -339,27 +342,41 @@ class Demand:
 
 
 def resource_demands(targets: Sequence[Target]) -> list[Demand]:
-    """The resources every deployment of ``targets`` asks for, as Serve will place them
-    (``ray_actor_options``: ``num_cpus`` (Serve's default 1), ``num_gpus``, ``memory``
-    and custom ``resources``)."""
-    from ray.serve._private.build_app import build_app  # what serve.run itself builds
-
+    """The resources every deployment of ``targets`` (from :func:`config_targets`) asks
+    for, from the options its builder gave it with the config's overrides applied:
+    ``ray_actor_options`` (``num_cpus``, Serve's default 1; ``num_gpus``; ``memory``;
+    custom ``resources``) times ``num_replicas`` (autoscaled: the initial, else minimum,
+    replicas)."""
     out: list[Demand] = []
     for target in targets:
-        for dep in build_app(target.app, name=target.name).deployments:
-            actor = dict(dep.ray_actor_options or {})
+        for options in target.deployments:
+            actor = dict(options.get("ray_actor_options") or {})
             need: dict[str, float] = {"CPU": float(actor.get("num_cpus", 1) or 0.0)}
             need["GPU"] = float(actor.get("num_gpus", 0) or 0.0)
             need["memory"] = float(actor.get("memory", 0) or 0.0)
             need.update({k: float(v) for k, v in (actor.get("resources") or {}).items()})
-            auto = dep._deployment_config.autoscaling_config
-            if auto is not None:
-                replicas = int(auto.initial_replicas or auto.min_replicas or 0)
+            auto = options.get("autoscaling_config")
+            if auto:
+                auto = dict(auto) if isinstance(auto, Mapping) else auto.model_dump()
+                replicas = int(auto.get("initial_replicas") or auto.get("min_replicas") or 0)
             else:
-                replicas = int(dep.num_replicas or 1)
+                replicas = int(options.get("num_replicas") or 1)
             need = {k: v for k, v in need.items() if v > 0}
-            out.append(Demand(target.name, dep.name, replicas, need))
+            out.append(Demand(target.name, str(options["name"]), replicas, need))
     return out
+
+
+@dataclass(frozen=True)
+class _RecordedOverrides(Overrides):
+    """A config's overrides that keep each deployment's final options as the builder
+    applies them (every deployment's options pass through :meth:`Overrides.apply`)."""
+
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().apply(options)
+        self.seen.append(out)
+        return out
 
 
 def _amount(resource: str, value: float) -> str:
