@@ -319,20 +319,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="weights_command", metavar="pull|check", required=True)
-    pull = sub.add_parser("pull", help="download the weights the selection loads")
-    _selection_args(pull)
-    pull.add_argument(
-        "--weights-dir",
-        type=Path,
-        help="download into DIR/<org>/<name> (use as DIVREWARD_WEIGHTS_DIR); default: the HF cache",
-    )
-    pull.set_defaults(func=cmd_pull)
-    check = sub.add_parser("check", help="list present and missing weights (exit 1 if any missing)")
-    _selection_args(check)
-    check.add_argument(
-        "--weights-dir",
-        type=Path,
-        help="weights directory to look in (default: $DIVREWARD_WEIGHTS_DIR)",
-    )
-    check.add_argument("--json", action="store_true", help="print JSON")
-    check.set_defaults(func=cmd_check)
+    commands = {
+        "pull": (
+            "download the weights the selection loads",
+            "download into DIR/<org>/<name> (use as DIVREWARD_WEIGHTS_DIR); default: the HF cache",
+            cmd_pull,
+        ),
+        "check": (
+            "list present and missing weights (exit 1 if any missing)",
+            "weights directory to look in (default: $DIVREWARD_WEIGHTS_DIR)",
+            cmd_check,
+        ),
+    }
+    for name, (what, weights_dir, func) in commands.items():
+        cmd = sub.add_parser(name, help=what, description=what)
+        _selection_args(cmd)
+        cmd.add_argument("--weights-dir", type=Path, help=weights_dir)
+        cmd.set_defaults(func=func)
+        if name == "check":
+            cmd.add_argument("--json", action="store_true", help="print JSON")
