@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.divreward-installed
 export HF_HUB_OFFLINE ?=
 PROFILE ?= real
 CONFIG  ?=
+DEVICE  ?=
 TINY_DIR ?= .cache/tiny-models
 TYPECHECK := build/typecheck
 
@@ -49,8 +50,8 @@ format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-serve: venv ## run the reward + diversity services (real weights: hub or DIVREWARD_WEIGHTS_DIR)
-	$(BIN)/divreward serve --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG),)
+serve: venv ## run the reward + diversity services (real weights: `divreward weights pull`; on a CPU: DEVICE=cpu)
+	$(BIN)/divreward serve --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG),) $(if $(DEVICE),--device $(DEVICE),)
 
 demo: venv ## tiny service + 3 training steps of a tiny random SD3 against it on CPU, then stop
 	HF_HUB_OFFLINE=1 $(BIN)/python -m divreward.trainer.demo --tiny-dir $(TINY_DIR)

@@ -90,9 +90,12 @@ class StepSamples:
 
 def resolve_model(cfg: TrainConfig) -> str:
     """'tiny-<family>' ('tiny-sd3', 'tiny-flux', ...): build the family's tiny random
-    pipeline when missing (its adapter's ``build_tiny``)."""
+    pipeline when missing (its adapter's ``build_tiny``); a hub id: the weights
+    directory's copy when it holds it (divreward.trainer.models.hub)."""
     if not cfg.model.startswith("tiny-"):
-        return cfg.model
+        from divreward.trainer.models.hub import resolve_policy
+
+        return resolve_policy(cfg, "--preset <preset> (or --config <file>)")
     from divreward.trainer.models.tiny import ensure_tiny_model
 
     try:

@@ -100,7 +100,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
+def parse_options(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -145,7 +145,7 @@ def _score(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         device=args.device,
         dtype=args.dtype,
-        options=_parse_options(args.option),
+        options=parse_options(args.option),
     )
     metadata = None
     if args.metadata is not None:

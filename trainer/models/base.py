@@ -292,6 +292,12 @@ class DiffusionAdapter(ABC):
             "(its adapter's build_tiny): give a model directory or hub id instead"
         )
 
+    @classmethod
+    def skipped_components(cls, model: str, **options: Any) -> dict[str, None]:
+        """The pipeline components that ``from_pretrained(model, **options)`` does not load
+        (given to diffusers as None); ``divreward weights pull --preset`` leaves them out."""
+        return {}
+
     @abstractmethod
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         """Encode ``prompts`` (no grad): batch-first tensors, one row per prompt."""
