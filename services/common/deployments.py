@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, Self
 
 from fastapi import APIRouter, FastAPI
 from ray.serve.config import BackpressureConfig
@@ -212,7 +212,7 @@ class Overrides:
     runtime_env: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_app_config(cls, app: Mapping[str, Any]) -> Overrides:
+    def from_app_config(cls, app: Mapping[str, Any]) -> Self:
         """From one entry of a config's ``applications`` (the keys it sets)."""
         by_name: dict[str, Mapping[str, Any]] = {}
         for entry in app.get("deployments") or []:
