@@ -17,7 +17,7 @@ from fixtures_models import make_images
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(400)]
 
 APP, ROUTE = "metadata_reward", "/metadata"
-SCORERS = ("geneval", "vqascore")
+SCORERS = {"geneval": 1.0, "vqascore": 0.5}
 DOG: dict[str, Any] = {"tag": "single_object", "prompt": "a photo of a dog",
        "include": [{"class": "dog", "count": 1}]}  # fmt: skip
 CARS: dict[str, Any] = {"tag": "counting", "prompt": "a photo of two cars",
@@ -30,26 +30,11 @@ POSITION: dict[str, Any] = {"tag": "position", "prompt": "a person above a car",
 
 @pytest.fixture(scope="module")
 def metadata_app(serve_app: Any, tiny_zoo: Any) -> Iterator[dict[str, str]]:
-    from fixtures_serve import mark_built
     from ray import serve
+    from services_helpers import deploy_extra_reward_app
 
-    from divreward.services import launch
-    from divreward.services.config import RewardAppArgs
-    from divreward.services.reward_server.app import build_reward_app
-
-    for name in SCORERS:
-        tiny_zoo.build(name)
-    mark_built(tiny_zoo.root, list(SCORERS))
-    model = {"num_cpus": 0.1, "batch": {"max_batch_images": 32, "batch_wait_timeout_s": 0.005}}
-    args = RewardAppArgs(
-        profile="tiny",
-        tiny_models_dir=str(tiny_zoo.root),
-        scorers={"geneval": {**model, "weight": 1.0}, "vqascore": {**model, "weight": 0.5}},
-        ingress={"num_cpus": 0.1},
-    )
-    launch.deploy([(build_reward_app(args), APP, ROUTE)], timeout_s=240.0)
     try:
-        yield {"http": serve_app.base_url + ROUTE, "grpc": serve_app.extra["grpc_url"]}
+        yield deploy_extra_reward_app(serve_app, tiny_zoo, APP, ROUTE, SCORERS, 32)
     finally:
         serve.delete(APP)
 
