@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.divreward-installed
 export HF_HUB_OFFLINE ?=
 PROFILE ?= real
 CONFIG  ?=
+DEVICE  ?=
 TINY_DIR ?= .cache/tiny-models
+TYPECHECK := build/typecheck
 
 .PHONY: help venv test test-quick test-fast test-slow lint format serve demo demo-serve tiny-models bench bench-collapse \
         proto compose-config k8s-check clean
@@ -35,16 +37,21 @@ test-fast: venv ## pure-math and model tests only (no Ray Serve)
 test-slow: venv ## only the tests marked slow
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow and not gpu"
 
-lint: venv ## ruff check and format check
+lint: venv ## ruff check and format check, then mypy on the package, services and trainer
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# services/ and trainer/ are installed as divreward.services and divreward.trainer: mypy
+	@# reads them so through a tree of links (errors name build/typecheck/divreward/...).
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/divreward
+	@for f in divreward/* services trainer; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/divreward/; done
+	$(BIN)/mypy $(TYPECHECK)/divreward
 
 format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-serve: venv ## run the reward + diversity services (real weights: hub or DIVREWARD_WEIGHTS_DIR)
-	$(BIN)/divreward serve --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG),)
+serve: venv ## run the reward + diversity services (real weights: `divreward weights pull`; on a CPU: DEVICE=cpu)
+	$(BIN)/divreward serve --profile $(PROFILE) $(if $(CONFIG),--config $(CONFIG),) $(if $(DEVICE),--device $(DEVICE),)
 
 demo: venv ## tiny service + 3 training steps of a tiny random SD3 against it on CPU, then stop
 	HF_HUB_OFFLINE=1 $(BIN)/python -m divreward.trainer.demo --tiny-dir $(TINY_DIR)

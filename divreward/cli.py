@@ -14,6 +14,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES: tuple[str, ...] = (
     "divreward.core.cli",
     "divreward.models.cli",
+    "divreward.models.weights_cli",
     "divreward.services.cli",
     "divreward.client.cli",
     "divreward.trainer.cli",

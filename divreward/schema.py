@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from pydantic import (
     BaseModel,
@@ -70,6 +70,7 @@ __all__ = [
     "ErrorResponse",
     "HealthResponse",
     "ImageBytes",
+    "Metadata",
     "MetricsGroup",
     "MetricsRequest",
     "MetricsResponse",
@@ -246,14 +247,19 @@ def _union(members: tuple[type[BaseModel], ...]) -> Any:
     return Annotated[Union[members], Field(discriminator="method")]  # noqa: UP007
 
 
-DiversityParams = _union(tuple(m.params for m in embedding_methods()))
-"""Parameters of ``/v1/diversity``: the method and any of its config fields."""
+if TYPE_CHECKING:  # built from the table at run time: to mypy, any method's params or name
+    DiversityParams: TypeAlias = Any
+    RewardDiversityParams: TypeAlias = Any
+    MethodName: TypeAlias = str
+else:
+    DiversityParams = _union(tuple(m.params for m in embedding_methods()))
+    """Parameters of ``/v1/diversity``: the method and any of its config fields."""
 
-RewardDiversityParams = _union(tuple(m.params for m in METHODS.values()))
-"""Parameters of the diversity term of ``/v1/rewards``."""
+    RewardDiversityParams = _union(tuple(m.params for m in METHODS.values()))
+    """Parameters of the diversity term of ``/v1/rewards``."""
 
-MethodName = Literal[method_names()]  # type: ignore[valid-type]
-"""A diversity method's name (every method of the table)."""
+    MethodName = Literal[method_names()]
+    """A diversity method's name (every method of the table)."""
 
 
 # --------------------------------------------------------------------------- /v1/embed
@@ -362,7 +368,8 @@ def _group_result_model() -> type[_Model]:
         for name, info in method.result.model_fields.items():
             if name in fields:
                 raise TypeError(f"method {method.name!r}: result field {name!r} is taken")
-            fields[name] = (info.annotation | None, Field(None, description=info.description))
+            optional: Any = Union[info.annotation, None]  # noqa: UP007 (a runtime type, not a hint)
+            fields[name] = (optional, Field(None, description=info.description))
     fields["rewards"] = (
         list[float] | None,
         Field(None, description="Combined rewards (when quality was given)."),
@@ -384,7 +391,10 @@ def _group_result_model() -> type[_Model]:
     )
 
 
-DiversityGroupResult = _group_result_model()
+if TYPE_CHECKING:  # created from the table at run time: to mypy, any model
+    DiversityGroupResult: TypeAlias = Any
+else:
+    DiversityGroupResult = _group_result_model()
 
 
 class DiversityResolvedParams(_Model):
@@ -438,11 +448,28 @@ class MetricsResponse(_ResponseMeta):
 
 
 # --------------------------------------------------------------------------- /v1/score
+Metadata = dict[str, JsonValue]
+"""A prompt's metadata: a JSON object read by the scorers that need one (GenEval's
+``{"tag", "include": [...], "exclude": [...]}``) and ignored by the others."""
+
+_METADATA_DOC = (
+    "The prompt's metadata, a JSON object for the scorers that need one (geneval: GenEval's "
+    "{'tag', 'include': [{'class', 'count', 'color', 'position'}], 'exclude'}); other "
+    "scorers ignore it. A scorer that needs metadata and gets none, or a malformed one, is "
+    "a 400 naming the group."
+)
+
+
 class ScoreRequest(_Model):
     prompts: list[str] = Field(min_length=1, description="One prompt per image.")
     images: list[ImageBytes] = Field(min_length=1)
     scorers: list[str] | None = Field(
         default=None, min_length=1, description="Scorer names; default: all configured."
+    )
+    metadata: list[Metadata | None] | None = Field(
+        default=None,
+        description="One metadata object (or null) per image, for the scorers that need "
+        "one (see RewardGroup.metadata); a 400 names the image when one is missing or bad.",
     )
     request_id: str | None = _REQUEST_ID
 
@@ -452,6 +479,11 @@ class ScoreRequest(_Model):
             raise ValueError(
                 f"prompts has {len(self.prompts)} entries but images has "
                 f"{len(self.images)}: give exactly one prompt per image"
+            )
+        if self.metadata is not None and len(self.metadata) != len(self.images):
+            raise ValueError(
+                f"metadata has {len(self.metadata)} entries but images has "
+                f"{len(self.images)}: give one metadata object (or null) per image"
             )
         return self
 
@@ -471,6 +503,7 @@ class RewardGroup(_Model):
     prompt: str = Field(description="The prompt every image of the group was made from.")
     images: list[ImageBytes] = Field(min_length=1)
     group_id: str | None = Field(default=None, max_length=256)
+    metadata: Metadata | None = Field(default=None, description=_METADATA_DOC)
 
 
 AGGREGATION_DOC = (

@@ -25,6 +25,7 @@ from divreward.schema import (
     AGGREGATION_DOC,
     ErrorInfo,
     ImageBytes,
+    Metadata,
     ModelCard,
     RewardDiversityParams,
     RewardGroupResult,
@@ -77,6 +78,11 @@ class GroupSubmission(_Model):
         gt=0,
         description="How long the server holds an incomplete group after its first part "
         "before failing every waiting part (default and upper bound: server settings).",
+    )
+    metadata: Metadata | None = Field(
+        default=None,
+        description="The prompt's metadata, as RewardGroup.metadata; all parts of a group "
+        "must send the same.",
     )
     request_id: str | None = _REQUEST_ID
     aggregation: Aggregation | None = Field(default=None, description=AGGREGATION_DOC)

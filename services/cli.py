@@ -16,6 +16,18 @@ Without ``--address`` it starts a local Ray instance; with it (``--address
 127.0.0.1:6379``, or ``auto``) it joins an existing cluster, and Ctrl-C shuts Serve down
 and disconnects, leaving the cluster running.
 
+Before anything is deployed it checks, and stops within seconds naming what is wrong:
+
+- real models that would run on the CPU (no ``num_gpus`` in the config) need
+  ``--device cpu``, an explicit choice (they are slow there); without ``--config`` on a
+  machine with GPUs the two default models share its first GPU;
+- with ``HF_HUB_OFFLINE=1`` on a local instance, every real model's weights must be
+  present (``divreward weights check``); the error names the repository and the
+  ``divreward weights pull`` command;
+- the config's resources (GPUs, CPUs, memory, custom resources) must fit the cluster
+  (``ray.cluster_resources()`` and its nodes); ``--no-fit-check`` skips this, e.g. on an
+  autoscaling cluster whose nodes are not up yet.
+
 Listening beyond loopback requires bearer-token auth (``--token-file`` or
 ``DIVREWARD_API_TOKENS``); without tokens the services answer loopback callers only.
 Ctrl-C (or SIGTERM) shuts Serve and Ray down and exits 0.
@@ -80,6 +92,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--num-cpus", type=int, help="logical CPUs for the local Ray instance")
     p.add_argument("--num-gpus", type=int, help="GPUs for the local Ray instance")
     p.add_argument(
+        "--device",
+        choices=["cpu"],
+        help="run the models on the CPU: required for real models without GPUs (slow; "
+        "the tiny profile needs no flag)",
+    )
+    p.add_argument(
+        "--no-fit-check",
+        action="store_true",
+        help="deploy even when the config's resources exceed what the cluster has now "
+        "(an autoscaling cluster adds nodes on demand)",
+    )
+    p.add_argument(
         "--deploy-timeout",
         type=float,
         default=900.0,
@@ -113,6 +137,14 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
         local_cpus = getattr(args, "num_cpus", None) or os.cpu_count()
         cpus = None if getattr(args, "address", None) else local_cpus
         config = default_config(args.profile or "real", cpus=cpus)
+        if (args.profile or "real") == "real" and getattr(args, "device", None) != "cpu":
+            gpus = None if getattr(args, "address", None) else getattr(args, "num_gpus", None)
+            if gpus is None and not getattr(args, "address", None):
+                gpus = _local_gpus()
+            if gpus:  # the two default models share the first GPU
+                for app in config["applications"]:
+                    for entry in _model_entries(app["args"]).values():
+                        entry["num_gpus"] = 0.5
     http = config.setdefault("http_options", {})
     http["host"] = args.host or http.get("host") or "127.0.0.1"
     http["port"] = args.port or http.get("port") or 8000
@@ -133,6 +165,10 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
             app_args["tiny_models_dir"] = str(args.tiny_dir.expanduser().resolve())
         if args.weights_dir:
             app_args["weights_dir"] = str(args.weights_dir.expanduser().resolve())
+        if getattr(args, "device", None) == "cpu":
+            for entry in _model_entries(app_args).values():
+                entry["device"] = "cpu"
+                entry["num_gpus"] = 0
         auth = app_args.setdefault("auth", {})
         if args.token_file:
             auth["enabled"] = True
@@ -161,6 +197,64 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
     for app in config.get("applications", []):
         AuthArgs.model_validate(app.get("args", {}).get("auth", {})).load_tokens()
     return config
+
+
+def _local_gpus() -> int:
+    """CUDA devices of this machine (what a local Ray instance detects)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _model_entries(app_args: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An application's model deployment args by deployment name (``scorer-<name>``,
+    ``embedder``), as mutable dicts of the config."""
+    entries = {f"scorer-{n}": s for n, s in (app_args.get("scorers") or {}).items()}
+    if "embedder" in app_args or "scorers" not in app_args:
+        entries["embedder"] = app_args.setdefault("embedder", {})
+    return entries
+
+
+def cpu_models(config: dict[str, Any], targets: list[Any]) -> list[str]:
+    """The real models that would run on the CPU without being told to: no GPU among
+    their deployment's resources and no explicit ``device``."""
+    from divreward.services.launch import resource_demands
+
+    by_app = {a["name"]: a.get("args") or {} for a in config.get("applications", [])}
+    out = []
+    for d in resource_demands(targets):
+        app_args = by_app.get(d.app, {})
+        if app_args.get("profile", "real") != "real" or d.per_replica.get("GPU"):
+            continue
+        entry = _model_entries(dict(app_args)).get(d.deployment)
+        if entry is not None and not entry.get("device"):
+            out.append(f"{d.app}/{d.deployment}")
+    return out
+
+
+def missing_weights(config: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """With HF_HUB_OFFLINE=1 on this machine: each real model whose weights are not where
+    its loader looks (one line each, with the command that fetches them)."""
+    from divreward.models.weights_cli import Selection, add_serve_config, check_selection
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        return []  # online, the replicas fetch what is missing from the hub
+    lines = []
+    for app in config.get("applications", []):
+        sel = Selection()
+        add_serve_config(sel, {"applications": [app]}, "config")
+        root = (app.get("args") or {}).get("weights_dir") or os.environ.get("DIVREWARD_WEIGHTS_DIR")
+        for found in check_selection(sel, Path(root) if root else None, None):
+            if not found.ok:
+                fetch = "divreward weights pull " + (
+                    f"--serve-config {args.config}" if args.config else "--profile real"
+                )
+                fetch += f" --weights-dir {root}" if root else ""
+                lines.append(
+                    f"weights of {found.repo} missing ({', '.join(found.missing[:4])}; looked in "
+                    f"{' and '.join(found.looked)}; HF_HUB_OFFLINE=1): fetch them with `{fetch}`"
+                )
+    return lines
 
 
 def explain_failure(message: str) -> str:
@@ -196,6 +290,20 @@ def run_serve(args: argparse.Namespace) -> int:
         # Built here, before Ray starts: a bad override or args stop it at once.
         targets = config_targets(config)
         start_options = config_start_options(config)
+        on_cpu = cpu_models(config, targets)
+        if on_cpu and getattr(args, "device", None) != "cpu":
+            raise ValueError(
+                f"real models would run on the CPU: {', '.join(on_cpu)} (no num_gpus in the "
+                "config, and no GPU found for the default one). That is slow (seconds per "
+                "image for PickScore's ViT-H) and rarely what you want: give them GPUs "
+                "(e.g. --config deploy/serve-1gpu.yaml), pass --device cpu to run them on "
+                "the CPU anyway, or --profile tiny to try the machinery"
+            )
+        if not getattr(args, "address", None):
+            missing = missing_weights(config, args)
+            if missing:
+                print("divreward serve: " + "\ndivreward serve: ".join(missing), file=sys.stderr)
+                return 1
     except (ValueError, OSError) as exc:
         print(f"divreward serve: {exc}", file=sys.stderr)
         return 2
@@ -224,6 +332,19 @@ def run_serve(args: argparse.Namespace) -> int:
         else:
             init_local_ray(args.num_cpus, args.num_gpus)
         signal.signal(signal.SIGTERM, _raise_stop)
+        if not getattr(args, "no_fit_check", False):
+            from divreward.services.launch import fit_problems, resource_demands
+
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            problems = fit_problems(resource_demands(targets), ray.cluster_resources(), nodes)
+            if problems:
+                print(
+                    "divreward serve: the config does not fit this Ray cluster:\n  "
+                    + "\n  ".join(problems)
+                    + "\n(--no-fit-check deploys anyway, for an autoscaling cluster)",
+                    file=sys.stderr,
+                )
+                return 2
         serve.start(**start_options)
         deploy(targets, timeout_s=args.deploy_timeout)
         scheme = "https" if config["http_options"].get("ssl_certfile") else "http"
@@ -236,6 +357,13 @@ def run_serve(args: argparse.Namespace) -> int:
             time.sleep(1.0)
     except DeployError as exc:
         first = explain_failure(str(exc))
+        weights = [ln for ln in first.splitlines() if "WeightsNotFoundError:" in ln]
+        if weights:  # one short error: the repository and the command, no traceback
+            # the outermost error comes last in a traceback (the one with the command)
+            short = weights[-1][weights[-1].index("WeightsNotFoundError:") :]
+            print(f"divreward serve: deployment failed: {short}", file=sys.stderr)
+            log.debug("deployment failed:\n%s", exc)
+            return 1
         print(f"divreward serve: deployment failed\n{first}\n\n{exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, _StopRequestedError):

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import ray
@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import HTTPOptions
 
+from divreward.services.common.deployments import Overrides
 from divreward.services.config import DiversityAppArgs, RewardAppArgs
 
 __all__ = [
@@ -44,7 +45,9 @@ __all__ = [
     "config_targets",
     "deploy",
     "deploy_services",
+    "fit_problems",
     "init_local_ray",
+    "resource_demands",
     "serve_start_options",
     "shutdown",
     "start",
@@ -62,12 +65,14 @@ class DeployError(RuntimeError):
 
 
 class Target(NamedTuple):
-    """One application to deploy: what ``serve.run`` gets."""
+    """One application to deploy: what ``serve.run`` gets, and (for a config's
+    application, :func:`config_targets`) the final options of each of its deployments."""
 
     app: Application
     name: str
     route_prefix: str | None = "/"
     logging_config: Mapping[str, Any] | None = None
+    deployments: tuple[Mapping[str, Any], ...] = ()
 
 
 def serve_start_options(
@@ -274,7 +279,6 @@ def config_targets(config: Mapping[str, Any]) -> list[Target]:
     before anything is deployed."""
     from ray.serve.schema import ServeDeploySchema
 
-    from divreward.services.common.deployments import Overrides
     from divreward.services.deploy_config import builder_args_model, import_builder
 
     schema = ServeDeploySchema.model_validate(config)
@@ -297,13 +301,14 @@ def config_targets(config: Mapping[str, Any]) -> list[Target]:
                 "divreward.services.reward_server.app:build_app and "
                 "divreward.services.diversity_server.app:build_app)"
             )
+        overrides = _RecordedOverrides.from_app_config(given)
         try:
-            built = builder(
-                model.model_validate(app.args or {}), overrides=Overrides.from_app_config(given)
-            )
+            built = builder(model.model_validate(app.args or {}), overrides=overrides)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
-        targets.append(Target(built, app.name, app.route_prefix, given.get("logging_config")))
+        logging_config = given.get("logging_config")
+        recorded = tuple(overrides.seen)
+        targets.append(Target(built, app.name, app.route_prefix, logging_config, recorded))
     return targets
 
 
@@ -323,6 +328,102 @@ def config_start_options(config: Mapping[str, Any]) -> dict[str, Any]:
             value = getattr(schema, key)
             options[key] = value.model_dump() if hasattr(value, "model_dump") else value
     return options
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one deployment asks of the cluster: per replica, and how many replicas it
+    starts with (``num_replicas``, or an autoscaled deployment's initial/min replicas)."""
+
+    app: str
+    deployment: str
+    replicas: int
+    per_replica: dict[str, float]
+
+
+def resource_demands(targets: Sequence[Target]) -> list[Demand]:
+    """The resources every deployment of ``targets`` (from :func:`config_targets`) asks
+    for, from the options its builder gave it with the config's overrides applied:
+    ``ray_actor_options`` (``num_cpus``, Serve's default 1; ``num_gpus``; ``memory``;
+    custom ``resources``) times ``num_replicas`` (autoscaled: the initial, else minimum,
+    replicas)."""
+    out: list[Demand] = []
+    for target in targets:
+        for options in target.deployments:
+            actor = dict(options.get("ray_actor_options") or {})
+            need: dict[str, float] = {"CPU": float(actor.get("num_cpus", 1) or 0.0)}
+            need["GPU"] = float(actor.get("num_gpus", 0) or 0.0)
+            need["memory"] = float(actor.get("memory", 0) or 0.0)
+            need.update({k: float(v) for k, v in (actor.get("resources") or {}).items()})
+            auto = options.get("autoscaling_config")
+            if auto:
+                auto = dict(auto) if isinstance(auto, Mapping) else auto.model_dump()
+                replicas = int(auto.get("initial_replicas") or auto.get("min_replicas") or 0)
+            else:
+                replicas = int(options.get("num_replicas") or 1)
+            need = {k: v for k, v in need.items() if v > 0}
+            out.append(Demand(target.name, str(options["name"]), replicas, need))
+    return out
+
+
+@dataclass(frozen=True)
+class _RecordedOverrides(Overrides):
+    """A config's overrides that keep each deployment's final options as the builder
+    applies them (every deployment's options pass through :meth:`Overrides.apply`)."""
+
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().apply(options)
+        self.seen.append(out)
+        return out
+
+
+def _amount(resource: str, value: float) -> str:
+    if resource == "memory":
+        return f"{value / 2**30:.3g} GiB of memory"
+    return f"{resource} {value:g}"
+
+
+def fit_problems(
+    demands: Sequence[Demand], totals: Mapping[str, float], nodes: Sequence[Mapping[str, float]]
+) -> list[str]:
+    """Why ``demands`` cannot be placed on a cluster with these total resources
+    (``ray.cluster_resources()``) and nodes (each alive node's resources): a replica
+    that no single node can hold, or more of a resource than the cluster has in all.
+    Empty when they fit (as far as totals tell: fragmentation across nodes is not
+    modelled). Each problem names the deployment and the resource."""
+    eps = 1e-9
+    problems: list[str] = []
+    for d in demands:
+        for res, amount in d.per_replica.items():
+            largest = max((float(n.get(res, 0.0)) for n in nodes), default=0.0)
+            if amount > largest + eps:
+                problems.append(
+                    f"deployment {d.deployment!r} of application {d.app!r} asks for "
+                    f"{_amount(res, amount)} per replica, but no node of this Ray cluster "
+                    f"has that much (largest node: {_amount(res, largest)}; cluster total: "
+                    f"{_amount(res, float(totals.get(res, 0.0)))})"
+                )
+    if problems:
+        return problems
+    summed: dict[str, float] = {}
+    for d in demands:
+        for res, amount in d.per_replica.items():
+            summed[res] = summed.get(res, 0.0) + amount * d.replicas
+    for res, amount in summed.items():
+        have = float(totals.get(res, 0.0))
+        if amount > have + eps:
+            who = ", ".join(
+                f"{d.app}/{d.deployment} {d.replicas} x {d.per_replica[res]:g}"
+                for d in demands
+                if res in d.per_replica and d.replicas
+            )
+            problems.append(
+                f"the deployments ask for {_amount(res, amount)} in all ({who}), but this Ray "
+                f"cluster has {_amount(res, have)}"
+            )
+    return problems
 
 
 @dataclass

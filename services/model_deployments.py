@@ -29,7 +29,7 @@ import numpy as np
 from ray import serve
 
 from divreward.models._common import recording_passes
-from divreward.models.base import Embedder, LoadOptions, Scorer
+from divreward.models.base import Embedder, LoadOptions, Metadata, Scorer
 from divreward.models.registry import get_spec, load_model
 from divreward.schema import ModelCard
 from divreward.services.config import BatchArgs, ModelDeploymentArgs
@@ -55,6 +55,7 @@ class Chunk:
     images: list[np.ndarray]
     prompts: list[str] | None
     cost: int  # batch slots used: max(#images, pixels / pixels-per-slot), see plan_chunks
+    metadata: list[Metadata | None] | None = None  # one per image, for scorers that read it
 
 
 @dataclass
@@ -73,7 +74,10 @@ def _chunk_cost(pixels: int, n: int, batch: BatchArgs) -> int:
 
 
 def plan_chunks(
-    images: Sequence[np.ndarray], prompts: Sequence[str] | None, batch: BatchArgs
+    images: Sequence[np.ndarray],
+    prompts: Sequence[str] | None,
+    batch: BatchArgs,
+    metadata: Sequence[Metadata | None] | None = None,
 ) -> list[Chunk]:
     """Split one call into consecutive chunks that each fit in a batch.
 
@@ -96,6 +100,7 @@ def plan_chunks(
                     images=[images[i] for i in cur],
                     prompts=[prompts[i] for i in cur] if prompts is not None else None,
                     cost=cost,
+                    metadata=[metadata[i] for i in cur] if metadata is not None else None,
                 )
             )
         cur, cur_pixels = [], 0
@@ -241,16 +246,24 @@ class _ModelServer:
         return int(self.model.max_resolution)
 
     # -- batching -----------------------------------------------------------------
-    def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
+    def _forward(
+        self,
+        images: list[np.ndarray],
+        prompts: list[str] | None,
+        metadata: list[Metadata | None] | None = None,
+    ) -> np.ndarray:
         raise NotImplementedError
 
     def _forward_recorded(
-        self, images: list[np.ndarray], prompts: list[str] | None
+        self,
+        images: list[np.ndarray],
+        prompts: list[str] | None,
+        metadata: list[Metadata | None] | None = None,
     ) -> tuple[np.ndarray, list[int]]:
         """The forward of one batch and the image count of each pass the model ran (a
         model that does not chunk through ``iter_chunks`` counts as one pass)."""
         with recording_passes() as passes:
-            values = self._forward(images, prompts)
+            values = self._forward(images, prompts, metadata)
         return values, passes or [len(images)]
 
     # Serve keeps one batch queue per decorated function per process; a Serve replica
@@ -264,10 +277,16 @@ class _ModelServer:
             if chunks[0].prompts is not None
             else None
         )
+        # Per-image metadata when any call of the batch sent some (None for the others).
+        metadata = (
+            [m for c in chunks for m in (c.metadata or [None] * len(c.images))]
+            if any(c.metadata is not None for c in chunks)
+            else None
+        )
         t0 = time.perf_counter()
         # The forward pass runs in a thread so the replica's event loop keeps collecting
         # the next batch meanwhile (torch releases the GIL).
-        values, passes = await asyncio.to_thread(self._forward_recorded, images, prompts)
+        values, passes = await asyncio.to_thread(self._forward_recorded, images, prompts, metadata)
         dt = time.perf_counter() - t0
         if values.shape[0] != len(images):
             raise RuntimeError(
@@ -283,9 +302,12 @@ class _ModelServer:
         return out
 
     async def _run(
-        self, images: Sequence[np.ndarray], prompts: Sequence[str] | None
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str] | None,
+        metadata: Sequence[Metadata | None] | None = None,
     ) -> ModelOutput:
-        chunks = plan_chunks(images, prompts, self.batch)
+        chunks = plan_chunks(images, prompts, self.batch, metadata)
         parts = await asyncio.gather(*(self._batched(c) for c in chunks))
         values = np.concatenate([p[0] for p in parts], axis=0)
         # Chunks of this call that rode in the same batch share its pass list and time.
@@ -303,19 +325,66 @@ class ScorerServer(_ModelServer):
 
     kind = "scorer"
 
-    def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
+    def _forward(
+        self,
+        images: list[np.ndarray],
+        prompts: list[str] | None,
+        metadata: list[Metadata | None] | None = None,
+    ) -> np.ndarray:
         assert isinstance(self.model, Scorer) and prompts is not None
-        return np.asarray(self.model.score(images, prompts), dtype=np.float64)
+        if metadata is None:
+            values = self.model.score(images, prompts)
+        else:
+            values = self.model.score_with_metadata(images, prompts, metadata)
+        return np.asarray(values, dtype=np.float64)
 
-    async def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> ModelOutput:
+    async def score(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> ModelOutput:
+        """Scores of one call; ``metadata``: one object (or None) per image. Missing or
+        malformed metadata for a scorer that needs it raises MetadataError before any
+        batching (the ingress answers 400 naming the group or image)."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        return await self._run(images, list(prompts))
+        assert isinstance(self.model, Scorer)
+        if metadata is not None and len(metadata) != len(images):
+            raise ValueError(f"{len(images)} images but {len(metadata)} metadata objects")
+        if self.model.needs_metadata or metadata is not None:
+            self.model.check_metadata(None if metadata is None else list(metadata))
+        return await self._run(images, list(prompts), None if metadata is None else list(metadata))
+
+    async def score_components(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every number the scorer computes per image, by name (``Scorer.score_components``;
+        GenEval: reward, strict, geneval), outside the batch queue, in the model's own
+        chunks; for the dialects that return them all (Flow-GRPO's GenEval client)."""
+        assert isinstance(self.model, Scorer)
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        meta = None if metadata is None else list(metadata)
+        if self.model.needs_metadata or meta is not None:
+            self.model.check_metadata(meta)
+        return await asyncio.to_thread(
+            self.model.score_components, list(images), list(prompts), meta
+        )
 
     async def ready(self) -> ModelCard:
         """A real call on a tiny image (what /readyz uses)."""
-        # quoted text: a prompt every scorer accepts (ocr reads the text in double quotes)
-        out = await self.score([readiness_image()], ['a readiness probe saying "ready"'])
+        assert isinstance(self.model, Scorer)
+        probe = self.model.probe_metadata
+        out = await self.score(
+            [readiness_image()],
+            # quoted text: a prompt every scorer accepts (ocr reads the text in double quotes)
+            ['a readiness probe saying "ready"'],
+            [probe] if self.model.needs_metadata else None,
+        )
         if out.values.shape != (1,) or not np.isfinite(out.values).all():
             raise RuntimeError(f"scorer {self.name!r} returned {out.values!r} on the probe")
         return self.card
@@ -326,7 +395,12 @@ class EmbedderServer(_ModelServer):
 
     kind = "embedder"
 
-    def _forward(self, images: list[np.ndarray], prompts: list[str] | None) -> np.ndarray:
+    def _forward(
+        self,
+        images: list[np.ndarray],
+        prompts: list[str] | None,
+        metadata: list[Metadata | None] | None = None,
+    ) -> np.ndarray:
         assert isinstance(self.model, Embedder)
         return np.asarray(self.model.embed(images), dtype=np.float32)
 
@@ -340,8 +414,8 @@ class EmbedderServer(_ModelServer):
         return self.card
 
 
-ScorerDeployment = serve.deployment(ScorerServer, name="scorer")
-EmbedderDeployment = serve.deployment(EmbedderServer, name="embedder")
+ScorerDeployment = serve.deployment(name="scorer")(ScorerServer)
+EmbedderDeployment = serve.deployment(name="embedder")(EmbedderServer)
 
 
 def model_deployment_options(name: str, args: ModelDeploymentArgs) -> dict[str, Any]:

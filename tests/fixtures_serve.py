@@ -7,6 +7,9 @@ ports, running both applications on the tiny models: the diversity app at
 - ``serve_app``: a :class:`ServeApp` with ``base_url`` (the reward app, the front door),
   ``diversity_url`` (the diversity app on its own prefix), ``tiny_models_dir``, the app
   args, and the scorer/embedder names it runs.
+- ``service``: the app's HTTP and gRPC front doors (:class:`helpers.Service`), or a server
+  started by hand when ``DIVREWARD_TEST_SERVICE=http://h:p,grpc://h:p`` is set (the
+  client's and the adapters' tests; tests/services/conftest.py keeps the session's app);
 - ``serve_start_options(http_port, grpc_port)``: what ``serve.start`` gets (HTTP on
   loopback, and the gRPC proxy with the divreward servicer).
 
@@ -17,6 +20,7 @@ that asks for ``serve_app``, and shut down at the end of the session.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Service
 
 #: What the session's apps run: cheap tiny models (a few ms per forward pass).
 SERVE_SCORERS: dict[str, float] = {"pickscore": 1.0, "clipscore": 0.5}
@@ -147,3 +152,17 @@ def serve_app(tiny_zoo: Any) -> Iterator[ServeApp]:
 @pytest.fixture(scope="session")
 def serve_base_url(serve_app: ServeApp) -> str:
     return serve_app.base_url
+
+
+@pytest.fixture(scope="session")
+def service(request: pytest.FixtureRequest) -> Service:
+    """The running reward service. ``DIVREWARD_TEST_SERVICE=http://h:p,grpc://h:p``
+    points the tests at a server started by hand (to iterate without redeploying);
+    otherwise the session's Serve app is used."""
+    external = os.environ.get("DIVREWARD_TEST_SERVICE")
+    if external:
+        http_url, grpc_url = external.split(",")
+    else:
+        app = request.getfixturevalue("serve_app")
+        http_url, grpc_url = app.base_url, app.extra["grpc_url"]
+    return Service(http_url, grpc_url, grpc_url.removeprefix("grpc://"))

@@ -40,14 +40,54 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
     from divreward.trainer.loop import train
+    from divreward.trainer.models.hub import PolicyWeightsError, resolve_policy
     from divreward.trainer.rewards import RewardsUnavailableError
 
+    command = f"--preset {args.preset}" if args.preset else f"--config {args.config}"
     try:
+        resolve_policy(cfg, command)  # missing weights stop here, before anything loads
         train(cfg, resume=args.resume)
     except RewardsUnavailableError as exc:
         print(f"divreward train: stopped: {exc}", file=sys.stderr)
         return 1
+    except (PolicyWeightsError, OSError) as exc:
+        message = weights_error(exc, cfg.model, command)
+        if message is None:
+            raise
+        print(f"divreward train: {message}", file=sys.stderr)
+        return 1
     return 0
+
+
+def weights_error(exc: BaseException, model: str, command: str) -> str | None:
+    """One line for an error that means missing weights (ours, or a hub error anywhere in
+    diffusers' chain of exceptions), naming the repository and the command that fetches
+    it; None for any other error."""
+    from divreward.models.weights import WeightsNotFoundError, pull_command, weights_root
+    from divreward.trainer.models.hub import PolicyWeightsError
+
+    if isinstance(exc, PolicyWeightsError | WeightsNotFoundError):
+        return str(exc)
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, GatedRepoError | HfHubHTTPError | LocalEntryNotFoundError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    from divreward.models.base import LoadOptions
+
+    fetch = pull_command(command, weights_root(LoadOptions()))
+    gated = ""
+    if isinstance(seen, GatedRepoError):
+        gated = " (a gated repository: accept its licence on the hub and set HF_TOKEN)"
+    return (
+        f"the weights of {model!r} could not be loaded{gated}"
+        f": {type(seen).__name__}: {str(seen).splitlines()[0] if str(seen) else ''}. "
+        f"Fetch them with `{fetch}`"
+    )
 
 
 def register(sub: Any) -> None:

@@ -14,10 +14,11 @@ YAML; dotted keys reach into dict fields).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 import yaml
@@ -33,7 +34,10 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 Regulariser = Literal["none", "kl", "sa_reg"]
 # The methods table's names (divreward/methods.py): a method added there is a valid value.
-DiversityMethod = Literal[method_names()]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # to mypy, any name
+    DiversityMethod: TypeAlias = str
+else:
+    DiversityMethod = Literal[method_names()]
 RewardBackend = Literal["service", "inprocess"]
 Subset = Literal["none", "concentrated", "contrast"]
 Precision = Literal["auto", "bf16", "fp16", "no"]
@@ -87,7 +91,9 @@ class TrainConfig(DocumentedModel):
 
     # ------------------------------------------------------------------ data
     prompts_file: str | None = None
-    """Training prompts, one per line ('#' comments and blank lines skipped); None: the shipped
+    """Training prompts, one per line ('#' comments and blank lines skipped), or a '.jsonl' of
+    one JSON object per line with a 'prompt' (Flow-GRPO's GenEval metadata files): the whole
+    object is the prompt's metadata, sent with each of its groups; None: the shipped
     trainer/prompts/train.txt."""
     prompts_format: PromptsFormat = "lines"
     """How prompts_file / eval_prompts_file are read: 'lines' (above) or 'flow_grpo_txt',
@@ -224,7 +230,7 @@ class TrainConfig(DocumentedModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        NoisePromptConfig(**self.prompt_noise_params)  # names the bad field if any
+        NoisePromptConfig.model_validate(self.prompt_noise_params)  # names the bad field if any
         try:
             diversity_params(self.diversity, self.diversity_params)
         except ValidationError as exc:
@@ -264,7 +270,7 @@ class TrainConfig(DocumentedModel):
             backward_per_optimizer_step=self.gradient_accumulation_steps * n_train,
             precision=precision,
             autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
-            noise_prompt=NoisePromptConfig(**self.prompt_noise_params),
+            noise_prompt=NoisePromptConfig.model_validate(self.prompt_noise_params),
         )
 
     def diversity_request(self) -> dict[str, Any] | None:
@@ -370,14 +376,56 @@ def _reset_params_of_a_switched_method(
             log.info("diversity=%s: the preset's diversity_params %s are dropped", method, dropped)
 
 
+class MetaPrompt(str):
+    """A prompt that carries its metadata (a JSONL prompt source's object) to the reward
+    request of each of its groups; everywhere else it is the plain prompt string."""
+
+    metadata: dict[str, Any]
+
+    def __new__(cls, prompt: str, metadata: dict[str, Any]) -> MetaPrompt:
+        self = super().__new__(cls, prompt)
+        self.metadata = metadata
+        return self
+
+    def __getnewargs__(self) -> tuple[str, dict[str, Any]]:  # type: ignore[override]
+        return (str(self), self.metadata)
+
+
+def prompt_metadata(prompt: str) -> dict[str, Any] | None:
+    """The metadata a prompt read from a JSONL source carries (None for a plain one)."""
+    return prompt.metadata if isinstance(prompt, MetaPrompt) else None
+
+
+def _read_jsonl_prompts(p: Path) -> list[str]:
+    out: list[str] = []
+    for number, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{p}:{number}: not a JSON object ({exc})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ValueError(f"{p}:{number}: each line must be a JSON object with a 'prompt' str")
+        out.append(MetaPrompt(obj["prompt"], obj))
+    return out
+
+
 def read_prompts(path: str | Path, fmt: PromptsFormat = "lines") -> list[str]:
     """Prompts from a text file, one per line, each stripped. ``lines``: blank lines and
     '#' comments skipped. ``flow_grpo_txt``: Flow-GRPO's ``TextPromptDataset`` (every line
     is a prompt, its metadata ``{}``); a blank line, which Flow-GRPO would train on as an
-    empty prompt, is an error naming the line."""
+    empty prompt, is an error naming the line. Whatever ``fmt``, a ``.jsonl`` file holds one
+    JSON object per line whose 'prompt' is the prompt and the whole object its metadata
+    (:class:`MetaPrompt`), as Flow-GRPO's ``dataset/geneval/{train,test}_metadata.jsonl``."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"prompts file {str(p)!r} does not exist")
+    if p.suffix == ".jsonl":
+        prompts = _read_jsonl_prompts(p)
+        if not prompts:
+            raise ValueError(f"prompts file {str(p)!r} holds no prompt")
+        return prompts
     prompts = [ln.strip() for ln in p.read_text().splitlines()]
     if fmt == "flow_grpo_txt":
         blank = [i + 1 for i, ln in enumerate(prompts) if not ln]

@@ -90,9 +90,12 @@ class StepSamples:
 
 def resolve_model(cfg: TrainConfig) -> str:
     """'tiny-<family>' ('tiny-sd3', 'tiny-flux', ...): build the family's tiny random
-    pipeline when missing (its adapter's ``build_tiny``)."""
+    pipeline when missing (its adapter's ``build_tiny``); a hub id: the weights
+    directory's copy when it holds it (divreward.trainer.models.hub)."""
     if not cfg.model.startswith("tiny-"):
-        return cfg.model
+        from divreward.trainer.models.hub import resolve_policy
+
+        return resolve_policy(cfg, "--preset <preset> (or --config <file>)")
     from divreward.trainer.models.tiny import ensure_tiny_model
 
     try:
@@ -359,8 +362,8 @@ def evaluate(
     for name in results[0].quality:
         out[f"eval/reward/{name}"] = float(np.mean([r.quality[name].mean() for r in results]))
     if cfg.eval_metrics and n >= 2:
-        embs = [r.embeddings for r in results]
-        ready = None if any(e is None for e in embs) else embs
+        embs = [r.embeddings for r in results if r.embeddings is not None]
+        ready = embs if len(embs) == len(results) else None
         for k, v in rewards.metrics(images, ready).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 out[f"eval/diversity/{k}"] = float(v)

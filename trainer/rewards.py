@@ -42,7 +42,7 @@ from divreward.rewards import (
     resolve_advantage,
     resolve_diversity,
 )
-from divreward.trainer.config import TrainConfig
+from divreward.trainer.config import TrainConfig, prompt_metadata
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ServiceRewards(_Base):
         fut: concurrent.futures.Future[Any] | None = None
         try:
             fut = self.client.submit(
-                Group(prompt, images, group_id=group_id),
+                Group(prompt, images, group_id=group_id, metadata=prompt_metadata(prompt)),
                 quality=self.cfg.quality,
                 aggregation=self.cfg.aggregation,
                 diversity=diversity,
@@ -293,7 +293,12 @@ class InProcessRewards(_Base):
     def _scores(self, prompt: str, images: torch.Tensor) -> dict[str, np.ndarray]:
         ims = self._np_images(images)
         prompts = [prompt] * len(ims)
-        scores = {n: np.asarray(self.models[n].score(ims, prompts)) for n in self.cfg.quality}
+        meta = prompt_metadata(prompt)
+        metadata = None if meta is None else [meta] * len(ims)
+        scores = {
+            n: np.asarray(self.models[n].score_with_metadata(ims, prompts, metadata))
+            for n in self.cfg.quality
+        }
         scores["total"] = combine_quality(self.cfg.quality, scores, len(ims), self.cfg.aggregation)
         return scores
 

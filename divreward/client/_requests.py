@@ -45,12 +45,15 @@ class Group:
     ``(G, H, W, 3)`` uint8, or a list of PIL images / arrays / encoded bytes.
     ``group_size``: set only when ``images`` is *part* of a group of that size that the
     server should assemble (see :class:`divreward.schema_stream.GroupSubmission`).
+    ``metadata``: the prompt's metadata for the scorers that need one (geneval: a GenEval
+    metadata line ``{"tag", "include", "exclude"}``); other scorers ignore it.
     """
 
     prompt: str
     images: Any
     group_id: str | None = None
     group_size: int | None = None
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,15 +126,19 @@ def score_request(
     scorers: Sequence[str] | None,
     request_id: str,
     opts: ImageOptions,
+    metadata: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> ScoreRequest:
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, one per image, not a single str")
-    return ScoreRequest(
-        prompts=list(prompts),
-        images=opts.encode(images),
-        scorers=list(scorers) if scorers is not None else None,
-        request_id=request_id,
-    )
+    body: dict[str, Any] = {
+        "prompts": list(prompts),
+        "images": opts.encode(images),
+        "scorers": list(scorers) if scorers is not None else None,
+        "request_id": request_id,
+    }
+    if metadata is not None:
+        body["metadata"] = [None if m is None else dict(m) for m in metadata]
+    return ScoreRequest.model_validate(body)
 
 
 def embed_request(images: Any, request_id: str, opts: ImageOptions) -> EmbedRequest:
@@ -169,6 +176,15 @@ def _as_group(group: Group | tuple[str, Any], index: int) -> Group:
     )
 
 
+def _group_body(g: Group, opts: ImageOptions) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt": g.prompt, "images": opts.encode(g.images)}
+    if g.group_id is not None:
+        body["group_id"] = g.group_id
+    if g.metadata is not None:
+        body["metadata"] = dict(g.metadata)
+    return body
+
+
 def rewards_request(
     groups: Sequence[Group | tuple[str, Any]],
     *,
@@ -184,7 +200,7 @@ def rewards_request(
         groups = [groups]  # type: ignore[list-item]
     body: dict[str, Any] = {
         "groups": [
-            RewardGroup(prompt=g.prompt, images=opts.encode(g.images), group_id=g.group_id)
+            RewardGroup.model_validate(_group_body(g, opts))
             for g in (_as_group(x, i) for i, x in enumerate(groups))
         ],
         "request_id": request_id,
@@ -214,9 +230,7 @@ def group_submission(
     if group.group_id is None:
         raise ValueError("group.group_id is required for submit/stream: answers are tagged by it")
     body: dict[str, Any] = {
-        "group_id": group.group_id,
-        "prompt": group.prompt,
-        "images": opts.encode(group.images),
+        **_group_body(group, opts),
         "request_id": request_id or new_request_id(),
     }
     if group.group_size is not None:

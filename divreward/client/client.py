@@ -294,11 +294,13 @@ class AsyncRewardClient:
         *,
         scorers: Sequence[str] | None = None,
         request_id: str | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> ScoreResponse:
-        """Quality scores only: ``.scores[name][i]`` rates ``images[i]`` for ``prompts[i]``."""
+        """Quality scores only: ``.scores[name][i]`` rates ``images[i]`` for ``prompts[i]``
+        (``metadata[i]``: image i's prompt metadata, for scorers such as geneval)."""
         rid = request_id or new_request_id()
         opts = await self._image_options()
-        req = await asyncio.to_thread(score_request, images, prompts, scorers, rid, opts)
+        req = await asyncio.to_thread(score_request, images, prompts, scorers, rid, opts, metadata)
         return await self._call("score", req, ScoreResponse, rid)
 
     async def embed(self, images: Any, *, request_id: str | None = None) -> EmbedResponse:

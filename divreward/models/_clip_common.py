@@ -50,12 +50,14 @@ from divreward.models.weights import (
     resolve_file,
     resolve_first,
 )
+from divreward.models.weights import optional as optional_file
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CONFIG_FILE = "config.json"
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 CONTEXT_LENGTH = 77
@@ -87,7 +89,7 @@ def load_clip(
     device = check_device(opts.device)
     dtype = resolve_dtype(opts)
     weights = resolve_first(opts.source, WEIGHT_FILES, opts)
-    config = resolve_file(opts.source, "config.json", opts)
+    config = resolve_file(opts.source, CONFIG_FILE, opts)
     if config.path.parent != weights.path.parent:
         raise WeightsNotFoundError(
             f"config.json and the weights of {opts.source!r} resolved to different "
@@ -110,6 +112,19 @@ def load_clip(
     mode = preprocess_mode(model_name, opts.options)
     resolved = [weights, config, proc]
     return ClipBundle(model, tokenizer, processor, device, dtype, resolved, side, mode)
+
+
+def hub_files(opts: LoadOptions, processor_source: str | None) -> list[tuple[str, list[str]]]:
+    """What :func:`load_clip` reads from the hub: the model's weights (either format) and
+    config from ``opts.source``, the processor and tokenizer files from
+    ``processor_source`` (default: the same repository)."""
+    assert opts.source is not None
+    model = [*WEIGHT_FILES, CONFIG_FILE]
+    proc = [*PROCESSOR_FILES, *(optional_file(f) for f in TOKENIZER_FILES)]
+    source = processor_source or opts.source
+    if source == opts.source:
+        return [(opts.source, [*model, *proc])]
+    return [(opts.source, model), (source, proc)]
 
 
 def preprocess(processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor:

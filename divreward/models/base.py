@@ -8,7 +8,7 @@ arrays); each model does its own resize/normalisation inside ``score``/``embed``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -71,12 +71,65 @@ class BatchLimits:
         self.max_batch_pixels = max_batch_pixels
 
 
+class MetadataError(ValueError):
+    """A scorer's per-prompt metadata is missing or malformed (a 4xx for the caller);
+    ``index`` is the image it belongs to, when known."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        self.index = index
+        self.detail = message
+        super().__init__(f"metadata[{index}]: {message}" if index is not None else message)
+
+
+#: One image's metadata: a JSON object (e.g. GenEval's {"tag", "include", "exclude"}).
+Metadata = Mapping[str, Any]
+
+
 class Scorer(BatchLimits, ABC):
-    """Quality scorer: ``score(images, prompts)[i]`` rates ``images[i]`` for ``prompts[i]``."""
+    """Quality scorer: ``score(images, prompts)[i]`` rates ``images[i]`` for ``prompts[i]``.
+
+    A scorer that also reads per-prompt metadata (GenEval) sets ``needs_metadata`` and
+    overrides :meth:`score_with_metadata`; every other scorer ignores metadata, so
+    callers may always go through :meth:`score_with_metadata`.
+    """
 
     info: ModelInfo
     #: longest image side the model looks at; clients may downsize to this before sending
     max_resolution: int = 224
+    #: True when the scores depend on per-image metadata (missing metadata is an error)
+    needs_metadata: bool = False
+    #: a valid metadata object for the readiness probe of a scorer that needs metadata
+    probe_metadata: Metadata | None = None
+
+    def score_with_metadata(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> np.ndarray:
+        """``score`` with one metadata object (or None) per image; the default ignores
+        the metadata. Raises :class:`MetadataError` when the scorer needs metadata and an
+        image has none, or it is malformed."""
+        if metadata is not None and len(metadata) != len(images):
+            raise ValueError(
+                f"metadata has {len(metadata)} entries but images has {len(images)}: give "
+                "one metadata object per image"
+            )
+        return self.score(images, prompts)
+
+    def score_components(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every number the scorer computes per image, by name (GenEval: its reward and
+        both 0/1 decisions); the default is the score alone, under ``"score"``."""
+        return {"score": self.score_with_metadata(images, prompts, metadata)}
+
+    def check_metadata(self, metadata: Sequence[Metadata | None] | None) -> None:
+        """Validate metadata before any model work (:class:`MetadataError` naming the
+        image); the default accepts anything."""
 
     @abstractmethod
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:

@@ -4,7 +4,8 @@
 - ``divreward make-tiny-models DIR [--seed N] [--only NAME ...]``: tiny random twins of
   the registered models, for tests and demos only;
 - ``divreward score --model NAME --prompt TEXT [...] IMAGES...``: score image files with
-  one scorer and print a table (or JSON) of path and score.
+  one scorer and print a table (or JSON) of path and score (``--metadata JSON``: the
+  prompt's metadata, for scorers that need one, such as geneval).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, choices=sorted(REGISTRY), help="registry name")
     p.add_argument("--prompt", required=True, help="the prompt every image is scored against")
+    p.add_argument(
+        "--metadata",
+        help="the prompt's metadata as a JSON object, for scorers that need one (geneval: "
+        "a GenEval metadata line)",
+    )
     p.add_argument("--weights-dir", help="local weights root (default: $DIVREWARD_WEIGHTS_DIR)")
     p.add_argument("--source", help="hub id or local directory (default: the registry's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -94,7 +100,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
+def parse_options(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -139,8 +145,16 @@ def _score(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         device=args.device,
         dtype=args.dtype,
-        options=_parse_options(args.option),
+        options=parse_options(args.option),
     )
+    metadata = None
+    if args.metadata is not None:
+        try:
+            metadata = json.loads(args.metadata)
+        except ValueError as exc:
+            raise ValueError(f"--metadata is not JSON: {exc}") from None
+        if not isinstance(metadata, dict):
+            raise ValueError("--metadata must be a JSON object")
     model = load_model(args.model, opts)
     assert isinstance(model, Scorer)
     scores: list[float] = []
@@ -156,7 +170,9 @@ def _score(args: argparse.Namespace) -> int:
                     images.append(to_canonical(path))
                 except ImageError as exc:
                     raise ValueError(f"cannot score {str(path)!r}: {exc}") from exc
-            scores.extend(float(s) for s in model.score(images, [args.prompt] * len(images)))
+            meta = None if metadata is None else [metadata] * len(images)
+            values = model.score_with_metadata(images, [args.prompt] * len(images), meta)
+            scores.extend(float(s) for s in values)
             bar.update(len(chunk))
     if args.json:
         body = {

@@ -35,6 +35,10 @@ class CLIPEmbedder(Embedder):
         return emb.numpy().astype(np.float32)  # (N, dim)
 
 
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    return clip.hub_files(opts, option(opts.options, "processor_source", str, None))
+
+
 def load(opts: LoadOptions) -> CLIPEmbedder:
     check_options("clip_embedder", opts.options, OPTIONS)
     bundle = clip.load_clip(

@@ -54,6 +54,10 @@ class CLIPScore(clip.ClipScorer):
         return self.weight * np.maximum(self.cosine(images, prompts, self.prefix), 0.0)
 
 
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    return clip.hub_files(opts, option(opts.options, "processor_source", str, None))
+
+
 def load(opts: LoadOptions) -> CLIPScore:
     check_options("clipscore", opts.options, OPTIONS)
     form = option(opts.options, "form", str, "hessel")

@@ -179,8 +179,10 @@ class DreamSimEmbedder(Embedder):
         return np.concatenate(out).astype(np.float32)
 
 
-def cache_dir_for(opts: LoadOptions) -> tuple[Path, bool]:
-    """The explicit dreamsim cache directory, and whether downloading is allowed."""
+def cache_dir_for(opts: LoadOptions, dreamsim_type: str = "ensemble") -> tuple[Path, bool]:
+    """The explicit dreamsim cache directory, and whether downloading is allowed: the
+    source directory, else ``cache_dir``, else ``<weights_dir>/dreamsim`` when it holds
+    ``dreamsim_type``'s files, else the default cache (as the hub-id models resolve)."""
     offline = any(
         os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
         for v in ("HF_HUB_OFFLINE", "DIVREWARD_OFFLINE")
@@ -197,10 +199,44 @@ def cache_dir_for(opts: LoadOptions) -> tuple[Path, bool]:
     if opts.cache_dir:
         return Path(opts.cache_dir).expanduser(), not offline
     root = weights_root(opts)
-    if root is not None:
+    if root is not None and all(
+        (root / "dreamsim" / f).is_file() for f in required_files(dreamsim_type)
+    ):
         return root / "dreamsim", False
     home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return home / "divreward" / "dreamsim", not offline
+
+
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    """None: dreamsim's checkpoints are its GitHub release files (and DINO's torch.hub
+    files), fetched by its own loader into :func:`cache_dir_for`'s directory; see
+    :func:`pull`."""
+    return []
+
+
+def local_files(opts: LoadOptions) -> tuple[Path, list[str], list[str]]:
+    """Offline: the cache directory the loader would use, and which of the type's
+    required files are present and missing there."""
+    dreamsim_type = option(opts.options, "dreamsim_type", str, "ensemble")
+    cache, _ = cache_dir_for(opts, dreamsim_type)
+    files = required_files(dreamsim_type)
+    present = [f for f in files if (cache / f).is_file()]
+    return cache, present, [f for f in files if f not in present]
+
+
+def pull(opts: LoadOptions, weights_dir: Path | None) -> Path:
+    """Fetch the checkpoints of ``opts``' dreamsim type the only way dreamsim offers: by
+    loading it once (on the CPU, downloading what is missing) into
+    ``<weights_dir>/dreamsim``, else the directory the loader uses. Returns it."""
+    from dataclasses import replace
+
+    if weights_dir is not None:
+        cache = weights_dir / "dreamsim"
+    else:
+        cache = cache_dir_for(replace(opts, weights_dir=None), "ensemble")[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    load(replace(opts, source=None, cache_dir=str(cache), device="cpu", dtype=None))
+    return cache
 
 
 def load(opts: LoadOptions) -> DreamSimEmbedder:
@@ -218,16 +254,22 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
     device = check_device(opts.device)
     # DreamSim runs in fp32 unless asked otherwise (its reference does; it is small).
     dtype = resolve_dtype(opts) if opts.dtype is not None else torch.float32
-    cache, may_download = cache_dir_for(opts)
+    cache, may_download = cache_dir_for(opts, dreamsim_type)
     missing = [f for f in required_files(dreamsim_type) if not (cache / f).is_file()]
     if missing and not may_download:
+        root = weights_root(opts)
+        dirs = list(dict.fromkeys([*([root / "dreamsim"] if root else []), cache]))
+        places = [
+            f"{d}: missing "
+            + ", ".join(str(d / f) for f in required_files(dreamsim_type) if not (d / f).is_file())
+            for d in dirs
+        ]
         raise WeightsNotFoundError(
-            f"dreamsim ({dreamsim_type}) weights not found in {cache}: missing "
-            + ", ".join(str(cache / f) for f in missing)
-            + ". Provide them by loading the model once with internet access and an "
-            "explicit cache directory (load_model('dreamsim', LoadOptions(cache_dir=DIR))), "
-            "which downloads dreamsim's release checkpoints and the DINO torch.hub files "
-            "into DIR; then copy DIR to <weights_dir>/dreamsim or pass it as the source."
+            f"dreamsim ({dreamsim_type}) weights not found; looked in: " + "; ".join(places),
+            "Fetch them with `divreward weights pull dreamsim` on a machine with internet "
+            "access (`--weights-dir DIR`: into DIR/dreamsim)",
+            repo_id="dreamsim",
+            looked=[str(d) for d in dirs],
         )
     image_size = IMAGE_SIZE
     if (cache / TINY_FILE).is_file():
@@ -258,7 +300,10 @@ def load(opts: LoadOptions) -> DreamSimEmbedder:
     except (OSError, RuntimeError, ValueError) as exc:  # download/hub/load failures
         raise WeightsNotFoundError(
             f"dreamsim ({dreamsim_type}) could not be loaded from {cache}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc}".replace("\n", " "),
+            "Fetch its files with `divreward weights pull dreamsim`",
+            repo_id="dreamsim",
+            looked=[str(cache)],
         ) from exc
     finally:
         torch.hub.set_dir(previous_hub)

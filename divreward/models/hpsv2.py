@@ -57,6 +57,7 @@ from divreward.models.weights import (
     WeightsNotFoundError,
     check_device,
     model_info,
+    optional,
     resolve_dtype,
     resolve_file,
 )
@@ -214,17 +215,28 @@ def build_model(cfg: dict[str, Any], device: str = "meta") -> Any:
         return open_clip.CLIP(**cfg, output_dict=True)
 
 
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    """The checkpoint of the chosen version (and the tiny profile's architecture file,
+    read only when present)."""
+    return [(opts.source or REPO, [VERSIONS[_version(opts)], optional(ARCH_FILE)])]
+
+
+def _version(opts: LoadOptions) -> str:
+    version = option(opts.options, "version", str, "v2.0")
+    if version not in VERSIONS:
+        raise ValueError(
+            f"hpsv2: option 'version' must be one of {sorted(VERSIONS)}, got {version!r}"
+        )
+    return str(version)
+
+
 def load(opts: LoadOptions) -> HPSv2:
     import torch
     from open_clip.tokenizer import SimpleTokenizer
 
     check_options("hpsv2", opts.options, OPTIONS)
-    version = option(opts.options, "version", str, "v2.0")
+    version = _version(opts)
     mode = preprocess_mode("hpsv2", opts.options)
-    if version not in VERSIONS:
-        raise ValueError(
-            f"hpsv2: option 'version' must be one of {sorted(VERSIONS)}, got {version!r}"
-        )
     name = "hpsv2" if version == "v2.0" else "hpsv21"
     device = check_device(opts.device)
     dtype = resolve_dtype(opts)

@@ -70,10 +70,10 @@ from divreward.models._common import canonical, check_options, iter_chunks, opti
 from divreward.models._tensor_preprocess import by_size, preprocess_mode, resize_like_pil, stack_on
 from divreward.models.base import DEFAULT_MAX_PIXELS, LoadOptions, ModelInfo, Scorer, check_prompts
 from divreward.models.weights import (
-    WeightsNotFoundError,
     check_device,
     model_info,
     note_tiny,
+    optional,
     resolve_dir,
     resolve_dtype,
     resolve_file,
@@ -577,6 +577,16 @@ def _add_reward_token(tokenizer: Any) -> int:
     return int(tokenizer.convert_tokens_to_ids(REWARD_TOKEN))
 
 
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    """``HPSv3.safetensors`` and only the small config/processor/tokenizer files of the
+    base repository (never its 16 GB of weights)."""
+    base_source = option(opts.options, "base_source", str, BASE_REPO)
+    return [
+        (opts.source or REPO, [WEIGHTS_FILE]),
+        (base_source, [*BASE_REQUIRED, *(optional(f) for f in BASE_OPTIONAL)]),
+    ]
+
+
 def load(opts: LoadOptions) -> HPSv3:
     check_options("hpsv3", opts.options, OPTIONS)
     device = check_device(opts.device)
@@ -595,15 +605,9 @@ def load(opts: LoadOptions) -> HPSv3:
     dtype = resolve_dtype(opts, prefer_bf16=True)  # the model was trained in bf16
 
     main = resolve_file(opts.source or REPO, WEIGHTS_FILE, opts)
-    try:
-        base = resolve_dir(base_source, opts, BASE_REQUIRED, BASE_OPTIONAL)
-    except WeightsNotFoundError as exc:
-        files = " ".join((*BASE_REQUIRED, "chat_template.json"))
-        raise WeightsNotFoundError(
-            f"{exc} Only these small files of {base_source} are needed, never its 16 GB of "
-            f"weights: `huggingface-cli download {base_source} {files} --local-dir "
-            f"<weights_dir>/{base_source}`."
-        ) from exc
+    # Only BASE_REQUIRED (and the optional files) of the base repository are read, never
+    # its 16 GB of weights: `divreward weights pull hpsv3` fetches just those.
+    base = resolve_dir(base_source, opts, BASE_REQUIRED, BASE_OPTIONAL)
     profile = note_tiny("hpsv3", [main, base])
 
     processor = _load_processor(base.path)
@@ -675,9 +679,10 @@ _TINY_CORPUS_EXTRA = (
 )
 
 
-def _tiny_tokenizer() -> Any:
+def tiny_tokenizer(extra_corpus: Sequence[str] = ()) -> Any:
     """A byte-level BPE trained on the fly (deterministic), wrapped as Qwen2Tokenizer
-    with Qwen's special tokens appended after the BPE vocabulary, as in the real one."""
+    with Qwen's special tokens appended after the BPE vocabulary, as in the real one.
+    ``extra_corpus``: more training text (another tiny Qwen model's own prompts)."""
     from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -697,7 +702,7 @@ def _tiny_tokenizer() -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = [INSTRUCTION, PROMPT_WITH_SPECIAL_TOKEN, _TINY_CORPUS_EXTRA] * 4
+    corpus = [INSTRUCTION, PROMPT_WITH_SPECIAL_TOKEN, _TINY_CORPUS_EXTRA, *extra_corpus] * 4
     bpe.train_from_iterator(corpus, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
@@ -796,7 +801,7 @@ def build_tiny(out_dir: Path, seed: int) -> None:
     base_dir.mkdir(parents=True, exist_ok=True)
     hps_dir.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(str(base_dir))
     raw = tiny_base_config(tokenizer)
     (base_dir / "config.json").write_text(json.dumps(raw, indent=2) + "\n")

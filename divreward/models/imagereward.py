@@ -76,6 +76,7 @@ from divreward.models.weights import (
     check_device,
     model_info,
     note_tiny,
+    optional,
     resolve_dir,
     resolve_dtype,
     resolve_file,
@@ -437,6 +438,16 @@ class ImageReward(Scorer):
             scores = self.model(pixels, ids.to(self.device), mask.to(self.device))
             out[sl] = scores.float().cpu().numpy()
         return out
+
+
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    """``ImageReward.pt`` and ``med_config.json`` (plus the tiny profile's vision config,
+    read only when present), and the BERT tokenizer files."""
+    tokenizer_source = option(opts.options, "tokenizer_source", str, TOKENIZER_REPO)
+    return [
+        (opts.source or REPO, [WEIGHTS_FILE, MED_CONFIG, optional(VISION_CONFIG_FILE)]),
+        (tokenizer_source, [*TOKENIZER_REQUIRED, *(optional(f) for f in TOKENIZER_OPTIONAL)]),
+    ]
 
 
 def load(opts: LoadOptions) -> ImageReward:

@@ -36,6 +36,10 @@ class PickScore(clip.ClipScorer):
         return clip.logit_scale(self.bundle) * cos / self.scale_divisor
 
 
+def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
+    return clip.hub_files(opts, option(opts.options, "processor_source", str, PROCESSOR_SOURCE))
+
+
 def load(opts: LoadOptions) -> PickScore:
     check_options("pickscore", opts.options, OPTIONS)
     divisor = option(opts.options, "scale_divisor", float, 1.0)

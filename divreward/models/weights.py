@@ -1,15 +1,17 @@
 """Where a model's weights come from, in one place, for every loader.
 
-A hub id ``org/name`` resolves, in this order, to
+A model source resolves, in this order, to
 
-1. ``<weights_dir>/org/name`` when ``LoadOptions.weights_dir`` or the environment
-   variable ``DIVREWARD_WEIGHTS_DIR`` is set; a missing file there is an error that
-   names every file looked for and how to provide it;
-2. the source itself when it is an existing local directory;
-3. the standard Hugging Face cache / hub (``snapshot_download`` / ``hf_hub_download``);
-   with ``HF_HUB_OFFLINE=1`` and nothing cached, the hub's error is re-raised as a
-   :class:`WeightsNotFoundError` naming the repository, the files and the two ways to
-   provide them.
+1. the source itself when it is an explicit local directory (a path, not ``org/name``);
+   a missing file there is an error naming it;
+2. ``<weights_dir>/org/name`` when ``LoadOptions.weights_dir`` or the environment
+   variable ``DIVREWARD_WEIGHTS_DIR`` is set **and that directory holds the files**
+   (a hub-layout directory, as ``divreward weights pull --weights-dir`` writes it);
+3. the standard Hugging Face cache / hub (``snapshot_download`` / ``hf_hub_download``).
+
+When none has them, one :class:`WeightsNotFoundError` names the repository, every place
+looked in with what it lacked, and the ``divreward weights pull`` command that fetches
+them (:func:`divreward.models.registry.load_model` fills in the model's name).
 
 Nothing ever falls back to the tiny random models. Those are written by
 ``divreward make-tiny-models DIR``, which leaves the marker file
@@ -48,6 +50,8 @@ __all__ = [
     "find_tiny_root",
     "is_hub_id",
     "note_tiny",
+    "optional",
+    "pull_command",
     "resolve_dir",
     "resolve_dtype",
     "resolve_file",
@@ -71,13 +75,28 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 class WeightsNotFoundError(FileNotFoundError):
     """A model's weights (or config/tokenizer files) could not be found.
 
-    The message names the repository, every file looked for, where, and how to provide
-    them: ``detail`` (what was missing where) followed by ``remedy``."""
+    The message names the repository, every place looked in and what was missing there,
+    and the command that fetches them: ``detail`` followed by ``remedy``. One line, so
+    that Serve's deployment status (which keeps an error's first line) carries all of it.
+    ``repo_id``: the repository; ``looked``: the places looked in."""
 
-    def __init__(self, detail: str, remedy: str = "") -> None:
+    def __init__(
+        self,
+        detail: str,
+        remedy: str = "",
+        *,
+        repo_id: str | None = None,
+        looked: Sequence[str] = (),
+    ) -> None:
         self.detail = detail
         self.remedy = remedy
+        self.repo_id = repo_id
+        self.looked = list(looked)
         super().__init__(f"{detail}. {remedy}" if remedy else detail)
+
+    def with_remedy(self, remedy: str) -> WeightsNotFoundError:
+        """The same error with another remedy (the caller knows the exact command)."""
+        return WeightsNotFoundError(self.detail, remedy, repo_id=self.repo_id, looked=self.looked)
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,22 @@ class Resolved:
     source: str  # what ModelInfo.source reports: the hub id or the local directory
     revision: str | None  # hub snapshot commit, when resolved through the HF cache
     tiny: bool  # True when the files lie under a make-tiny-models directory
+
+
+def optional(name: str) -> str:
+    """An allow-pattern for a file that a loader reads only when the repository has it
+    (e.g. a tiny profile's architecture file): a glob that matches exactly ``name``.
+    ``divreward weights check`` reports plain names that are missing, never globs."""
+    return f"{name[:-1]}[{name[-1]}]"
+
+
+#: A transformers/diffusers weights file and its older pickle twin: the loaders take the
+#: safetensors file when a repository has both, so the pull fetches only that one and
+#: the check is satisfied by either.
+WEIGHTS_ALTERNATIVES = {
+    "pytorch_model.bin": "model.safetensors",
+    "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
+}
 
 
 def is_hub_id(source: str) -> bool:
@@ -101,36 +136,84 @@ def weights_root(opts: LoadOptions) -> Path | None:
     return Path(root).expanduser() if root else None
 
 
-def _how_to_provide(repo_id: str, root: Path | None) -> str:
-    target = f"{root}/{repo_id}" if root else f"<weights_dir>/{repo_id}"
-    return (
-        f"Provide them either (a) in a local weights directory: "
-        f"`huggingface-cli download {repo_id} --local-dir {target}` and pass "
-        f"--weights-dir / LoadOptions.weights_dir / ${ENV_WEIGHTS_DIR}, or a local "
-        f"directory as the model's source; or (b) through the Hugging Face cache: run once "
-        f"with internet access and without HF_HUB_OFFLINE=1 so that {repo_id} is downloaded."
+def pull_command(what: str, root: Path | None = None) -> str:
+    """The ``divreward weights pull`` command that fetches ``what`` (a model name, or
+    ``--preset NAME``...) into the weights directory ``root`` (else the HF cache)."""
+    return f"divreward weights pull {what}" + (f" --weights-dir {root}" if root else "")
+
+
+def _hub_cache_dir(opts: LoadOptions) -> str:
+    if opts.cache_dir:
+        return str(opts.cache_dir)
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _missing(directory: Path, files: Sequence[str]) -> list[str]:
+    return [f for f in files if not (directory / f).is_file()]
+
+
+def _not_found(repo_id: str, looked: Sequence[str], root: Path | None) -> WeightsNotFoundError:
+    """The one error for weights found nowhere: every place looked in, and the command
+    that fetches them (one line: Serve's status keeps the first line of an error)."""
+    return WeightsNotFoundError(
+        f"weights for {repo_id!r} not found; looked in: " + "; ".join(looked),
+        f"Fetch them with `{pull_command('<model>', root)}` (the model's registry name; "
+        "`divreward weights check` lists what is missing)",
+        repo_id=repo_id,
+        looked=looked,
     )
 
 
-def _check_files(
-    directory: Path, files: Sequence[str], repo_id: str, where: str, root: Path | None = None
-) -> None:
-    missing = [f for f in files if not (directory / f).is_file()]
-    if missing:
-        looked = ", ".join(str(directory / f) for f in missing)
-        raise WeightsNotFoundError(
-            f"weights for {repo_id!r} not found in {where}: missing {looked}",
-            _how_to_provide(repo_id, root),
+def _local_directory(
+    repo_id: str, opts: LoadOptions, files: Sequence[str], looked: list[str]
+) -> Path | None:
+    """The directory that holds ``files`` of ``repo_id`` without the hub, in the order
+    of the resolution: ``repo_id`` itself when it is a local directory (an explicit path:
+    an error names its missing files), else ``<weights_dir>/repo_id`` **when it holds
+    them**; None to go on to the Hugging Face cache/hub. ``looked`` collects each place
+    looked in, and what it lacked, for the error."""
+    if not is_hub_id(repo_id):
+        local = Path(repo_id).expanduser()
+        if not local.is_dir():
+            raise WeightsNotFoundError(
+                f"model source {repo_id!r} is neither an existing local directory nor a "
+                "Hugging Face hub id of the form 'org/name'"
+            )
+        missing = _missing(local, files)
+        if missing:
+            raise WeightsNotFoundError(
+                f"weights for {repo_id!r} not found in the local directory {local}: missing "
+                + ", ".join(str(local / f) for f in missing),
+                repo_id=repo_id,
+                looked=[str(local)],
+            )
+        return local
+    root = weights_root(opts)
+    if root is not None:
+        directory = root / repo_id
+        missing = _missing(directory, files)
+        if not missing:
+            return directory
+        looked.append(
+            f"the weights directory {root} ({ENV_WEIGHTS_DIR}/--weights-dir): missing "
+            + ", ".join(str(directory / f) for f in missing)
         )
+    return None
 
 
-def _hub_error(repo_id: str, files: Sequence[str], exc: BaseException) -> WeightsNotFoundError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    mode = "HF_HUB_OFFLINE is set and " if offline else ""
-    return WeightsNotFoundError(
-        f"weights for {repo_id!r} not found: {mode}the Hugging Face hub/cache could not "
-        f"provide {', '.join(files)} ({type(exc).__name__}: {exc})",
-        _how_to_provide(repo_id, None),
+def _hub_looked(repo_id: str, opts: LoadOptions, files: Sequence[str], exc: BaseException) -> str:
+    from huggingface_hub import constants
+
+    where = "HF_HUB_OFFLINE=1" if _offline() else f"hub {constants.ENDPOINT}"
+    return (
+        f"the Hugging Face cache {_hub_cache_dir(opts)} ({where}): {' / '.join(files)} not "
+        f"available ({type(exc).__name__})"
     )
 
 
@@ -140,27 +223,6 @@ def _snapshot_revision(path: Path) -> str | None:
     for i in range(len(parts) - 1):
         if parts[i] == "snapshots" and i > 0 and parts[i - 1].startswith("models--"):
             return parts[i + 1]
-    return None
-
-
-def _local_directory(repo_id: str, opts: LoadOptions, files: Sequence[str]) -> Path | None:
-    """The directory that holds ``files`` of ``repo_id`` without the hub: a hub id under
-    the weights directory, or ``repo_id`` itself as a local directory (an error names the
-    missing files); None for a hub id to resolve through the hub or its cache."""
-    root = weights_root(opts)
-    if is_hub_id(repo_id) and root is not None:
-        directory = root / repo_id
-        _check_files(directory, files, repo_id, f"the weights directory {root}", root)
-        return directory
-    local = Path(repo_id).expanduser()
-    if local.is_dir():
-        _check_files(local, files, repo_id, f"the local directory {local}")
-        return local
-    if not is_hub_id(repo_id):
-        raise WeightsNotFoundError(
-            f"model source {repo_id!r} is neither an existing local directory nor a "
-            "Hugging Face hub id of the form 'org/name'"
-        )
     return None
 
 
@@ -192,7 +254,8 @@ def resolve_dir(
 
     ``optional_patterns`` are extra glob patterns fetched from the hub when present
     (e.g. tokenizer files that only some repositories carry)."""
-    directory = _local_directory(repo_id, opts, required_files)
+    looked: list[str] = []
+    directory = _local_directory(repo_id, opts, required_files, looked)
     if directory is not None:
         return Resolved(directory, str(directory), None, _tiny(directory))
     try:
@@ -204,43 +267,70 @@ def resolve_dir(
             cache_dir=opts.cache_dir,
         )
     except Exception as exc:  # hub errors: offline, missing repo, network, gated...
-        raise _hub_error(repo_id, required_files, exc) from exc
+        looked.append(_hub_looked(repo_id, opts, required_files, exc))
+        raise _not_found(repo_id, looked, weights_root(opts)) from exc
     directory = Path(str(snap))
-    _check_files(directory, required_files, repo_id, f"the Hugging Face cache ({directory})")
+    missing = _missing(directory, required_files)
+    if missing:
+        looked.append(f"the Hugging Face cache {directory}: missing {', '.join(missing)}")
+        raise _not_found(repo_id, looked, weights_root(opts))
     return Resolved(directory, repo_id, _snapshot_revision(directory), _tiny(directory))
 
 
 def resolve_file(repo_id: str, filename: str, opts: LoadOptions) -> Resolved:
     """Resolve one file of ``repo_id`` (hub id or local directory)."""
-    directory = _local_directory(repo_id, opts, [filename])
-    if directory is not None:
-        path = directory / filename
-        return Resolved(path, str(directory), None, _tiny(path))
-    try:
-        from huggingface_hub import hf_hub_download
-
-        got = hf_hub_download(repo_id, filename, cache_dir=opts.cache_dir)
-    except Exception as exc:
-        raise _hub_error(repo_id, [filename], exc) from exc
-    path = Path(str(got))
-    return Resolved(path, repo_id, _snapshot_revision(path), _tiny(path))
+    return resolve_first(repo_id, [filename], opts)
 
 
 def resolve_first(repo_id: str, candidates: Sequence[str], opts: LoadOptions) -> Resolved:
     """Resolve the first of ``candidates`` (e.g. ``model.safetensors`` then
-    ``pytorch_model.bin``) that ``repo_id`` provides; the error names all of them."""
-    errors: list[WeightsNotFoundError] = []
+    ``pytorch_model.bin``) that ``repo_id`` provides, each place in the resolution order
+    asked for any of them before the next; the error names all of them."""
+    looked: list[str] = []
+    if not is_hub_id(repo_id):
+        errors: list[WeightsNotFoundError] = []
+        for filename in candidates:
+            try:
+                directory = _local_directory(repo_id, opts, [filename], looked)
+            except WeightsNotFoundError as exc:
+                errors.append(exc)
+                continue
+            assert directory is not None
+            path = directory / filename
+            return Resolved(path, str(directory), None, _tiny(path))
+        if len(errors) == 1:
+            raise errors[0]
+        raise WeightsNotFoundError(
+            f"none of {', '.join(candidates)} found in the local directory {repo_id}",
+            repo_id=repo_id,
+            looked=[repo_id],
+        )
+    for filename in candidates:
+        directory = _local_directory(repo_id, opts, [filename], [])
+        if directory is not None:
+            path = directory / filename
+            return Resolved(path, str(directory), None, _tiny(path))
+    root = weights_root(opts)
+    if root is not None:
+        files = ", ".join(str(root / repo_id / f) for f in candidates)
+        looked.append(
+            f"the weights directory {root} ({ENV_WEIGHTS_DIR}/--weights-dir): "
+            + (f"none of {files}" if len(candidates) > 1 else f"missing {files}")
+        )
+    from huggingface_hub import hf_hub_download
+
+    error: BaseException | None = None
     for filename in candidates:
         try:
-            return resolve_file(repo_id, filename, opts)
-        except WeightsNotFoundError as exc:
-            errors.append(exc)
-    raise WeightsNotFoundError(
-        f"none of {', '.join(candidates)} found for {repo_id!r} ("
-        + "; ".join(e.detail for e in errors)
-        + ")",
-        errors[-1].remedy,
-    )
+            got = hf_hub_download(repo_id, filename, cache_dir=opts.cache_dir)
+        except Exception as exc:  # offline, missing repo or file, network, gated...
+            error = exc
+            continue
+        path = Path(str(got))
+        return Resolved(path, repo_id, _snapshot_revision(path), _tiny(path))
+    assert error is not None
+    looked.append(_hub_looked(repo_id, opts, candidates, error))
+    raise _not_found(repo_id, looked, root) from error
 
 
 def _tiny(path: Path) -> bool:

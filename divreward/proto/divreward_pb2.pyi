@@ -430,14 +430,16 @@ class ReadyResponse(_message.Message):
     def __init__(self, status: _Optional[str] = ..., deployments: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RewardGroup(_message.Message):
-    __slots__ = ("prompt", "images", "group_id")
+    __slots__ = ("prompt", "images", "group_id", "metadata")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
     group_id: str
-    def __init__(self, prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_id: _Optional[str] = ...) -> None: ...
+    metadata: str
+    def __init__(self, prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_id: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class RewardGroupResult(_message.Message):
     __slots__ = ("group_id", "size", "quality", "diversity", "rewards", "advantages")
@@ -514,16 +516,18 @@ class ScoreParams(_message.Message):
     def __init__(self, scorers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("prompts", "images", "scorers", "request_id")
+    __slots__ = ("prompts", "images", "scorers", "request_id", "metadata")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     SCORERS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedScalarFieldContainer[str]
     images: _containers.RepeatedScalarFieldContainer[bytes]
     scorers: StringList
     request_id: str
-    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ..., scorers: _Optional[_Union[StringList, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    metadata: str
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ..., scorers: _Optional[_Union[StringList, _Mapping]] = ..., request_id: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "scores", "models", "params")
@@ -568,7 +572,7 @@ class AssembledGroup(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., group_positions: _Optional[_Iterable[int]] = ..., result: _Optional[_Union[RewardGroupResult, _Mapping]] = ...) -> None: ...
 
 class GroupSubmission(_message.Message):
-    __slots__ = ("group_id", "prompt", "images", "group_size", "namespace", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "assembly_timeout_s", "request_id", "aggregation")
+    __slots__ = ("group_id", "prompt", "images", "group_size", "namespace", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "assembly_timeout_s", "request_id", "aggregation", "metadata")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -583,6 +587,7 @@ class GroupSubmission(_message.Message):
     ASSEMBLY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     prompt: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
@@ -597,7 +602,8 @@ class GroupSubmission(_message.Message):
     assembly_timeout_s: float
     request_id: str
     aggregation: str
-    def __init__(self, group_id: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_size: _Optional[int] = ..., namespace: _Optional[str] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., assembly_timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
+    metadata: str
+    def __init__(self, group_id: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_size: _Optional[int] = ..., namespace: _Optional[str] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., assembly_timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class GroupSubmissionResult(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "group_id", "rewards", "advantages", "quality", "groups", "models", "params", "error")

@@ -18,6 +18,7 @@ field with a default or ``| None``      ``optional`` scalar (presence kept)
 ``list[list[float]]``                   ``repeated FloatList`` (``FloatMatrix`` if None-able)
 ``dict[str, T]``                        ``map<string, T>`` (``FloatMap`` if None-able)
 ``dict[str, JsonValue | Any]``          ``string`` holding the JSON text
+``list[dict[str, JsonValue] | None]``   ``string`` holding the JSON text (an array)
 ``list[str | int]`` (error locations)   ``repeated LocItem`` (``oneof key/index``)
 a model                                 the message of the same name
 a union of models on ``method``         a ``oneof`` named as the field, one member
@@ -106,7 +107,10 @@ def classify(annotation: Any) -> Shape:
         return Shape("scalar", scalar=str)
     if origin is list:
         (inner,) = get_args(tp)
-        return Shape("list", inner=classify(inner))
+        shape = classify(inner)
+        if shape.kind == "json":  # a list of free-form objects: one JSON text
+            return Shape("json")
+        return Shape("list", inner=shape)
     if origin is dict:
         key, value = get_args(tp)
         if key is not str:

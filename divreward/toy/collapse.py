@@ -190,24 +190,28 @@ def reward_service(toy_dir: Path, cfg: CollapseConfig) -> Iterator[str]:
 
     model = {"num_cpus": 0.1, "batch": {"max_batch_images": 256, "batch_wait_timeout_s": 0.002}}
     common: dict[str, Any] = {"ingress": {"num_cpus": 0.1}}
-    reward = RewardAppArgs(
-        scorers={
-            "toy_quality": {
-                **model,
-                "plugin": "divreward.toy.plugins:quality_scorer",
-                "options": quality_options(toy_dir, cfg),
-            }
-        },
-        **common,
+    reward = RewardAppArgs.model_validate(
+        dict(
+            scorers={
+                "toy_quality": {
+                    **model,
+                    "plugin": "divreward.toy.plugins:quality_scorer",
+                    "options": quality_options(toy_dir, cfg),
+                }
+            },
+            **common,
+        )
     )
-    diversity = DiversityAppArgs(
-        embedder={
-            **model,
-            "name": "toy_embedder",
-            "plugin": "divreward.toy.plugins:embedder",
-            "options": {"model_dir": str(toy_dir)},
-        },
-        **common,
+    diversity = DiversityAppArgs.model_validate(
+        dict(
+            embedder={
+                **model,
+                "name": "toy_embedder",
+                "plugin": "divreward.toy.plugins:embedder",
+                "options": {"model_dir": str(toy_dir)},
+            },
+            **common,
+        )
     )
     http_port, grpc_port = port(), port()
     launch.start(

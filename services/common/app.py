@@ -17,7 +17,7 @@ the body is read with the size limit, parsed from JSON *or* msgpack, replayed by
 from __future__ import annotations
 
 import typing
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -68,7 +68,7 @@ class WireRoute(APIRoute):
             kwargs["responses"] = responses
         super().__init__(path, endpoint, **kwargs)
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint = self.endpoint
         model = typing.get_type_hints(endpoint).get("body")
         count = getattr(endpoint, "count_images", lambda _: 0)

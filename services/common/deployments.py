@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, Self
 
 from fastapi import APIRouter, FastAPI
 from ray.serve.config import BackpressureConfig
+from ray.serve.schema import ReplicaState
 
 from divreward.services.common.api import Api
 from divreward.services.common.app import make_app
@@ -105,7 +106,7 @@ async def unavailable_deployments(state: Any) -> dict[str, str]:
             down[name] = "application not deployed"
             continue
         for dep_name, dep in app.deployments.items():
-            if not dep.replica_states.get("RUNNING"):
+            if not dep.replica_states.get(ReplicaState.RUNNING):
                 why = f"{dep.status}: {dep.message}" if dep.message else str(dep.status)
                 down[f"{name}/{dep_name}"] = f"no running replica ({why})"[:500]
     return down
@@ -211,7 +212,7 @@ class Overrides:
     runtime_env: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_app_config(cls, app: Mapping[str, Any]) -> Overrides:
+    def from_app_config(cls, app: Mapping[str, Any]) -> Self:
         """From one entry of a config's ``applications`` (the keys it sets)."""
         by_name: dict[str, Mapping[str, Any]] = {}
         for entry in app.get("deployments") or []:

@@ -7,6 +7,7 @@ an error. Errors are the schema's :class:`~divreward.schema.ErrorResponse`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
 
 import msgpack
@@ -63,7 +64,10 @@ def encode(
 
 
 def error_response(
-    err: ServiceError, request_id: str | None, binary: bool, headers: dict[str, str] | None = None
+    err: ServiceError,
+    request_id: str | None,
+    binary: bool,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     """An error as the schema's ErrorResponse, with Retry-After / WWW-Authenticate."""
     extra = dict(headers or {})

@@ -167,7 +167,8 @@ class GroupAssembler:
                 409,
                 "conflict",
                 f"{group.describe()}: this part's quality/diversity/advantage parameters "
-                "differ from its first part's; send the same parameters with every part",
+                "differ from its first part's (or its metadata does); send the same ones "
+                "with every part",
             )
 
     def _new_group(
@@ -300,7 +301,7 @@ def assembler_deployment(
         "max_ongoing_requests": 100_000,
         "ray_actor_options": {"num_cpus": 0},
     }
-    deployment: Any = serve.deployment(GroupAssembler).options(
+    deployment: Any = serve.deployment()(GroupAssembler).options(
         **(overrides or Overrides()).apply(options)
     )
     return deployment.bind(args or AssemblyArgs())

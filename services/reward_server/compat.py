@@ -6,10 +6,17 @@ Pickle dialect (Flow-GRPO, ddpo-pytorch and their reference servers; verl-omni/d
     "prompts": [str], "metadata": {...}})`` -> pickled ``{"scores": [float], "outputs":
     [float]}`` (both keys: the DeQA-style clients read ``outputs``, verl-omni ``scores``).
     The score is the server's quality ``Q = sum(weight * score)`` (``?scorers=a,b`` picks
-    scorers with weight 1 each). Bodies are decoded by the allow-list unpickler
-    (:mod:`divreward.safe_pickle`): a pickle naming any global is refused with a 400 and
-    never executed. Errors reply a pickled ``{"error": str}``: 4xx for a bad request
-    (these clients then stop, as they should), and **500 for anything transient**
+    scorers with weight 1 each).
+    Flow-GRPO's GenEval client (``geneval_score``) posts ``{"images": [JPEG bytes],
+    "meta_datas": [GenEval metadata dict per image], "only_strict": bool}`` to the same
+    route; it is answered by the ``geneval`` scorer with Flow-GRPO's reward server's reply
+    ``{"scores": [partial reward], "rewards": [GenEval 0/1, all 0 when only_strict],
+    "strict_rewards": [0/1], "group_rewards": {tag: [...]}, "group_strict_rewards":
+    {tag: [...]}}`` (per-tag lists hold -10.0 for images of another tag, as there).
+    Bodies are decoded by the allow-list unpickler (:mod:`divreward.safe_pickle`): a
+    pickle naming any global is refused with a 400 and never executed. Errors reply a
+    pickled ``{"error": str}``: 4xx for a bad request (these clients then stop, as they
+    should), and **500 for anything transient**
     (overload, timeout, internal) because 500 is the only status Flow-GRPO retries.
 
 Flow-Factory JSON dialect, at base URLs ``/compat/flow-factory/<mode>`` with ``mode`` =
@@ -84,21 +91,26 @@ def _pickle_error(err: ServiceError) -> Response:
     return _pickle_reply({"error": f"{err.kind}: {err.message}"}, 500 if transient else err.status)
 
 
-def _parse_pickle_body(data: Any) -> tuple[list[bytes], list[str]]:
+def _check_keys(data: dict[Any, Any], keys: Sequence[str], what: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in keys)
+    if unknown:
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"unknown keys {unknown} in {what}; accepted: {list(keys)}",
+            valid=list(keys),
+        )
+
+
+def _parse_pickle_body(data: Any, check: bool = True) -> tuple[list[bytes], list[str]]:
+    """``images`` and ``prompts`` of a pickled body (``check=False``: images only)."""
     if not isinstance(data, dict):
         raise ServiceError(
             400,
             "invalid_request",
             f"the pickled body must be a dict with {list(_PICKLE_KEYS)}, got {type(data).__name__}",
         )
-    unknown = sorted(str(k) for k in data if k not in _PICKLE_KEYS)
-    if unknown:
-        raise ServiceError(
-            400,
-            "invalid_request",
-            f"unknown keys {unknown} in the pickled body; accepted: {list(_PICKLE_KEYS)}",
-            valid=list(_PICKLE_KEYS),
-        )
+    _check_keys(data, _PICKLE_KEYS, "the pickled body")
     images = data.get("images")
     if not isinstance(images, list | tuple) or not images:
         raise ServiceError(
@@ -112,6 +124,8 @@ def _parse_pickle_body(data: Any) -> tuple[list[bytes], list[str]]:
                 f"images[{i}]: expected encoded image bytes, got {type(img).__name__}",
                 image_index=i,
             )
+    if not check:
+        return [bytes(b) for b in images], []
     prompts = data.get("prompts")
     if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
         raise ServiceError(
@@ -130,12 +144,59 @@ def _parse_pickle_body(data: Any) -> tuple[list[bytes], list[str]]:
     return [bytes(b) for b in images], list(prompts)
 
 
+_GENEVAL_KEYS = ("images", "meta_datas", "only_strict")
+_GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def _parse_geneval_body(data: dict[Any, Any]) -> tuple[list[bytes], list[Any], bool]:
+    """Flow-GRPO's GenEval request: images, one metadata dict per image, only_strict."""
+    _check_keys(data, _GENEVAL_KEYS, "the GenEval pickled body")
+    images, _ = _parse_pickle_body({"images": data.get("images"), "prompts": []}, check=False)
+    metas = data.get("meta_datas")
+    if not isinstance(metas, list | tuple) or len(metas) != len(images):
+        n = len(metas) if isinstance(metas, list | tuple) else type(metas).__name__
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"meta_datas: required, one GenEval metadata dict per image ({len(images)} "
+            f"images), got {n}",
+        )
+    only_strict = data.get("only_strict", False)
+    if not isinstance(only_strict, bool):
+        raise ServiceError(400, "invalid_request", "only_strict must be a bool")
+    return images, list(metas), only_strict
+
+
+async def _geneval_reply(serving: Any, data: dict[Any, Any]) -> dict[str, Any]:
+    images, metas, only_strict = _parse_geneval_body(data)
+    parts = await serving.score_components("geneval", images, metas)
+    correct = [0.0] * len(images) if only_strict else [float(v) for v in parts["geneval"]]
+    strict = [float(v) for v in parts["strict"]]
+    tags = [m.get("tag") if isinstance(m, dict) else None for m in metas]
+
+    def per_tag(values: list[float]) -> dict[str, list[float]]:
+        return {k: [v if t == k else -10.0 for v, t in zip(values, tags, strict=True)]
+                for k in _GENEVAL_TAGS}  # fmt: skip
+
+    return {
+        "scores": [float(v) for v in parts["reward"]],
+        "rewards": correct,
+        "strict_rewards": strict,
+        "group_rewards": per_tag(correct),
+        "group_strict_rewards": per_tag(strict),
+    }
+
+
 async def _pickle_dialect(request: Request) -> Response:
     api = _api(request)
     route = "compat:pickle"
     try:
         body = await read_body(request, api.limits.max_request_bytes)
         data = safe_loads(body, what="request body")
+        if isinstance(data, dict) and "meta_datas" in data:
+            reply = await _geneval_reply(request.app.state.serving, data)
+            api.metrics.requests.labels(api.app_name, route, "200").inc()
+            return _pickle_reply(reply)
         images, prompts = _parse_pickle_body(data)
         param = request.query_params.get("scorers")
         scorers = [s for s in param.split(",") if s] if param else None

@@ -33,7 +33,14 @@ def params_key(sub: GroupSubmission) -> str:
     """A digest of the parameters that must agree across the parts of a group."""
     data = sub.model_dump(
         mode="json",
-        include={"quality", "diversity", "advantage", "return_embeddings", "aggregation"},
+        include={
+            "quality",
+            "diversity",
+            "advantage",
+            "return_embeddings",
+            "aggregation",
+            "metadata",
+        },
         exclude_unset=True,
     )
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -43,7 +50,11 @@ def _rewards_request(
     sub: GroupSubmission, images: list[bytes], request_id: str | None
 ) -> RewardsRequest:
     data: dict[str, Any] = {
-        "groups": [RewardGroup(prompt=sub.prompt, images=images, group_id=sub.group_id)],
+        "groups": [
+            RewardGroup(
+                prompt=sub.prompt, images=images, group_id=sub.group_id, metadata=sub.metadata
+            )
+        ],
         "request_id": request_id,
     }
     for name in ("quality", "diversity", "advantage", "return_embeddings", "aggregation"):
@@ -64,7 +75,8 @@ class GroupService:
         self.serving = serving
         self._assembler = assembler
         # the reward app's configured settings (RewardAppArgs.assembly) unless given
-        self.args = args or getattr(getattr(serving, "args", None), "assembly", AssemblyArgs())
+        configured = getattr(getattr(serving, "args", None), "assembly", None)
+        self.args: AssemblyArgs = args or configured or AssemblyArgs()
 
     @property
     def assembler(self) -> Any:

@@ -18,7 +18,11 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+from ray.exceptions import RayTaskError
+
 from divreward.methods import METHODS
+from divreward.models.base import MetadataError
 from divreward.rewards import (
     combine_quality,
     group_diversity,
@@ -60,6 +64,28 @@ from divreward.services.model_deployments import ModelOutput
 __all__ = ["RewardServing", "combine_quality"]
 
 T = TypeVar("T")
+
+
+def metadata_error(exc: BaseException, scorer: str, group: int | None) -> BaseException:
+    """A scorer's MetadataError (raised in its replica) as a 400 naming the group (or, for
+    /v1/score, the image); any other exception unchanged."""
+    cause: BaseException = exc
+    while isinstance(cause, RayTaskError) and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    if not isinstance(cause, MetadataError):
+        return exc
+    if group is not None:
+        where, image = f"groups[{group}].metadata", None
+    else:
+        where = "metadata" if cause.index is None else f"metadata[{cause.index}]"
+        image = cause.index
+    return ServiceError(
+        400,
+        "invalid_request",
+        f"{where}: scorer {scorer!r}: {cause.detail}",
+        group_index=group,
+        image_index=image,
+    )
 
 
 class RewardServing:
@@ -117,8 +143,19 @@ class RewardServing:
             decode_and_put, images, group, self.limits.max_pixels_per_image
         )
 
-    async def _score(self, name: str, ref: Any, prompts: list[str], n: int) -> ModelOutput:
-        out: ModelOutput = await self.scorers[name].score.remote(ref, prompts)
+    async def _score(
+        self,
+        name: str,
+        ref: Any,
+        prompts: list[str],
+        n: int,
+        metadata: list[Any] | None = None,
+        group: int | None = None,
+    ) -> ModelOutput:
+        try:
+            out: ModelOutput = await self.scorers[name].score.remote(ref, prompts, metadata)
+        except Exception as exc:
+            raise metadata_error(exc, name, group) from None
         self.observe(name, n, out.batch_images, out.model_s)
         return out
 
@@ -148,7 +185,10 @@ class RewardServing:
             check_prompt(p, f"prompts[{i}]", None, self.limits)
             self._check_prompt_for(names, p, f"prompts[{i}]", None)
         ref, count = await self._decode_put(req.images, None)
-        outs = await asyncio.gather(*(self._score(n, ref, list(req.prompts), count) for n in names))
+        meta = list(req.metadata) if req.metadata is not None else None
+        outs = await asyncio.gather(
+            *(self._score(n, ref, list(req.prompts), count, meta) for n in names)
+        )
         cards = [o.card for o in outs]
         return ScoreResponse(
             **response_meta(self.args, cards, req.request_id),
@@ -156,6 +196,23 @@ class RewardServing:
             models={c.name: c for c in cards},
             params=ScoreParams(scorers=names),
         )
+
+    async def score_components(
+        self, name: str, images: Sequence[bytes], metadata: list[Any]
+    ) -> dict[str, np.ndarray]:
+        """Every number scorer ``name`` computes per image (its ``score_components``),
+        for the dialects that return them all; 400 when the server does not run it."""
+        self._check_scorers([name], "scorer")
+        check_counts([len(images)], self.limits, grouped=False)
+        ref, _ = await self._decode_put(images, None)
+        prompts = [str(m.get("prompt", "")) if isinstance(m, dict) else "" for m in metadata]
+        try:
+            parts: dict[str, np.ndarray] = await self.scorers[name].score_components.remote(
+                ref, prompts, metadata
+            )
+        except Exception as exc:
+            raise metadata_error(exc, name, None) from None
+        return parts
 
     # -- /v1/rewards -------------------------------------------------------------
     async def rewards(self, req: RewardsRequest) -> RewardsResponse:
@@ -177,7 +234,8 @@ class RewardServing:
             # One put per group: every model reads the same pixels from the object store.
             ref, n = await self._decode_put(group.images, g)
             prompts = [group.prompt] * n
-            calls = [self._score(name, ref, prompts, n) for name in weights]
+            meta = [group.metadata] * n if group.metadata is not None else None
+            calls = [self._score(name, ref, prompts, n, meta, g) for name in weights]
             if needs_embeddings:
                 calls.append(self._embed(ref, n))
             outs = await asyncio.gather(*calls)

@@ -98,6 +98,36 @@ def test_head_workers_and_deploy_match_the_cluster_layout(prefix: str) -> None:
         assert svc["stop_grace_period"] == "45s"
 
 
+def test_the_weights_service_fills_the_cache_before_the_head_starts() -> None:
+    services = compose()["services"]
+    weights, head = services["weights"], services["head"]
+    assert head["depends_on"]["weights"] == {"condition": "service_completed_successfully"}
+    assert weights["restart"] == "no"  # one shot
+    script = weights["command"][-1]
+    check, pull = (shlex.split(part) for part in script.split(" || "))
+    deploy_config = shlex.split(services["deploy"]["command"][-1])[2]
+    assert check == ["divreward", "weights", "check", "--serve-config", deploy_config]
+    assert pull == ["divreward", "weights", "pull", "--serve-config", deploy_config]
+    env = weights["environment"]
+    assert env["HF_TOKEN"] == "${HF_TOKEN:-}"  # gated repositories
+    # Either volume alone works: a model in /weights (the resolver's first place) is
+    # used from there (check passes), any other goes to the writable hf-cache volume,
+    # shared with every Ray node.
+    assert env["HF_HOME"] == "/hf-cache" and env["DIVREWARD_WEIGHTS_DIR"] == "/weights"
+    for svc in (weights, head, services["worker"]):
+        assert "hf-cache:/hf-cache" in svc["volumes"]
+        assert "${DIVREWARD_WEIGHTS:-./weights}:/weights:ro" in svc["volumes"]
+    # the trainer's policy the same way, before the trainer starts
+    tw, trainer = services["trainer-weights"], services["trainer"]
+    assert tw["profiles"] == ["trainer"]
+    assert trainer["depends_on"]["trainer-weights"] == {
+        "condition": "service_completed_successfully"
+    }
+    preset = "${DIVREWARD_TRAIN_PRESET:-diversegrpo-sd35-pickscore}"
+    assert f"divreward weights pull --preset {preset}" in tw["command"][-1]
+    assert trainer["command"][3] == preset
+
+
 @pytest.mark.parametrize("name", ["trainer", "tiny-trainer"])
 def test_trainer_service_trains_against_the_head(name: str) -> None:
     svc = compose()["services"][name]

@@ -8,7 +8,8 @@ and every rendered object checked offline.
   every key, recursively) and the builders' argument models, and equal to the config
   file the other deployments use (deploy/serve-cluster-*.yaml);
 - the custom resources that place each model deployment exist on exactly one pool;
-- the Secret, the weights claim, the probes, the gRPC port, the trainer Job.
+- the Secret, the weights claim and the Job that fills it (HF_TOKEN from a Secret) before
+  the workers mount it read-only, the probes, the gRPC port, the trainer Job.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = {"dev": "serve-cluster-tiny.yaml", "prod": "serve-cluster-gpu.yaml"}
 TOKENS_SECRET = "divreward-api-tokens"
+HF_SECRET = {"name": "divreward-hf-token", "key": "token", "optional": True}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed"
@@ -76,7 +78,7 @@ def test_every_overlay_renders_the_expected_objects(
     if name == "dev":  # tiny models, no weights claim, a throw-away token, the trainer Job
         assert kinds == ["Job", "RayService", "Secret"]
     else:  # the token Secret is created out of band, never overwritten
-        assert kinds == ["PersistentVolumeClaim", "RayService"]
+        assert kinds == ["Job", "PersistentVolumeClaim", "RayService"]  # + the weights Job
     for o in objs:
         assert o["metadata"]["labels"]["app.kubernetes.io/name"] == "divreward"
 
@@ -195,7 +197,50 @@ def test_tokens_come_from_the_secret_and_weights_from_the_claim(
         pvc = one(objs, "PersistentVolumeClaim")
         assert not check_k8s_object(pvc, "V1PersistentVolumeClaim", "pvc")
         assert pvc["metadata"]["name"] == "divreward-weights"
-        assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]  # shared by every node
+        # written by the Job, read by every node's pods
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_the_weights_job_fills_the_claim_before_the_workers_mount_it_read_only() -> None:
+    objs = render(K8S / "overlays" / "prod")
+    (job,) = [o for o in objs if o["kind"] == "Job"]
+    assert job["metadata"]["name"] == "divreward-weights"
+    assert not check_k8s_object(job, "V1Job", "job")
+    spec = job["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["command"] == [
+        "divreward",
+        "weights",
+        "pull",
+        "--serve-config",
+        "/opt/divreward/deploy/serve-cluster-gpu.yaml",
+        "--weights-dir",
+        "/weights",
+    ]
+    # the serve config it pulls for is the one the RayService deploys
+    rs = one(objs, "RayService")
+    assert yaml.safe_load(rs["spec"]["serveConfigV2"]) == yaml.safe_load(
+        (ROOT / "deploy" / "serve-cluster-gpu.yaml").read_text()
+    )
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == HF_SECRET
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert not mounts["/weights"].get("readOnly")  # the only writer
+    claims = [v["persistentVolumeClaim"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"claimName": "divreward-weights"}]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    for group, pod in _pods(rs).items():
+        if group == "head":
+            continue
+        (init,) = pod["initContainers"]  # the workers start once the claim holds the weights
+        script = " ".join(init["command"])
+        assert "divreward weights check --serve-config" in script
+        assert "/opt/divreward/deploy/serve-cluster-gpu.yaml --weights-dir /weights" in script
+        assert init["volumeMounts"] == [
+            {"name": "weights", "mountPath": "/weights", "readOnly": True}
+        ]
+        (worker,) = pod["containers"]
+        assert {m["mountPath"]: m for m in worker["volumeMounts"]}["/weights"]["readOnly"]
 
 
 def test_ports_probes_and_pools(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -235,7 +280,14 @@ def test_ports_probes_and_pools(overlay: tuple[str, list[dict[str, Any]]]) -> No
 def _check_trainer_job(job: dict[str, Any], preset: str) -> None:
     assert not check_k8s_object(job, "V1Job", "job")
     spec = job["spec"]["template"]["spec"]
-    (init,) = spec["initContainers"]
+    init, *pull = spec["initContainers"]
+    if preset.startswith("tiny"):
+        assert not pull  # nothing to fetch
+    else:  # the policy's weights, pulled with the token from the Secret
+        (pull_policy,) = pull
+        assert f"divreward weights pull --preset {preset}" in pull_policy["command"][-1]
+        env = {e["name"]: e for e in pull_policy["env"]}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == HF_SECRET
     assert init["command"][1:3] == [
         "/opt/divreward/docker/wait_ready.py",
         "http://divreward-serve:8000",

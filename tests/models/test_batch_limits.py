@@ -24,9 +24,15 @@ PROMPTS = [
 ]
 
 
+# GenEval metadata without colours: the recorded passes are the detector's alone.
+METADATA = {"tag": "two_object",
+            "include": [{"class": "car", "count": 1}, {"class": "person", "count": 1}]}  # fmt: skip
+
+
 def _run(model: Scorer | Embedder, images: list[np.ndarray]) -> np.ndarray:
     if isinstance(model, Scorer):
-        return model.score(images, PROMPTS[: len(images)])
+        meta = [METADATA] * len(images) if model.needs_metadata else None
+        return model.score_with_metadata(images, PROMPTS[: len(images)], meta)
     return model.embed(images)
 
 

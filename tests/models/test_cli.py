@@ -127,3 +127,20 @@ def test_score_errors_name_the_file(
     err = capsys.readouterr().err
     assert "weights for 'yuvalkirstain/PickScore_v1' not found" in err
     assert "model.safetensors" in err
+
+
+def test_score_sends_metadata_to_geneval(
+    tiny_zoo: TinyZoo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_zoo.build("geneval")
+    paths = _pickscore_and_pngs(tiny_zoo, tmp_path, 2)
+    meta = {"tag": "single_object", "include": [{"class": "car", "count": 1}]}
+    base = ["score", "--model", "geneval", "--prompt", "a car", "--json"]
+    base += ["--weights-dir", str(tiny_zoo.root)]
+    assert main([*base, "--metadata", json.dumps(meta), *map(str, paths)]) == 0
+    got = [s["score"] for s in json.loads(capsys.readouterr().out)["scores"]]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    want = tiny_zoo.load("geneval").score_with_metadata(images, ["a car"] * 2, [meta] * 2)
+    assert got == list(want)
+    assert main([*base, *map(str, paths)]) == 2
+    assert "needs each image's GenEval metadata" in capsys.readouterr().err

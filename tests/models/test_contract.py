@@ -24,8 +24,19 @@ from fixtures_models import TinyZoo, make_images, make_text_images
 from PIL import Image
 
 from divreward.images import ImageError
-from divreward.models.base import Embedder, LoadOptions, ModelInfo, Scorer
+from divreward.models.base import Embedder, LoadOptions, MetadataError, ModelInfo, Scorer
 from divreward.models.registry import REGISTRY, get_spec, load_model
+
+PROMPTS = [
+    "a red bicycle leaning on a wall",
+    "two cats asleep on a sofa",
+    "a lighthouse at dusk, oil painting",
+    "a bowl of ramen, top view",
+    "an astronaut riding a horse",
+    "a watercolor of a fox in snow",
+    "a city street in the rain at night",
+    "a close-up photo of a bee on a flower",
+]
 
 
 @dataclass(frozen=True)
@@ -48,12 +59,29 @@ class Contract:
     # PROMPTS. The OCR scorer needs rendered text and prompts quoting it.
     inputs: Callable[[int, int], tuple[list[np.ndarray], list[str]]] | None = None
 
+    # Per-prompt metadata for a scorer that needs it (GenEval): prompt -> metadata.
+    metadata: dict[str, dict[str, Any]] | None = None
+    # A judge whose score is parsed from generated text: its random tiny twin never
+    # writes a score, so every tiny score is 0 (the parsing is tested on its own).
+    constant_on_tiny: bool = False
+
 
 def _ocr_inputs(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """Rendered words; every other prompt asks for one letter more than its image shows,
     so that the scores differ (read right: 1; one letter short: 1 - 1/len)."""
     images, prompts = make_text_images(n, seed)
     return images, [p[:-1] + ('X"' if i % 2 else '"') for i, p in enumerate(prompts)]
+
+
+def _geneval_metadata() -> dict[str, dict[str, Any]]:
+    """A GenEval spec per contract prompt, with different counts so that re-pairing
+    prompts changes the tiny detector's rewards."""
+    counts = [1, 2, 3, 4, 1, 2, 3, 4]
+    return {
+        p: {"tag": "counting" if i == 7 else "two_object",
+            "include": [{"class": "car", "count": c}, {"class": "person", "count": 1}]}
+        for i, (p, c) in enumerate(zip(PROMPTS, counts, strict=True))
+    }  # fmt: skip
 
 
 CONTRACT: dict[str, Contract] = {
@@ -63,6 +91,9 @@ CONTRACT: dict[str, Contract] = {
     "hpsv21": Contract(),
     "hpsv3": Contract(),
     "imagereward": Contract(),
+    "vqascore": Contract(alt_options={"question": 'Is "{prompt}" what this image shows?'}),
+    "unifiedreward": Contract(alt_options={"max_new_tokens": 4}, constant_on_tiny=True),
+    "geneval": Contract(alt_options={"score": "geneval"}, metadata=_geneval_metadata()),
     "dreamsim": Contract(alt_options={"dreamsim_type": "dino_vitb16"}),
     "clip_embedder": Contract(),
     "ocr": Contract(
@@ -71,16 +102,6 @@ CONTRACT: dict[str, Contract] = {
     "aesthetic": Contract(uses_prompts=False),
 }
 
-PROMPTS = [
-    "a red bicycle leaning on a wall",
-    "two cats asleep on a sofa",
-    "a lighthouse at dusk, oil painting",
-    "a bowl of ramen, top view",
-    "an astronaut riding a horse",
-    "a watercolor of a fox in snow",
-    "a city street in the rain at night",
-    "a close-up photo of a bee on a flower",
-]
 
 NAMES = list(REGISTRY)
 
@@ -116,9 +137,21 @@ def _inputs(name: str, n: int, seed: int = 0) -> tuple[list[np.ndarray], list[st
     return make_images(n, seed), PROMPTS[:n]
 
 
+def _metadata(model: Scorer, prompts: list[str]) -> list[dict[str, Any]] | None:
+    if not model.needs_metadata:
+        return None
+    table = CONTRACT[model.info.name].metadata
+    assert table is not None, f"{model.info.name} needs metadata: give Contract.metadata"
+    return [table[p] for p in prompts]
+
+
+def _score(model: Scorer, images: Any, prompts: list[str]) -> np.ndarray:
+    return model.score_with_metadata(images, prompts, _metadata(model, prompts))
+
+
 def _run(model: Scorer | Embedder, images: Any, prompts: list[str]) -> np.ndarray:
     if isinstance(model, Scorer):
-        return model.score(images, prompts)
+        return _score(model, images, prompts)
     return model.embed(images)
 
 
@@ -149,6 +182,9 @@ class TestContract:
             assert out.dtype == np.float32 and out.shape == (8, model.dim)
             np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
         assert np.all(np.isfinite(out))
+        if CONTRACT[name].constant_on_tiny:
+            np.testing.assert_array_equal(out, 0.0)
+            return
         # A random tiny model must still tell images apart, or the tests below are void.
         assert np.ptp(out, axis=0).max() > 1e-6
 
@@ -188,12 +224,12 @@ class TestContract:
             # Same images, prompts rotated by one: image i now gets prompt i+1; its
             # score must equal scoring that pair alone.
             rotated = prompts[1:] + prompts[:1]
-            shifted = model.score(images, rotated)
-            if CONTRACT[name].uses_prompts:
-                assert not np.allclose(shifted, base), "scores ignore the prompts"
-            else:
+            shifted = _score(model, images, rotated)
+            if not CONTRACT[name].uses_prompts:
                 np.testing.assert_allclose(shifted, base, rtol=1e-5, atol=1e-6)
-            alone = model.score([images[0]], [rotated[0]])
+            elif not CONTRACT[name].constant_on_tiny:
+                assert not np.allclose(shifted, base), "scores ignore the prompts"
+            alone = _score(model, [images[0]], [rotated[0]])
             np.testing.assert_allclose(shifted[0], alone[0], rtol=1e-4, atol=1e-5)
 
     def test_accepts_every_image_form(self, tiny_zoo: TinyZoo, name: str) -> None:
@@ -219,9 +255,17 @@ class TestContract:
         if not isinstance(model, Scorer):
             pytest.skip("embedders take no prompts")
         with pytest.raises(ValueError, match="prompts has 2 entries but images has 3"):
-            model.score(make_images(3), PROMPTS[:2])
+            model.score_with_metadata(make_images(3), PROMPTS[:2], _metadata(model, PROMPTS[:3]))
         with pytest.raises(ValueError, match="not a single str"):
-            model.score(make_images(1), "a cat")  # type: ignore[arg-type]
+            model.score_with_metadata(make_images(1), "a cat", _metadata(model, PROMPTS[:1]))  # type: ignore[arg-type]
+        if model.needs_metadata:
+            with pytest.raises(MetadataError, match="got none"):
+                model.score(make_images(1), PROMPTS[:1])
+            assert model.probe_metadata is not None
+            model.check_metadata([model.probe_metadata])
+        else:
+            with pytest.raises(ValueError, match="metadata has 1 entries but images has 2"):
+                model.score_with_metadata(make_images(2), PROMPTS[:2], [{}])
 
     def test_config_round_trip(self, tiny_zoo: TinyZoo, name: str) -> None:
         """Load with non-default options; the reported info carries them, survives JSON,

@@ -119,7 +119,7 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
         "ensemble_lora/adapter_config.json",
     ):
         assert str(tmp_path / "dreamsim" / f) in msg
-    assert "LoadOptions(cache_dir=DIR)" in msg
+    assert f"`divreward weights pull dreamsim --weights-dir {tmp_path}`" in msg
     with pytest.raises(FileNotFoundError, match="neither 'dreamsim' nor an existing"):
         load_model("dreamsim", LoadOptions(source=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="option 'dreamsim_type' must be one of"):

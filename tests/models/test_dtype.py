@@ -21,6 +21,7 @@ CASES = [
     ("clipscore", {}),
     ("hpsv2", {}),
     ("clip_embedder", {}),
+    ("vqascore", {}),
     ("dreamsim", {"dreamsim_type": "dino_vitb16"}),
     # The ensemble's two ViT-B branches in bf16 on a CPU without bf16 matmuls: ~20 s.
     pytest.param("dreamsim", {"dreamsim_type": "ensemble"}, marks=pytest.mark.slow),

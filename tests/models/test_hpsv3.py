@@ -356,11 +356,11 @@ def test_missing_weights_name_the_files(tiny_zoo: TinyZoo, tmp_path: Path) -> No
         WeightsNotFoundError, match=r"Qwen/Qwen2-VL-7B-Instruct.*config\.json"
     ) as err:
         load_model("hpsv3", LoadOptions(weights_dir=str(empty)))
-    assert (
-        "huggingface-cli download Qwen/Qwen2-VL-7B-Instruct config.json "
-        "preprocessor_config.json tokenizer.json tokenizer_config.json chat_template.json"
-    ) in str(err.value)
-    assert "never its 16 GB of weights" in str(err.value)
+    # the exact command: `hpsv3`'s pull fetches only the base's small files (hub_files)
+    assert f"`divreward weights pull hpsv3 --weights-dir {empty}`" in str(err.value)
+    ((_, main), (base, small)) = hpsv3.hub_files(LoadOptions())
+    assert main == [hpsv3.WEIGHTS_FILE] and base == hpsv3.BASE_REPO
+    assert not any(p.endswith((".safetensors", ".bin")) for p in small)
 
 
 def test_hub_ids_resolve_through_the_hf_cache_offline(

@@ -51,8 +51,11 @@ def test_weights_dir_missing_files_names_each_file_and_how_to_provide(tmp_path: 
     msg = str(err.value)
     assert str(tmp_path / "org" / "name" / "model.safetensors") in msg
     assert str(tmp_path / "org" / "name" / "sub" / "x.bin") in msg
-    assert "config.json," not in msg  # the file that exists is not reported missing
-    assert f"huggingface-cli download org/name --local-dir {tmp_path}/org/name" in msg
+    in_dir = msg.split("; ")[0]  # the weights directory's part (then the HF cache's)
+    assert "config.json" not in in_dir  # the file that exists is not reported missing
+    assert "the Hugging Face cache" in msg  # looked there too, after the weights dir
+    assert f"`divreward weights pull <model> --weights-dir {tmp_path}`" in msg
+    assert "huggingface-cli" not in msg
 
 
 def test_weights_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,9 +91,9 @@ def test_offline_hub_miss_names_repo_files_and_both_remedies(tmp_path: Path) -> 
         resolve_file("someorg/not-cached", "model.safetensors", opts)
     msg = str(err.value)
     assert "'someorg/not-cached'" in msg and "model.safetensors" in msg
-    assert "HF_HUB_OFFLINE is set" in msg
-    assert "--local-dir" in msg and "Hugging Face cache" in msg
-    both = r"none of model\.safetensors, pytorch_model\.bin"
+    assert "HF_HUB_OFFLINE=1" in msg and "Hugging Face cache" in msg
+    assert "divreward weights pull" in msg and "\n" not in msg  # one line
+    both = r"model\.safetensors / pytorch_model\.bin not available"
     with pytest.raises(WeightsNotFoundError, match=both):
         resolve_first("someorg/not-cached", ("model.safetensors", "pytorch_model.bin"), opts)
 

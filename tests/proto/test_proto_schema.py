@@ -216,7 +216,9 @@ def _value(shape: Shape, info: Any, annotation: Any, variant: int) -> Any:
         v = 0.123456789012345 if lo is None else float(lo) + 0.123456789012345
         return min(v, float(hi)) if hi is not None else v
     if kind == "json":
-        return {"a": [1, 2.5, "s", None, True], "b": {"c": -3}}
+        obj = {"a": [1, 2.5, "s", None, True], "b": {"c": -3}}
+        # a list of free-form objects (ScoreRequest.metadata: one per image, 2 images)
+        return [obj, None] if get_origin(_strip(annotation)) is list else obj
     if kind == "model":
         assert shape.model is not None
         return _example(shape.model, variant)

@@ -3,9 +3,9 @@
 The OpenAPI document states every constraint a JSON schema can state. A few that the
 server enforces cannot be stated there: an image string must hold a decodable PNG,
 JPEG or WebP file; scorer names are the server's configuration (listed by /v1/models);
-lists that go together must have the same length (prompts and images, a group's quality
-and images); the rows of an embedding matrix must have one length. For the *positive*
-cases only (schema-valid requests, which must be accepted), this hook makes generated
+lists that go together must have the same length (prompts, metadata and images, a
+group's quality and images); the rows of an embedding matrix must have one length. For
+the *positive* cases only (schema-valid requests, which must be accepted), this hook makes generated
 bodies satisfy those too, so that they reach the models; negative cases are left as
 generated and must be refused with a 4xx.
 
@@ -86,6 +86,8 @@ def _fix(path: str, body: dict[str, Any]) -> dict[str, Any]:
     if path == "/v1/score":
         b["images"] = _images(b.get("images"))
         b["prompts"] = ["a prompt"] * len(b["images"])
+        if isinstance(b.get("metadata"), list):  # one (free-form) object per image
+            b["metadata"] = [{"k": 1}] * len(b["images"])
         if isinstance(b.get("scorers"), list):
             b["scorers"] = _SCORERS[:1]
     elif path == "/v1/embed":

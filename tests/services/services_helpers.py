@@ -116,3 +116,37 @@ class StubServing:
             ),
             limits={},
         )
+
+
+def deploy_extra_reward_app(
+    serve_app: Any,
+    tiny_zoo: Any,
+    app: str,
+    route: str,
+    scorers: dict[str, float],
+    max_batch_images: int = 16,
+) -> dict[str, str]:
+    """A second reward app on the session's Serve instance (beside its diversity app),
+    with ``scorers`` (name -> weight) built as tiny twins, each its own deployment; the
+    HTTP and gRPC addresses to reach it. The caller deletes ``app`` when done."""
+    from fixtures_serve import mark_built
+
+    from divreward.services import launch
+    from divreward.services.config import RewardAppArgs
+    from divreward.services.reward_server.app import build_reward_app
+
+    for name in scorers:
+        tiny_zoo.build(name)
+    mark_built(tiny_zoo.root, list(scorers))
+    model = {
+        "num_cpus": 0.1,
+        "batch": {"max_batch_images": max_batch_images, "batch_wait_timeout_s": 0.005},
+    }
+    args = RewardAppArgs(
+        profile="tiny",
+        tiny_models_dir=str(tiny_zoo.root),
+        ingress={"num_cpus": 0.1},
+        scorers={name: {**model, "weight": w} for name, w in scorers.items()},
+    )
+    launch.deploy([(build_reward_app(args), app, route)], timeout_s=240.0)
+    return {"http": serve_app.base_url + route, "grpc": serve_app.extra["grpc_url"]}

@@ -2,8 +2,9 @@
 
 Started with ``--profile tiny`` on free ports, it answers /readyz and /v1/rewards (marked
 tiny); Ctrl-C (SIGINT) makes it exit 0 and leaves none of its processes (raylet,
-gcs_server, workers) behind. With ``--profile real`` and no weights it fails at start
-with the model zoo's message naming the missing files."""
+gcs_server, workers) behind. With ``--profile real --device cpu`` and no weights (offline)
+it fails at start, before Ray, naming where it looked and the pull command (the path
+through a replica: tests/services/test_serve_preflight.py)."""
 
 from __future__ import annotations
 
@@ -155,6 +156,8 @@ def test_real_profile_without_weights_fails_at_start_with_the_zoo_message(tmp_pa
             str(free_port()),
             "--weights-dir",
             str(empty),
+            "--device",
+            "cpu",
             "--num-cpus",
             "2",
             "--deploy-timeout",
@@ -170,9 +173,10 @@ def test_real_profile_without_weights_fails_at_start_with_the_zoo_message(tmp_pa
             time.sleep(1)
         assert proc.returncode == 1, f"exit {proc.returncode}:\n{_tail(log)}"
         text = log.read_text(errors="replace")
-        assert "divreward serve: deployment failed" in text
-        assert "WeightsNotFoundError" in text
+        assert "divreward serve: weights of yuvalkirstain/PickScore_v1 missing" in text
+        assert f"`divreward weights pull --profile real --weights-dir {empty}`" in text
         assert str(empty) in text  # where it looked
+        assert "Traceback" not in text
         assert not _wait_gone(tree, timeout_s=20)
     finally:
         _kill(tree, proc)

@@ -12,6 +12,7 @@ from divreward.trainer.config import TrainConfig, list_presets, load_config, rea
 
 PRESETS = {
     "flowgrpo-sd35-pickscore",
+    "flowgrpo-sd35-geneval",
     "diversegrpo-sd35-pickscore",
     "diversegrpo-sd35-hpsv3",
     "diversegrpo-flux-pickscore",

@@ -202,6 +202,12 @@ class DiffusionAdapter(ABC):
     transformer: torch.nn.Module  # the denoiser that gets the LoRA
     decode_batch: int = 8  # images per VAE decode call (bounds the decoder's memory)
 
+    @property
+    def transformer_config(self) -> Any:
+        """The denoiser's diffusers config (a FrozenDict that diffusers annotates as a plain
+        dict, though its fields are read as attributes: ``.patch_size``)."""
+        return cast(Any, self.transformer).config
+
     def __init__(
         self,
         pipeline: Any,
@@ -285,6 +291,12 @@ class DiffusionAdapter(ABC):
             f"model family {getattr(cls, 'family', cls.__name__)!r} has no tiny builder "
             "(its adapter's build_tiny): give a model directory or hub id instead"
         )
+
+    @classmethod
+    def skipped_components(cls, model: str, **options: Any) -> dict[str, None]:
+        """The pipeline components that ``from_pretrained(model, **options)`` does not load
+        (given to diffusers as None); ``divreward weights pull --preset`` leaves them out."""
+        return {}
 
     @abstractmethod
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:

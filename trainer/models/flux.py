@@ -82,7 +82,7 @@ class FluxAdapter(LatentDiffusionAdapter):
         return 2, "2x2 packing"
 
     def _latent_channels(self) -> int:
-        return int(self.transformer.config.in_channels) // 4  # packed 2x2
+        return int(self.transformer_config.in_channels) // 4  # packed 2x2
 
     def sigmas(self, num_steps: int, *, height: int, width: int) -> Tensor:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -127,7 +127,7 @@ class FluxAdapter(LatentDiffusionAdapter):
         pe = embeds.tensors["prompt_embeds"]
         timestep = (t * 1000).to(self.dtype) / 1000  # exactly the pipeline's arithmetic
         g = None
-        if self.transformer.config.guidance_embeds:
+        if self.transformer_config.guidance_embeds:
             g = torch.full([n], guidance, device=self.device, dtype=torch.float32)
         img_ids = FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, self.device, pe.dtype)
         txt_ids = torch.zeros(pe.shape[1], 3, device=self.device, dtype=pe.dtype)

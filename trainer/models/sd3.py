@@ -59,10 +59,18 @@ class SD3Adapter(LatentDiffusionAdapter):
         prompt_cache_size) and ``max_sequence_length`` (default 256)."""
         from diffusers import StableDiffusion3Pipeline
 
+        no_t5 = cls.skipped_components(model, text_encoder_3=text_encoder_3)
+        return cls.from_diffusers(StableDiffusion3Pipeline, model, components=no_t5, **options)
+
+    @classmethod
+    def skipped_components(
+        cls, model: str, *, text_encoder_3: bool | None = None, **options: Any
+    ) -> dict[str, None]:
+        """T5 and its tokenizer when ``text_encoder_3`` is False (None: when a local
+        directory was saved without it)."""
         if text_encoder_3 is None:
             text_encoder_3 = not _saved_without_t5(model)
-        no_t5 = {} if text_encoder_3 else {"text_encoder_3": None, "tokenizer_3": None}
-        return cls.from_diffusers(StableDiffusion3Pipeline, model, components=no_t5, **options)
+        return {} if text_encoder_3 else {"text_encoder_3": None, "tokenizer_3": None}
 
     @classmethod
     def build_tiny(cls, out_dir: str | Path, seed: int = 0) -> Path:
@@ -91,11 +99,11 @@ class SD3Adapter(LatentDiffusionAdapter):
         return self._negative
 
     def _latent_patch(self) -> tuple[int, str]:
-        p = self.transformer.config.patch_size
+        p = self.transformer_config.patch_size
         return p, f"patch size {p}"
 
     def _latent_channels(self) -> int:
-        return int(self.transformer.config.in_channels)
+        return int(self.transformer_config.in_channels)
 
     def sigmas(self, num_steps: int, *, height: int, width: int) -> Tensor:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -108,7 +116,7 @@ class SD3Adapter(LatentDiffusionAdapter):
         kwargs: dict[str, Any] = {}
         if sched.config.get("use_dynamic_shifting", None):
             h, w = self._latent_hw(height, width)
-            p = self.transformer.config.patch_size
+            p = self.transformer_config.patch_size
             kwargs["mu"] = calculate_shift(
                 (h // p) * (w // p),
                 sched.config.get("base_image_seq_len", 256),

@@ -19,7 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -60,12 +60,12 @@ class ToyAdapter(DiffusionAdapter):
 
     @property
     def prompts(self) -> tuple[str, ...]:
-        return tuple(self.transformer.config.prompts)  # type: ignore[attr-defined]
+        return tuple(self.transformer_config.prompts)
 
     def _encode_uncached(self, prompts: list[str]) -> dict[str, Tensor]:
         known = {p: i for i, p in enumerate(self.prompts)}
-        table = self.transformer.prompt_table  # type: ignore[attr-defined]
-        open_prompts = bool(self.transformer.config.get("open_prompts", False))  # type: ignore[attr-defined]
+        table = cast(Any, self.transformer).prompt_table
+        open_prompts = bool(self.transformer_config.get("open_prompts", False))
         rows = []
         for p in prompts:
             if p in known:
@@ -83,7 +83,7 @@ class ToyAdapter(DiffusionAdapter):
         return None
 
     def _size(self, height: int, width: int) -> int:
-        size = int(self.transformer.config.size)  # type: ignore[attr-defined]
+        size = int(self.transformer_config.size)
         if (height, width) != (size, size):
             raise ValueError(f"toy model: images are {size}x{size}; got {height}x{width}")
         return size
@@ -120,7 +120,7 @@ class ToyAdapter(DiffusionAdapter):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         save_file(self.lora_state_dict(), str(out / "adapter_model.safetensors"))
-        cfg = self.transformer.peft_config[self._lora_adapter].to_dict()  # type: ignore[index]
+        cfg = cast(Any, self.transformer).peft_config[self._lora_adapter].to_dict()
         cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
         (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, default=str))
 

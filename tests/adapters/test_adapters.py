@@ -22,7 +22,7 @@ from divreward.client import Group, RewardClient, RewardServiceError, RewardTime
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(300)]
 
-RTOL = ATOL = 1e-5  # float32 models batched with other requests (test_grpc_service.RTOL)
+RTOL = ATOL = 1e-5  # float32 models batched with other requests (test_services_grpc.RTOL)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The group assembler's bookkeeping and the gRPC servicer's status mapping and auth,
-in-process (no Serve): the Serve-level behaviour is in test_grpc_service.py."""
+in-process (no Serve): the Serve-level behaviour is in test_services_grpc.py."""
 
 from __future__ import annotations
 

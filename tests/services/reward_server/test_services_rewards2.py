@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 from fixtures_models import text_image
-from fixtures_serve import mark_built
 from PIL import Image
 
 from divreward.core import aggregate_quality, group_advantages
@@ -34,24 +33,10 @@ WORDS = ["Spring Sale", "Spring Sail", "Autumn Fair", "Sprang Sale"]
 def app(serve_app: Any, tiny_zoo: Any) -> Iterator[dict[str, str]]:
     """A second reward app on the session's Serve instance (and its diversity app)."""
     from ray import serve
+    from services_helpers import deploy_extra_reward_app
 
-    from divreward.services import launch
-    from divreward.services.config import RewardAppArgs
-    from divreward.services.reward_server.app import build_reward_app
-
-    for name in SCORERS:
-        tiny_zoo.build(name)
-    mark_built(tiny_zoo.root, list(SCORERS))
-    model = {"num_cpus": 0.1, "batch": {"max_batch_images": 16, "batch_wait_timeout_s": 0.005}}
-    args = RewardAppArgs(
-        profile="tiny",
-        tiny_models_dir=str(tiny_zoo.root),
-        ingress={"num_cpus": 0.1},
-        scorers={name: {**model, "weight": w} for name, w in SCORERS.items()},
-    )
-    launch.deploy([(build_reward_app(args), APP, ROUTE)], timeout_s=240.0)
     try:
-        yield {"http": serve_app.base_url + ROUTE, "grpc": serve_app.extra["grpc_url"]}
+        yield deploy_extra_reward_app(serve_app, tiny_zoo, APP, ROUTE, SCORERS)
     finally:
         serve.delete(APP)
 

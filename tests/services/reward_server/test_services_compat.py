@@ -23,7 +23,7 @@ from divreward.safe_pickle import safe_loads
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(300)]
 
-# float32 models batched with other requests: see test_grpc_service.RTOL
+# float32 models batched with other requests: see test_services_grpc.RTOL
 RTOL = ATOL = 1e-5
 
 
