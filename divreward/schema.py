@@ -448,7 +448,7 @@ class MetricsResponse(_ResponseMeta):
 
 
 # --------------------------------------------------------------------------- /v1/score
-Metadata = dict[str, JsonValue]
+Metadata = dict[str, Any]
 """A prompt's metadata: a JSON object read by the scorers that need one (GenEval's
 ``{"tag", "include": [...], "exclude": [...]}``) and ignored by the others."""
 

@@ -122,7 +122,7 @@ class Call:
 
 
 class Scorer:  # score = mean pixel value / 255
-    score = Call(lambda arrays, prompts: ModelOutput(
+    score = Call(lambda arrays, prompts, metadata=None: ModelOutput(
         np.array([a.mean() / 255.0 for a in arrays]), CARD))
 
 

@@ -24,7 +24,7 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -258,7 +258,11 @@ class InProcessRewards(_Base):
     dispatch, over a default :class:`~divreward.core.CoreConfig`): the same numbers as a
     service with the default configuration, without one (a single GPU)."""
 
-    def __init__(self, cfg: TrainConfig, device: str = "cpu") -> None:
+    def __init__(
+        self, cfg: TrainConfig, device: str = "cpu", models: Mapping[str, Any] | None = None
+    ) -> None:
+        """``models``: scorer/embedder objects by name to use instead of loading the
+        registry's (plugins in the same process, e.g. the collapse experiment's)."""
         super().__init__(cfg, max_workers=1)  # one model user at a time
         from divreward.models.base import LoadOptions
         from divreward.models.registry import load_model
@@ -269,6 +273,9 @@ class InProcessRewards(_Base):
         )
         self.advantage = resolve_advantage(AdvantageConfig(eps=cfg.advantage_eps), core)
         self.needs_embeddings = METHODS[cfg.diversity].needs_embeddings
+        if models is not None:
+            self.models: dict[str, Any] = dict(models)
+            return
         names = [*cfg.quality]
         if self.needs_embeddings or cfg.eval_metrics:
             names.append(cfg.inprocess_embedder)
@@ -278,7 +285,7 @@ class InProcessRewards(_Base):
 
             root = ensure_tiny_models(Path(cfg.tiny_models_dir), names)
             opts = {n: tiny_load_options(n, root, device=device) for n in names}
-        self.models: dict[str, Any] = {}
+        self.models = {}
         for n in names:
             o = opts.get(n, LoadOptions(device=device))
             extra = cfg.inprocess_options.get(n, {})

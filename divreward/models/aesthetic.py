@@ -126,11 +126,13 @@ def load(opts: LoadOptions) -> Aesthetic:
 
 
 def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
-    """(repo, files) that :func:`load` reads from the hub: the head and the CLIP (only
-    the safetensors weights, the first file the CLIP loader looks for)."""
+    """(repo, files) that :func:`load` reads from the hub: the head and the CLIP (what
+    the zoo's CLIP loader reads)."""
     clip_src = option(opts.options, "clip_source", str, CLIP_SOURCE)
-    clip_files = [clip.WEIGHT_FILES[0], "config.json", *clip.PROCESSOR_FILES, *clip.TOKENIZER_FILES]
-    pairs = [(opts.source or REPO, [MLP_FILE]), (clip_src, clip_files)]
+    pairs = [
+        (opts.source or REPO, [MLP_FILE]),
+        *clip.hub_files(replace(opts, source=clip_src), None),
+    ]
     return [(repo, files) for repo, files in pairs if is_hub_id(repo)]  # local paths: nothing
 
 

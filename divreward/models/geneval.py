@@ -68,7 +68,6 @@ DETECTOR_REPO = "facebook/mask2former-swin-small-coco-instance"
 DETECTOR_FILES = ("config.json", "preprocessor_config.json")
 DETECTOR_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 CLIP_REPO = "openai/clip-vit-large-patch14"
-CLIP_PATTERNS = (*clip.WEIGHT_FILES, "config.json", *clip.PROCESSOR_FILES, *clip.TOKENIZER_FILES)
 BACKGROUND = "#999"  # GenEval's crop canvas
 SCORES = ("reward", "strict", "geneval")
 OPTIONS = ("score", "clip_source", "max_batch", "max_batch_pixels")
@@ -82,7 +81,7 @@ def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
     clip_source = option(opts.options, "clip_source", str, CLIP_REPO)
     return [
         (opts.source or DETECTOR_REPO, [*DETECTOR_FILES, *DETECTOR_WEIGHTS]),
-        (clip_source, list(CLIP_PATTERNS)),
+        *clip.hub_files(replace(opts, source=clip_source), None),
     ]
 
 

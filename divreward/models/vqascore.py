@@ -55,6 +55,7 @@ from divreward.models.weights import (
     WeightsNotFoundError,
     check_device,
     model_info,
+    optional,
     resolve_dir,
     resolve_dtype,
 )
@@ -109,7 +110,10 @@ def hub_files(opts: LoadOptions) -> list[tuple[str, list[str]]]:
     """(repo id, allow patterns) of everything :func:`load` reads from the hub."""
     mode = option(opts.options, "mode", str, "vqascore")
     default = UNIFIED_REPO if mode == "unifiedreward" else VQA_REPO
-    return [(opts.source or default, [*REQUIRED, *OPTIONAL])]
+    # the weights are one file or shards with an index (which, is the repository's
+    # choice), the chat template and the slow tokenizer's files only in some: all read
+    # when present
+    return [(opts.source or default, [*REQUIRED, *(optional(f) for f in OPTIONAL)])]
 
 
 def unified_score(text: str) -> float:

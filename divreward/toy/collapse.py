@@ -162,14 +162,9 @@ def _inprocess_rewards(train_cfg: Any, models: _LocalModels) -> Any:
     """The trainer's in-process reward source over the plugin objects (no service)."""
     from divreward.trainer.rewards import InProcessRewards
 
-    class PluginRewards(InProcessRewards):
-        def __init__(self) -> None:  # the registry loading of the parent is skipped
-            from divreward.trainer.rewards import _Base
-
-            _Base.__init__(self, train_cfg, max_workers=1)
-            self.models = {"toy_quality": models.quality, "toy_embedder": models.embedder}
-
-    return PluginRewards()
+    return InProcessRewards(
+        train_cfg, models={"toy_quality": models.quality, "toy_embedder": models.embedder}
+    )
 
 
 # ----------------------------------------------------------------------------- service
