@@ -14,6 +14,7 @@ import pytest
 import torch
 from fixtures_models import TinyZoo, make_images
 
+from divreward.models import _clip_common as clip
 from divreward.models import geneval
 from divreward.models import geneval_rules as rules
 from divreward.models.base import LoadOptions, MetadataError
@@ -158,7 +159,7 @@ def test_hub_files_are_what_the_loader_reads() -> None:
     files = geneval.hub_files(LoadOptions())
     assert files == [
         (geneval.DETECTOR_REPO, [*geneval.DETECTOR_FILES, *geneval.DETECTOR_WEIGHTS]),
-        (geneval.CLIP_REPO, list(geneval.CLIP_PATTERNS)),
+        *clip.hub_files(LoadOptions(source=geneval.CLIP_REPO), None),  # the zoo's CLIP files
     ]
     other = geneval.hub_files(LoadOptions(source="a/b", options={"clip_source": "c/d"}))
     assert [r for r, _ in other] == ["a/b", "c/d"]

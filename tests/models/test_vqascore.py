@@ -14,6 +14,7 @@ from transformers import RepetitionPenaltyLogitsProcessor
 from divreward.models import vqascore
 from divreward.models.base import LoadOptions
 from divreward.models.registry import load_model
+from divreward.models.weights import optional
 
 PROMPTS = ["a red bicycle leaning on a wall", "two cats asleep on a sofa", "a bowl of ramen"]
 
@@ -135,7 +136,7 @@ def test_unifiedreward_prompt_and_generation(tiny_zoo: TinyZoo) -> None:
 
 
 def test_hub_files_follow_the_mode() -> None:
-    patterns = [*vqascore.REQUIRED, *vqascore.OPTIONAL]
+    patterns = [*vqascore.REQUIRED, *(optional(f) for f in vqascore.OPTIONAL)]
     assert vqascore.hub_files(LoadOptions()) == [(vqascore.VQA_REPO, patterns)]
     assert vqascore.hub_files(LoadOptions(options={"mode": "unifiedreward"})) == [
         (vqascore.UNIFIED_REPO, patterns)
