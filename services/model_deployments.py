@@ -332,11 +332,26 @@ class ScorerServer(_ModelServer):
         metadata: list[Metadata | None] | None = None,
     ) -> np.ndarray:
         assert isinstance(self.model, Scorer) and prompts is not None
-        if metadata is None:
-            values = self.model.score(images, prompts)
-        else:
-            values = self.model.score_with_metadata(images, prompts, metadata)
-        return np.asarray(values, dtype=np.float64)
+        return np.asarray(self.model.score_with_metadata(images, prompts, metadata), np.float64)
+
+    def _checked(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        metadata: Sequence[Metadata | None] | None,
+    ) -> list[Metadata | None] | None:
+        """A call's arguments checked before any model work: one prompt (and metadata
+        object, when given) per image; the scorer's own metadata check (MetadataError,
+        which the ingress answers with a 400 naming the group or image)."""
+        assert isinstance(self.model, Scorer)
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if metadata is not None and len(metadata) != len(images):
+            raise ValueError(f"{len(images)} images but {len(metadata)} metadata objects")
+        meta = None if metadata is None else list(metadata)
+        if self.model.needs_metadata or meta is not None:
+            self.model.check_metadata(meta)
+        return meta
 
     async def score(
         self,
@@ -347,14 +362,8 @@ class ScorerServer(_ModelServer):
         """Scores of one call; ``metadata``: one object (or None) per image. Missing or
         malformed metadata for a scorer that needs it raises MetadataError before any
         batching (the ingress answers 400 naming the group or image)."""
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        assert isinstance(self.model, Scorer)
-        if metadata is not None and len(metadata) != len(images):
-            raise ValueError(f"{len(images)} images but {len(metadata)} metadata objects")
-        if self.model.needs_metadata or metadata is not None:
-            self.model.check_metadata(None if metadata is None else list(metadata))
-        return await self._run(images, list(prompts), None if metadata is None else list(metadata))
+        meta = self._checked(images, prompts, metadata)
+        return await self._run(images, list(prompts), meta)
 
     async def score_components(
         self,
@@ -365,12 +374,8 @@ class ScorerServer(_ModelServer):
         """Every number the scorer computes per image, by name (``Scorer.score_components``;
         GenEval: reward, strict, geneval), outside the batch queue, in the model's own
         chunks; for the dialects that return them all (Flow-GRPO's GenEval client)."""
+        meta = self._checked(images, prompts, metadata)
         assert isinstance(self.model, Scorer)
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        meta = None if metadata is None else list(metadata)
-        if self.model.needs_metadata or meta is not None:
-            self.model.check_metadata(meta)
         return await asyncio.to_thread(
             self.model.score_components, list(images), list(prompts), meta
         )
