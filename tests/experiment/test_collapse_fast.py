@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from divreward.toy.collapse import METHODS, CollapseConfig, ideal_distribution, mode_metrics
-from divreward.toy.report import matched_diversity
+from experiments.collapse.config import METHODS, CollapseConfig
+from experiments.collapse.metrics import ideal_distribution, mode_metrics
+from experiments.collapse.report import matched_diversity
 
 TINY_TOY = {
     "flow_steps": 20,
@@ -55,7 +56,7 @@ def test_matched_diversity_interpolates_at_the_first_crossing() -> None:
 
 
 def test_pipeline_writes_the_table_plots_and_records(tmp_path: Path) -> None:
-    from divreward.toy.collapse import run_experiment
+    from experiments.collapse.runner import run_experiment
 
     cfg = CollapseConfig(
         toy=TINY_TOY,
@@ -90,3 +91,22 @@ def test_pipeline_writes_the_table_plots_and_records(tmp_path: Path) -> None:
     firsts = {json.dumps(json.loads((out / "runs" / f"{m}-s0.json").read_text())["evals"][0]
                          ["labels"]) for m in METHODS}  # fmt: skip
     assert len(firsts) == 1
+
+
+def test_the_installed_package_ships_no_experiment_code() -> None:
+    """The experiment lives in experiments/ (run from the repository root): no installed
+    package is experiment code, and no installed module imports it."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert not [p for p in cfg["packages"] if p.startswith("experiments") or ".toy" in p]
+    pattern = re.compile(r"^\s*(from|import)\s+experiments\b", re.M)
+    offenders = [
+        str(f.relative_to(root))
+        for d in ("divreward", "services", "trainer")
+        for f in (root / d).rglob("*.py")
+        if pattern.search(f.read_text())
+    ]
+    assert offenders == []

@@ -1,6 +1,6 @@
 """The toy rewards as plugins (``module:factory``), served like any built-in model.
 
-- ``divreward.toy.plugins:quality_scorer`` — a quality scorer that mildly prefers some
+- ``experiments.collapse.plugins:quality_scorer`` — a quality scorer that mildly prefers some
   modes and rewards clean images of any mode:
   ``Q(x) = scale * (sum_m p(m | x) w_m + crisp_weight * crispness(x))`` with ``p`` the
   mode classifier's softmax, ``w_m = 1`` for the preferred modes and ``1 - margin`` for
@@ -9,10 +9,10 @@
   the four shape colours): ~0.97 on clean renders, lower on blurred or noisy samples.
   Options: ``model_dir`` (a toy directory), ``preferred`` (mode indices, default [0]),
   ``margin`` (default 0.2), ``scale`` (default 1.0), ``crisp_weight`` (default 0.0).
-- ``divreward.toy.plugins:embedder`` — the diversity embedding: the unit-normalised
+- ``experiments.collapse.plugins:embedder`` — the diversity embedding: the unit-normalised
   64-d penultimate features of a small CNN trained on the mode labels (a second network,
   other seed and data than the classifier). Options: ``model_dir``.
-- ``divreward.toy.plugins:mode_classifier`` — the mode classifier itself as a scorer whose
+- ``experiments.collapse.plugins:mode_classifier`` — the mode classifier itself as a scorer whose
   score is the predicted mode index (for labelling through a service; the experiment
   labels locally with the same network).
 
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from divreward.models.base import Embedder, LoadOptions, ModelInfo, Scorer, check_prompts
-from divreward.toy.data import _BACKGROUND, COLOURS, SIZE
-from divreward.toy.pretrain import load_cnn, load_meta
+from experiments.collapse.data import _BACKGROUND, COLOURS, SIZE
+from experiments.collapse.pretrain import load_cnn, load_meta
 
 __all__ = [
     "ToyEmbedder",

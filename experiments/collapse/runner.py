@@ -2,7 +2,7 @@
 
 Every run goes through the trainer's own loop (:func:`divreward.trainer.loop.train`), its
 SDE step, losses and reward client, against a live Ray Serve reward service that serves
-the toy rewards as plugins (``divreward.toy.plugins``), exactly like built-in models.
+the toy rewards as plugins (``experiments.collapse.plugins``), exactly like built-in models.
 
 Per run, the policy is evaluated every ``eval_every`` steps (and before the first
 update, and after the last) on ``eval_samples`` images of the generic prompt drawn with
@@ -19,7 +19,7 @@ evaluation). Measured on them:
 - ``pairwise``: the mean pairwise embedding distance (1 - cos, the toy embedder) and
   ``vendi`` (Vendi score of the cosine kernel), both from :mod:`divreward.core`.
 
-Run ``python -m divreward.toy.collapse --help``; ``make bench-collapse`` runs the full
+Run ``python -m experiments.collapse --help``; ``make bench-collapse`` runs the full
 setting and writes ``bench/results/collapse/`` (a markdown table, PNG plots, JSON).
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,91 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from divreward.toy.pretrain import GENERIC_PROMPT, ToySettings, ensure_toy, load_cnn, load_meta
+from experiments.collapse.config import METHODS, CollapseConfig
+from experiments.collapse.family import FAMILY, register
+from experiments.collapse.pretrain import GENERIC_PROMPT, ensure_toy, load_cnn, load_meta
+from experiments.collapse.report import write_report
 
-__all__ = ["METHODS", "CollapseConfig", "main", "run_experiment"]
-
-#: method -> (label, TrainConfig overrides). Regulariser weights are set by the config.
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "grpo": ("GRPO (no reg.)", {}),
-    "grpo_kl": ("GRPO + KL", {"regulariser": "kl"}),
-    "bonus": ("DiverseGRPO bonus only", {"diversity": "diversegrpo"}),
-    "sa_reg": ("SA-Reg only", {"regulariser": "sa_reg"}),
-    "diversegrpo": (
-        "DiverseGRPO (bonus + SA-Reg)",
-        {"diversity": "diversegrpo", "regulariser": "sa_reg"},
-    ),
-    "drift": (
-        "DRIFT (all three)",
-        {"diversity": "drift", "subset": "concentrated", "prompt_noise": True},
-    ),
-}
-
-
-class CollapseConfig(BaseModel):
-    """Everything the experiment varies. Defaults: the setting of docs/collapse.md."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = Field(default=8, ge=2, le=24, description="Number of modes K.")
-    toy_seed: int = Field(default=0, ge=0, description="Seed of the pre-trained toy world.")
-    toy: dict[str, Any] = Field(default_factory=dict, description="ToySettings overrides.")
-    preferred: list[int] = Field(default_factory=lambda: [0, 1], description="Preferred modes.")
-    margin: float = Field(default=0.2, ge=0.0, lt=1.0, description="Quality of others: 1-margin.")
-    crisp_weight: float = Field(
-        default=0.0,
-        ge=0.0,
-        description="Weight of the plugin's crispness term in Q (quality within every mode); "
-        "0 in the reported setting (docs/collapse.md says what 1 and 3 did).",
-    )
-    quality_scale: float = Field(
-        default=5.0,
-        gt=0.0,
-        description="Q is scaled by this: 5 makes the preferred-vs-other gap 1.0, the order "
-        "of PickScore differences, so the papers' beta = 0.7 weighs the bonus as they do.",
-    )
-    methods: list[str] = Field(default_factory=lambda: list(METHODS))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    steps: int = Field(default=80, ge=1, description="Training steps per run (the budget).")
-    group_size: int = Field(default=16, ge=2)
-    prompts_per_step: int = Field(default=1, ge=1)
-    num_steps: int = Field(default=8, ge=2, description="Denoising steps.")
-    noise_level: float = Field(default=0.7, gt=0.0)
-    learning_rate: float = Field(default=1e-3, gt=0.0)
-    clip_range: float = Field(default=1e-4, gt=0.0)
-    lora_rank: int = Field(default=8, ge=1)
-    kl_weight: float = Field(default=0.01, gt=0.0)
-    sa_reg_weight: float = Field(
-        default=1.0,
-        gt=0.0,
-        description="SA-Reg's weight. The presets' 0.01 left the toy policy unchanged (the "
-        "W2 term is ~1e-4 there); 10 froze it; 1.0 binds without freezing (1-seed check).",
-    )
-    beta: float = Field(default=0.7, ge=0.0, description="DiverseGRPO's bonus weight.")
-    drift_lam: float = Field(default=0.5, ge=0.0, description="DRIFT's lambda.")
-    eval_every: int = Field(default=5, ge=1)
-    eval_samples: int = Field(default=128, ge=8)
-    ideal_temperature: float | None = Field(default=None, gt=0.0)
-    backend: str = Field(default="service", pattern="^(service|inprocess)$")
-    transport: str = Field(default="http", pattern="^(http|grpc)$")
-    reward_url: str | None = Field(
-        default=None, description="Use a running service instead of starting one."
-    )
-    out_dir: str = "bench/results/collapse"
-    cache_dir: str = ".cache/toy-collapse"
-    grid_samples: int = Field(default=32, ge=1)
-    threads: int = Field(default=1, ge=1, description="torch threads in this process.")
-
-    def toy_settings(self) -> ToySettings:
-        return ToySettings(**{"k": self.k, "seed": self.toy_seed, **self.toy})
-
-    def tau(self) -> float:
-        if self.ideal_temperature is not None:
-            return self.ideal_temperature
-        return max(self.margin, 1e-6) / math.log(2.0)
-
+__all__ = ["main", "run_experiment"]
 
 # ----------------------------------------------------------------------------- rewards
 
@@ -135,13 +56,13 @@ class _LocalModels:
 
         self.quality: Any = load_plugin(
             "toy_quality",
-            "divreward.toy.plugins:quality_scorer",
+            "experiments.collapse.plugins:quality_scorer",
             "scorer",
             LoadOptions(options=quality_options(toy_dir, cfg)),
         )
         self.embedder: Any = load_plugin(
             "toy_embedder",
-            "divreward.toy.plugins:embedder",
+            "experiments.collapse.plugins:embedder",
             "embedder",
             LoadOptions(options={"model_dir": str(toy_dir)}),
         )
@@ -190,7 +111,7 @@ def reward_service(toy_dir: Path, cfg: CollapseConfig) -> Iterator[str]:
             scorers={
                 "toy_quality": {
                     **model,
-                    "plugin": "divreward.toy.plugins:quality_scorer",
+                    "plugin": "experiments.collapse.plugins:quality_scorer",
                     "options": quality_options(toy_dir, cfg),
                 }
             },
@@ -202,7 +123,7 @@ def reward_service(toy_dir: Path, cfg: CollapseConfig) -> Iterator[str]:
             embedder={
                 **model,
                 "name": "toy_embedder",
-                "plugin": "divreward.toy.plugins:embedder",
+                "plugin": "experiments.collapse.plugins:embedder",
                 "options": {"model_dir": str(toy_dir)},
             },
             **common,
@@ -225,27 +146,6 @@ def reward_service(toy_dir: Path, cfg: CollapseConfig) -> Iterator[str]:
 
 
 # ----------------------------------------------------------------------------- metrics
-
-
-def ideal_distribution(base_hist: np.ndarray, cfg: CollapseConfig) -> np.ndarray:
-    """p*(m) ∝ p_base(m) exp(w_m / tau): the KL-regularised optimum of the quality reward."""
-    w = np.full(cfg.k, 1.0 - cfg.margin)
-    w[list(cfg.preferred)] = 1.0  # tau is in units of the unscaled quality
-    p = np.maximum(base_hist, 1e-12) * np.exp((w - w.max()) / cfg.tau())
-    return p / p.sum()
-
-
-def mode_metrics(labels: np.ndarray, k: int, ideal: np.ndarray | None) -> dict[str, Any]:
-    hist = np.bincount(labels, minlength=k) / max(len(labels), 1)
-    nz = hist[hist > 0]
-    out: dict[str, Any] = {
-        "histogram": hist.tolist(),
-        "coverage": int((hist >= 0.05).sum()),
-        "entropy": float(-(nz * np.log(nz)).sum()) + 0.0,
-    }
-    if ideal is not None:
-        out["kl_ideal"] = float((nz * np.log(nz / ideal[hist > 0])).sum())
-    return out
 
 
 @torch.no_grad()
@@ -288,6 +188,7 @@ def train_config(
 ) -> Any:
     from divreward.trainer.config import TrainConfig
 
+    register()  # the toy family, in the trainer's registry
     _, over = METHODS[method]
     over = dict(over)
     if over.get("regulariser") == "kl":
@@ -302,7 +203,7 @@ def train_config(
     batch = cfg.group_size * cfg.prompts_per_step
     return TrainConfig(
         model=str(toy_dir),
-        family="toy",
+        family=FAMILY,
         height=16,
         width=16,
         num_steps=cfg.num_steps,
@@ -415,8 +316,6 @@ def run_experiment(cfg: CollapseConfig, log: Callable[[str], None] = print) -> P
 
 
 def _run_experiment(cfg: CollapseConfig, log: Callable[[str], None]) -> Path:
-    from divreward.toy.report import write_report
-
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; valid: {list(METHODS)}")
@@ -457,7 +356,7 @@ def _run_experiment(cfg: CollapseConfig, log: Callable[[str], None]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m divreward.toy.collapse",
+        prog="python -m experiments.collapse",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from experiments.collapse.config import METHODS
+from experiments.collapse.metrics import ideal_distribution, mode_metrics
+
 __all__ = ["matched_diversity", "write_report"]
 
 METRICS = ("quality", "coverage", "entropy", "kl_ideal", "pairwise", "vendi")
@@ -58,8 +61,6 @@ def matched_diversity(evals: list[dict[str, Any]], q_star: float, key: str) -> f
 
 
 def _enrich(records: list[dict[str, Any]], k: int, ideal: np.ndarray) -> None:
-    from divreward.toy.collapse import mode_metrics
-
     for r in records:
         for e in r["evals"]:
             e.update(mode_metrics(np.asarray(e["labels"], dtype=np.int64), k, ideal))
@@ -77,8 +78,6 @@ def write_report(out: Path, cfg: Any, records: list[dict[str, Any]], meta: dict[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from divreward.toy.collapse import METHODS, ideal_distribution
 
     out = Path(out)
     methods = [m for m in cfg.methods if any(r["method"] == m for r in records)]
