@@ -7,18 +7,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ideal_distribution", "mode_metrics"]
-
-
-def ideal_distribution(base_hist: np.ndarray, cfg: Any) -> np.ndarray:
-    """p*(m) ∝ p_base(m) exp(w_m / tau): the KL-regularised optimum of the quality reward."""
-    w = np.full(cfg.k, 1.0 - cfg.margin)
-    w[list(cfg.preferred)] = 1.0  # tau is in units of the unscaled quality
-    p = np.maximum(base_hist, 1e-12) * np.exp((w - w.max()) / cfg.tau())
-    return p / p.sum()
+__all__ = ["mode_metrics"]
 
 
 def mode_metrics(labels: np.ndarray, k: int, ideal: np.ndarray | None) -> dict[str, Any]:
+    """The mode histogram of ``labels`` (K modes), ``coverage`` (modes holding >= 5% of the
+    samples), ``entropy`` (nats) and ``kl_ideal`` = KL(histogram || ideal)."""
     hist = np.bincount(labels, minlength=k) / max(len(labels), 1)
     nz = hist[hist > 0]
     out: dict[str, Any] = {

@@ -8,7 +8,9 @@
   RGB distance of the pixel to the nearest colour of the toy palette (background and
   the four shape colours): ~0.97 on clean renders, lower on blurred or noisy samples.
   Options: ``model_dir`` (a toy directory), ``preferred`` (mode indices, default [0]),
-  ``margin`` (default 0.2), ``scale`` (default 1.0), ``crisp_weight`` (default 0.0).
+  ``margin`` (default 0.2), ``scale`` (default 1.0), ``crisp_weight`` (default 0.0),
+  ``net`` (``classifier``, the default, or ``embedder``: the same formula read by the
+  embedder's network, also trained on the mode labels: an independent auxiliary scorer).
 - ``experiments.collapse.plugins:embedder`` — the diversity embedding: the unit-normalised
   64-d penultimate features of a small CNN trained on the mode labels (a second network,
   other seed and data than the classifier). Options: ``model_dir``.
@@ -121,10 +123,13 @@ class ToyQualityScorer(_ToyModel, Scorer):
         margin: float,
         scale: float = 1.0,
         crisp_weight: float = 0.0,
+        net: str = "classifier",
     ) -> None:
+        if net not in ("classifier", "embedder"):
+            raise ValueError(f"toy quality: net must be 'classifier' or 'embedder', got {net!r}")
         super().__init__(
             model_dir,
-            "classifier.safetensors",
+            f"{net}.safetensors",
             "scorer",
             "toy_quality",
             {
@@ -132,6 +137,7 @@ class ToyQualityScorer(_ToyModel, Scorer):
                 "margin": margin,
                 "scale": scale,
                 "crisp_weight": crisp_weight,
+                "net": net,
             },
         )
         bad = [m for m in preferred if not 0 <= int(m) < self.k]
@@ -182,7 +188,8 @@ class ToyEmbedder(_ToyModel, Embedder):
 
 
 def quality_scorer(opts: LoadOptions) -> ToyQualityScorer:
-    _unknown(opts, {"model_dir", "preferred", "margin", "scale", "crisp_weight"}, "toy quality")
+    allowed = {"model_dir", "preferred", "margin", "scale", "crisp_weight", "net"}
+    _unknown(opts, allowed, "toy quality")
     preferred = opts.options.get("preferred", [0])
     if isinstance(preferred, int):
         preferred = [preferred]
@@ -192,6 +199,7 @@ def quality_scorer(opts: LoadOptions) -> ToyQualityScorer:
         float(opts.options.get("margin", 0.2)),
         float(opts.options.get("scale", 1.0)),
         float(opts.options.get("crisp_weight", 0.0)),
+        str(opts.options.get("net", "classifier")),
     )
 
 
