@@ -2,11 +2,11 @@
 
 ``ensure_toy(root, k=8, seed=0)`` returns a directory holding
 
-- ``flow/``: the :class:`~divreward.toy.nets.FlowNet` (diffusers ``save_pretrained``),
+- ``flow/``: the :class:`~experiments.collapse.nets.FlowNet` (diffusers ``save_pretrained``),
   trained by conditional flow matching (x0-parametrised: the loss is the MSE of the
   predicted clean image, which fixes the velocity) on the K modes, with the generic prompt
   (``GENERIC_PROMPT``) standing for the whole mixture 30% of the time;
-- ``classifier.safetensors``: a :class:`~divreward.toy.nets.ModeCNN` trained on the mode
+- ``classifier.safetensors``: a :class:`~experiments.collapse.nets.ModeCNN` trained on the mode
   labels (the experiment's mode labeller and the quality scorer's backbone);
 - ``embedder.safetensors``: another ModeCNN (other seed, other data) whose unit-normalised
   penultimate features are the diversity embedding;
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from divreward.toy.data import modes, sample_dataset
-from divreward.toy.nets import FlowNet, ModeCNN
+from experiments.collapse.data import modes, sample_dataset
+from experiments.collapse.nets import FlowNet, ModeCNN
 
 __all__ = [
     "GENERIC_PROMPT",
@@ -197,7 +197,7 @@ def load_meta(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(
             f"{directory}: not a toy model directory (no meta.json); build it "
-            "with divreward.toy.pretrain.ensure_toy"
+            "with experiments.collapse.pretrain.ensure_toy"
         )
     return dict(json.loads(path.read_text()))
 
