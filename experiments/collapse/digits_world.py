@@ -36,16 +36,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from divreward.models.base import LoadOptions
-from divreward.toy.plugins import _model_dir
-from divreward.toy.pretrain import ToySettings, load_cnn
 from experiments.collapse.oracles import centring
+from experiments.collapse.plugins import _model_dir
+from experiments.collapse.pretrain import ToySettings, load_cnn
 from experiments.collapse.quality import (
+    CnnWorld,
     PartsQuality,
     PartsScorer,
     RegressorScorer,
@@ -55,10 +57,12 @@ from experiments.collapse.quality import (
     regressor_scorer,
     weights_from,
 )
+from experiments.collapse.worlds import PluginSpec
 
 __all__ = [
     "DEFAULT_WEIGHTS",
     "SIGMA",
+    "Digits",
     "DigitsSettings",
     "digits_oracle_policy",
     "ideal_distribution",
@@ -112,7 +116,8 @@ class DigitsSettings(ToySettings):
 
     k: int = 10
     offset: int = 2
-    cnn_epochs: int = 8
+    cnn_epochs: int = 12
+    cnn_data: int = 8192
     flow_width: int = 384
     world = "digits"  # type: ignore[misc]
 
@@ -202,3 +207,41 @@ def regressor_scorer_plugin(opts: LoadOptions) -> RegressorScorer:
     w = weights_from(opts, DEFAULT_WEIGHTS, "digits regressor")
     path = _model_dir(opts, "digits regressor")
     return regressor_scorer(opts, "digits_quality_regressor", path, _NAMES, w)
+
+
+class Digits(CnnWorld):
+    """The world of this module (see its docstring)."""
+
+    name: ClassVar[str] = "digits"
+    summary: ClassVar[str] = (
+        "sklearn's 8x8 handwritten digits (10 classes) upsampled and shifted on 16x16; "
+        "quality = 4 x centring (a pixel oracle) + 1 x p(digit 0 or 1) (the classifier)"
+    )
+    regressor_plugin: ClassVar[str] = "experiments.collapse.digits_world:regressor_scorer_plugin"
+
+    preferred: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_PREFERRED), description="Preferred digits."
+    )
+
+    def model_post_init(self, context: Any, /) -> None:
+        bad = [m for m in self.preferred if not 0 <= m < 10]
+        if bad:
+            raise ValueError(f"preferred: digits {bad} outside 0..9")
+
+    def settings(self) -> DigitsSettings:
+        return DigitsSettings(**{"seed": self.toy_seed, **self.toy})
+
+    def parts_quality(self) -> PartsQuality:
+        clf = load_cnn(self.model_dir / "classifier.safetensors", 10)
+        return quality(clf, tuple(self.preferred), self.within, self.between)
+
+    def quality(self) -> PluginSpec:  # type: ignore[override]
+        return PluginSpec(
+            name="digits_quality",
+            plugin="experiments.collapse.digits_world:quality_scorer",
+            options={
+                "model_dir": str(self.model_dir),
+                "preferred": list(self.preferred),
+                **self._weights(),
+            },
+        )

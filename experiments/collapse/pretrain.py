@@ -135,9 +135,7 @@ def _train_flow(s: ToySettings, log: Callable[[str], None]) -> FlowNet:
     torch.manual_seed(s.seed)
     x0, y = s.sample(s.n_data, s.seed + 1, "flow")
     x0 = x0 * 2 - 1
-    net = FlowNet(
-        prompts=s.prompts(), width=s.flow_width, depth=s.flow_depth, size=x0.shape[-1]
-    )
+    net = FlowNet(prompts=s.prompts(), width=s.flow_width, depth=s.flow_depth, size=x0.shape[-1])
     opt = torch.optim.AdamW(net.parameters(), lr=s.flow_lr, weight_decay=0.0)
     warm = max(1, s.flow_steps // 20)  # linear warm-up, then cosine decay to 0
     sched = torch.optim.lr_scheduler.LambdaLR(

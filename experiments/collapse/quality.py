@@ -6,7 +6,7 @@ the oracle policy.
   (:class:`PartsQuality`); the world says which parts are pixel oracles.
 - :class:`PartsScorer` serves a :class:`PartsQuality` as a reward-service scorer (what
   the worlds' ``quality_scorer`` plugin factories return).
-- :func:`train_regressor` fits a small CNN (:class:`~divreward.toy.nets.ModeCNN` with
+- :func:`train_regressor` fits a small CNN (:class:`~experiments.collapse.nets.ModeCNN` with
   one output per part) to the parts on the world's own renders; :class:`RegressorScorer`
   serves ``sum_j weight_j * part_hat_j(x)``. Two of them (other seed, other data) are
   the auxiliary scorers for GARDO's uncertainty gate: a second opinion on the same
@@ -19,28 +19,44 @@ the oracle policy.
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field, PrivateAttr
 from safetensors.torch import load_file, save_file
 
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
-from divreward.toy.data import SIZE
-from divreward.toy.nets import ModeCNN
-from divreward.toy.plugins import images_to_tensor
-from divreward.toy.pretrain import ToySettings, fit_cnn
+from experiments.collapse.data import SIZE
+from experiments.collapse.nets import FlowNet, ModeCNN
+from experiments.collapse.plugins import images_to_tensor
+from experiments.collapse.pretrain import (
+    ToySettings,
+    ensure_toy,
+    fit_cnn,
+    load_cnn,
+    load_meta,
+    ode_sample,
+)
+from experiments.collapse.worlds import PluginSpec, World
 
 __all__ = [
+    "CnnWorld",
     "PartsQuality",
     "PartsScorer",
     "RegressorScorer",
+    "base_parts",
+    "best_renders",
+    "build_regressors",
     "check_options",
     "oracle_policy",
+    "regressor_scorer",
     "train_regressor",
+    "weights_from",
 ]
 
 #: (N, 3, H, W) images in [0, 1] -> (N, P) parts in [0, 1]
@@ -187,20 +203,44 @@ def regressor_scorer(
     return RegressorScorer(name, path, names, weights, options)
 
 
+Classify = Callable[[torch.Tensor], np.ndarray]
+
+
+def _candidates(
+    s: ToySettings, n: int, seed: int, classify: Classify | None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """``n`` renders of every mode (test split) and their labels; with ``classify``, a
+    render the classifier puts in another mode is no candidate (label -1): a policy's
+    samples count for the mode the classifier reads, and the best render of a mode must
+    not be one whose score comes from the classifier mistaking it for another mode."""
+    x, y = s.sample(n * s.k, seed, "test")
+    labels = y.numpy().copy()
+    if classify is not None:
+        labels[np.asarray(classify(x)) != labels] = -1
+    return x, labels
+
+
 def oracle_policy(
-    s: ToySettings, quality: Callable[[torch.Tensor], np.ndarray], n: int = 256, seed: int = 7
+    s: ToySettings,
+    quality: Callable[[torch.Tensor], np.ndarray],
+    n: int = 256,
+    seed: int = 7,
+    classify: Classify | None = None,
 ) -> dict[str, Any]:
-    """Render ``n`` images of every mode (the world's test split), keep each mode's
-    best-quality one, and score the even mixture of those K images.
+    """Render ``n`` images of every mode (the world's test split; with ``classify``, those
+    the classifier labels correctly), keep each mode's best-quality one, and score the
+    even mixture of those K images.
 
     Returns ``best`` (per mode), ``mixture`` (their mean: the even mixture's reward, with
     coverage K), ``max`` (the best single mode's: what a policy collapsed onto it gets),
     ``ratio`` = mixture / max, ``data_mean`` (the mean over all renders: the data's, i.e.
     roughly the base model's, reward) and ``coverage`` (K).
     """
-    x, y = s.sample(n * s.k, seed, "test")
+    x, labels = _candidates(s, n, seed, None)
     q = np.asarray(quality(x), dtype=np.float64)
-    labels = y.numpy()
+    data_mean = float(q.mean())
+    if classify is not None:
+        x, labels = _candidates(s, n, seed, classify)
     best = np.array([q[labels == m].max() for m in range(s.k)])
     mixture, top = float(best.mean()), float(best.max())
     return {
@@ -208,7 +248,7 @@ def oracle_policy(
         "mixture": mixture,
         "max": top,
         "ratio": mixture / top,
-        "data_mean": float(q.mean()),
+        "data_mean": data_mean,
         "coverage": int(s.k),
     }
 
@@ -218,9 +258,6 @@ def base_parts(
 ) -> dict[str, Any]:
     """Mean and standard deviation of each part and of Q over ``n`` ODE samples of the
     base model's generic prompt: how widely the base model spreads the quality."""
-    from divreward.toy.nets import FlowNet
-    from divreward.toy.pretrain import ode_sample
-
     flow = FlowNet.from_pretrained(str(Path(model_dir) / "flow"))
     x = ode_sample(flow, 0, n, steps, seed)
     p = quality.parts(x).double()
@@ -229,3 +266,118 @@ def base_parts(
     for j, name in enumerate(quality.names):
         out[name] = [float(p[:, j].mean()), float(p[:, j].std())]
     return out
+
+
+# ----------------------------------------------------------------------------- worlds
+
+
+class CnnWorld(World):
+    """What the within-mode worlds share: a cached pre-trained directory built from a
+    world's :class:`~experiments.collapse.pretrain.ToySettings` subclass, its ModeCNN
+    classifier as the mode labeller, its ModeCNN embedder as the diversity embedding, a
+    :class:`PartsQuality` quality with two regressors as GARDO's auxiliary scorers, p* =
+    uniform, and the oracle policy's samples. A subclass gives :meth:`settings`,
+    :meth:`quality`, :meth:`parts_quality` (in this process) and the regressor plugin
+    path (``regressor_plugin``)."""
+
+    regressor_plugin: ClassVar[str]
+
+    toy_seed: int = Field(default=0, ge=0, description="Seed of the pre-trained world.")
+    toy: dict[str, Any] = Field(
+        default_factory=dict, description="Pre-training settings overrides."
+    )
+    within: float = Field(default=4.0, ge=0.0, description="Weight of the within-mode part.")
+    between: float = Field(default=1.0, ge=0.0, description="Weight of the between-mode part.")
+
+    _dir: Path | None = PrivateAttr(default=None)
+    _classifier: Any = PrivateAttr(default=None)
+
+    @abstractmethod
+    def settings(self) -> ToySettings: ...
+
+    @abstractmethod
+    def parts_quality(self) -> PartsQuality:
+        """The quality as the plugin computes it, in this process."""
+
+    def prepare(self, cache_dir: Path, log: Callable[[str], None] = print) -> Path:
+        if self._dir is None:
+            self._dir = ensure_toy(cache_dir, self.settings(), log=log)
+        return self._dir
+
+    @property
+    def model_dir(self) -> Path:
+        if self._dir is None:
+            raise RuntimeError(f"world {self.name}: prepare() first")
+        return self._dir
+
+    def _weights(self) -> dict[str, float]:
+        return {"within": self.within, "between": self.between}
+
+    def aux_scorers(self) -> list[PluginSpec]:
+        """The two quality regressors (:func:`build_regressors`)."""
+        name = self.quality().name
+        return [
+            PluginSpec(
+                name=f"{name}_reg{i}",
+                plugin=self.regressor_plugin,
+                options={"model_dir": str(self.model_dir), "member": i, **self._weights()},
+            )
+            for i in (0, 1)
+        ]
+
+    def embedder(self) -> PluginSpec:
+        return PluginSpec(
+            name="toy_embedder",
+            plugin="experiments.collapse.plugins:embedder",
+            options={"model_dir": str(self.model_dir)},
+        )
+
+    def mode_names(self) -> list[str]:
+        return self.settings().mode_names()
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> np.ndarray:
+        if self._classifier is None:
+            self._classifier = load_cnn(self.model_dir / "classifier.safetensors", self.k)
+        return np.asarray(self._classifier(images.float()).argmax(1).numpy(), dtype=np.int64)
+
+    def ideal(self, base_histogram: np.ndarray) -> np.ndarray:
+        """p* = uniform over the K modes: an even mixture of each mode's best images
+        reaches near the maximum reward with full coverage (:func:`oracle_policy`)."""
+        return np.full(len(base_histogram), 1.0 / len(base_histogram))
+
+    def oracle_samples(self, n: int, seed: int) -> torch.Tensor:
+        """An even mixture of each mode's best renders: the ceil(n / K) best-quality of
+        256 renders of every mode, interleaved, the first ``n``."""
+        return best_renders(self.settings(), self.parts_quality(), n, seed, self.classify)
+
+    def meta(self) -> dict[str, Any]:
+        q = self.parts_quality()
+        return {
+            **load_meta(self.model_dir),
+            "oracle_policy": oracle_policy(self.settings(), q, classify=self.classify),
+            "base_parts": base_parts(self.model_dir, q),
+        }
+
+
+def best_renders(
+    s: ToySettings,
+    quality: Callable[[torch.Tensor], np.ndarray],
+    n: int,
+    seed: int,
+    classify: Classify | None = None,
+    pool: int = 256,
+) -> torch.Tensor:
+    """The ceil(n / K) best-quality of ``pool`` renders of every mode (test split; with
+    ``classify``, among those it labels correctly), interleaved mode by mode (image i is
+    of mode i mod K), the first ``n``."""
+    x, labels = _candidates(s, pool, seed, classify)
+    q = np.asarray(quality(x), dtype=np.float64)
+    per = -(-n // s.k)
+    best = []
+    for m in range(s.k):
+        idx = np.flatnonzero(labels == m)
+        best.append(x[idx[np.argsort(-q[idx], kind="stable")[:per]]])
+    if min(len(b) for b in best) < per:
+        raise ValueError(f"oracle samples: fewer than {per} renders of some mode in {pool * s.k}")
+    return torch.stack(best, dim=1).reshape(-1, *x.shape[1:])[:n]

@@ -1,7 +1,7 @@
 """World "shapes-within-mode": the K toy shapes, with a quality every mode can improve.
 
 The world
-    The K = 8 (shape, colour) modes of :mod:`divreward.toy.data`, rendered as in the
+    The K = 8 (shape, colour) modes of :mod:`experiments.collapse.data`, rendered as in the
     K-modes world except that a shape's centre is shifted from the image's by up to
     ``offset`` = 3 px on each axis (uniform; the K-modes world: 2 px). So every mode
     holds well-centred and badly-centred images, and the base model spreads centring
@@ -29,7 +29,7 @@ Auxiliary scorers (GARDO's uncertainty gate)
 Embedder and mode labels
     As in the K-modes world: two ModeCNNs trained on this world's renders (classifier,
     embedder), the embedder's unit-normalised penultimate features the embedding
-    (``divreward.toy.plugins:embedder`` with this world's ``model_dir``).
+    (``experiments.collapse.plugins:embedder`` with this world's ``model_dir``).
 
 Oracle policy and the ideal distribution
     ORACLE_NOTE
@@ -47,17 +47,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from divreward.models.base import LoadOptions
-from divreward.toy.data import _BACKGROUND, sample_dataset
-from divreward.toy.plugins import _model_dir
-from divreward.toy.pretrain import ToySettings
+from experiments.collapse.data import _BACKGROUND, sample_dataset
 from experiments.collapse.oracles import centring, redness
+from experiments.collapse.plugins import _model_dir
+from experiments.collapse.pretrain import ToySettings
 from experiments.collapse.quality import (
+    CnnWorld,
     PartsQuality,
     PartsScorer,
     RegressorScorer,
@@ -67,11 +68,13 @@ from experiments.collapse.quality import (
     regressor_scorer,
     weights_from,
 )
+from experiments.collapse.worlds import PluginSpec
 
 __all__ = [
     "DEFAULT_WEIGHTS",
     "SIGMA",
     "ShapesSettings",
+    "ShapesWithinMode",
     "ideal_distribution",
     "quality",
     "quality_scorer",
@@ -138,3 +141,27 @@ def regressor_scorer_plugin(opts: LoadOptions) -> RegressorScorer:
     w = weights_from(opts, DEFAULT_WEIGHTS, "shapes regressor")
     path = _model_dir(opts, "shapes regressor")
     return regressor_scorer(opts, "shapes_quality_regressor", path, _NAMES, w)
+
+
+class ShapesWithinMode(CnnWorld):
+    """The world of this module (see its docstring)."""
+
+    name: ClassVar[str] = "shapes-within-mode"
+    summary: ClassVar[str] = (
+        "16x16 shapes, centre offsets up to 3 px; quality = 4 x centring (a pixel oracle any "
+        "mode can improve) + 1 x redness (the 3 red modes preferred): max 5, gap 1"
+    )
+    regressor_plugin: ClassVar[str] = "experiments.collapse.shapes_world:regressor_scorer_plugin"
+
+    def settings(self) -> ShapesSettings:
+        return ShapesSettings(**{"seed": self.toy_seed, **self.toy})
+
+    def parts_quality(self) -> PartsQuality:
+        return quality(self.within, self.between)
+
+    def quality(self) -> PluginSpec:  # type: ignore[override]
+        return PluginSpec(
+            name="shapes_quality",
+            plugin="experiments.collapse.shapes_world:quality_scorer",
+            options=self._weights(),
+        )

@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 from divreward.models.base import LoadOptions
-from divreward.toy.data import _BACKGROUND, COLOURS
-from divreward.toy.nets import ModeCNN
-from divreward.toy.plugins import images_to_tensor
-from divreward.toy.pretrain import ToySettings, ensure_toy
 from experiments.collapse import digits_world, shapes_world
+from experiments.collapse.data import _BACKGROUND, COLOURS
+from experiments.collapse.nets import ModeCNN
 from experiments.collapse.oracles import centring, centroid, centroid_offset, foreground, redness
-from experiments.collapse.quality import oracle_policy
+from experiments.collapse.plugins import images_to_tensor
+from experiments.collapse.pretrain import ToySettings, ensure_toy
+from experiments.collapse.quality import best_renders, oracle_policy
+from experiments.collapse.worlds import make_world
 
 TINY = {
     "flow_steps": 5,
@@ -157,7 +158,7 @@ def test_digits_plugin_equals_the_oracle(tmp_path: Path) -> None:
     x, _ = digits_world.DigitsSettings().sample(12, 5, "test")
     imgs = to_uint8(x)
     t = images_to_tensor(imgs)
-    from divreward.toy.pretrain import load_cnn
+    from experiments.collapse.pretrain import load_cnn
 
     clf = load_cnn(d / "classifier.safetensors", 10)
     with torch.no_grad():
@@ -247,3 +248,45 @@ def test_tiny_world_builds_with_its_regressors(tmp_path: Path, world: str) -> No
     for f in ("classifier.safetensors", "embedder.safetensors", "regressor0.safetensors"):
         assert (d / f).is_file()
     assert meta["prompts"][0] == "a toy image" and len(meta["prompts"]) == meta["k"] + 1
+
+
+def test_oracle_policy_skips_renders_the_classifier_puts_elsewhere() -> None:
+    def classify(x: torch.Tensor) -> np.ndarray:  # calls the centred red square mode 1
+        centred_red = (redness(x, _BACKGROUND) > 0.5) & (centroid_offset(x, _BACKGROUND) < 0.1)
+        y = (redness(x, _BACKGROUND) < 0.5).long()
+        return torch.where(centred_red, 1, y).numpy()
+
+    r = oracle_policy(_TwoModes(k=2), shapes_world.quality(), n=4, classify=classify)
+    assert r["best"] == pytest.approx([4 * math.exp(-5 / 8) + 1, 4.0])
+    q = [5.0, 4 * math.exp(-5 / 8) + 1, 4.0, 4 * math.exp(-4 / 8)]
+    assert r["data_mean"] == pytest.approx(sum(q) / 4)  # over every render
+
+
+def test_best_renders_interleave_each_modes_best() -> None:
+    x = best_renders(_TwoModes(k=2), shapes_world.quality(), n=3, seed=0, pool=4)
+    want = [canvas(COLOURS["red"]), canvas(COLOURS["blue"]), canvas(COLOURS["red"], 1, 2)]
+    torch.testing.assert_close(x, torch.cat(want).float())
+    with pytest.raises(ValueError, match="fewer than 3 renders"):
+        best_renders(_TwoModes(k=2), shapes_world.quality(), n=6, seed=0, pool=2)
+
+
+@pytest.mark.parametrize("name", ["shapes-within-mode", "digits"])
+def test_worlds_name_their_plugins(tmp_path: Path, name: str) -> None:
+    world = make_world(name, {"within": 3.0, "between": 0.5})
+    k = 8 if name == "shapes-within-mode" else 10
+    world._dir = _fake_dir(tmp_path, k)
+    assert world.k == k and len(world.mode_names()) == k
+    q = world.quality()
+    assert q.options["within"] == 3.0 and q.options["between"] == 0.5
+    scorer = q.load("scorer")
+    x, _ = world.settings().sample(2 * k, 1, "test")
+    imgs = to_uint8(x)
+    np.testing.assert_allclose(
+        scorer.score(imgs, ["p"] * len(imgs)), world.parts_quality()(images_to_tensor(imgs))
+    )
+    aux = world.aux_scorers()
+    assert [a.name for a in aux] == [f"{q.name}_reg0", f"{q.name}_reg1"]
+    assert [a.options["member"] for a in aux] == [0, 1]
+    assert all(a.load("scorer").score(imgs[:2], ["p", "p"]).shape == (2,) for a in aux)
+    assert world.embedder().options == {"model_dir": str(tmp_path)}
+    assert world.ideal(np.array([0.5, 0.3, 0.2])).tolist() == pytest.approx([1 / 3] * 3)
