@@ -118,7 +118,6 @@ class DigitsSettings(ToySettings):
     offset: int = 2
     cnn_epochs: int = 12
     cnn_data: int = 8192
-    flow_width: int = 384
     world = "digits"  # type: ignore[misc]
 
     def __post_init__(self) -> None:

@@ -263,7 +263,7 @@ def test_oracle_policy_skips_renders_the_classifier_puts_elsewhere() -> None:
 
 
 def test_best_renders_interleave_each_modes_best() -> None:
-    x = best_renders(_TwoModes(k=2), shapes_world.quality(), n=3, seed=0, pool=4)
+    x = best_renders(_TwoModes(k=2), shapes_world.quality(), n=3, seed=0, pool=2)
     want = [canvas(COLOURS["red"]), canvas(COLOURS["blue"]), canvas(COLOURS["red"], 1, 2)]
     torch.testing.assert_close(x, torch.cat(want).float())
     with pytest.raises(ValueError, match="fewer than 3 renders"):
