@@ -166,7 +166,7 @@ def train_config(job: Job, world: World, model_dir: Path, run_dir: Path) -> Any:
     over = METHODS[job.method].train_overrides(job.strength, cfg)
     if "gardo" in over:
         over["gardo"] = {**over["gardo"], "aux_scorers": [s.name for s in world.aux_scorers()]}
-    prompts = run_dir.parent.parent / "prompts.txt"
+    prompts = Path(job.out) / world.name / "prompts.txt"
     fields: dict[str, Any] = dict(
         model=str(model_dir),
         family=world.family,
@@ -226,7 +226,8 @@ def run_job(job: Job) -> dict[str, Any]:
 
     torch.set_num_threads(int(job.cfg["threads"]))
     world, model_dir, ev = _world_in_process(job)
-    run_dir = Path(job.out) / world.name / "runs" / job.id
+    # the trainer's own output (its config and metrics.jsonl) stays out of the results
+    run_dir = Path(job.cfg["cache_dir"]) / "runs" / world.name / job.id
     tc = train_config(job, world, model_dir, run_dir)
     adapter = load_adapter(tc, torch.device("cpu"))
     budget = world.budget
@@ -432,7 +433,7 @@ def _write_world_files(
     job = Job(world.name, world_options(cfg, world.name), "grpo", None, 0,
               cfg.model_dump(mode="json"), "", cfg.out_dir, False)  # fmt: skip
     wdir = out / world.name
-    tc = train_config(job, world, model_dir, wdir / "runs" / "base")
+    tc = train_config(job, world, model_dir, Path(cfg.cache_dir) / "runs" / world.name / "base")
     adapter = load_adapter(tc, torch.device("cpu"))
     n = world.budget.eval_samples
     base, images = ev.policy(adapter, tc, n)
