@@ -27,7 +27,17 @@ Auxiliary scorers, embedder, oracle policy, ideal distribution
     each class's best-quality render among 256 of the test split; p* = uniform over the
     10 classes.
 
-    ORACLE_NOTE
+Measured (cached default world, ``digits-k10-s0-<hash>``; details in ``WORLDS.md``)
+    Classifier 96.4% held-out accuracy, embedder 97.0%, regressors' MAE per part 0.044
+    and 0.052; pre-training 137-153 s on the loaded 2-core machine. Base model (512 ODE
+    samples): centring 0.50 ± 0.26, Q 2.20 ± 1.12. Oracle policy
+    (:func:`digits_oracle_policy`; a class's candidates are the renders the classifier
+    reads as that class, so that no "best" image owes its score to being mistaken for a
+    preferred digit): best per class [5.0, 4.97, 3.95, 3.91, 3.97, 3.99, 3.99, 3.94,
+    4.00, 4.00], even mixture 4.17 with coverage 10 of 10 against 5.0 for the best
+    single class (ratio 0.83); data mean 2.02. GRPO collapse check (the runner,
+    ``methods=[grpo]``, in-process rewards, 80 steps x G = 16, seeds 0, 1, 2): coverage
+    9 -> 1, 4, 3, quality 2.43 -> 4.74, 4.26, 4.68, Vendi 5.22 -> 2.04, 2.92, 3.04.
 """
 
 from __future__ import annotations
@@ -53,7 +63,6 @@ from experiments.collapse.quality import (
     RegressorScorer,
     build_regressors,
     check_options,
-    oracle_policy,
     regressor_scorer,
     weights_from,
 )
@@ -169,11 +178,11 @@ def ideal_distribution(k: int = 10) -> np.ndarray:
 def digits_oracle_policy(
     model_dir: str | Path, n: int = 256, seed: int = 7, **weights: float
 ) -> dict[str, Any]:
-    """:func:`~experiments.collapse.quality.oracle_policy` of this world (its classifier
-    scores the preference)."""
-    s = DigitsSettings()
-    clf = load_cnn(Path(model_dir) / "classifier.safetensors", s.k)
-    return oracle_policy(s, quality(clf, **weights), n, seed)
+    """:func:`~experiments.collapse.quality.oracle_policy` of this world built in
+    ``model_dir`` (its classifier scores the preference and picks the candidates)."""
+    world = Digits(**weights)
+    world._dir = Path(model_dir)
+    return world.oracle_policy(n, seed)
 
 
 def _preferred(opts: LoadOptions) -> tuple[int, ...]:

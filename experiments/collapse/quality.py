@@ -351,12 +351,16 @@ class CnnWorld(World):
         256 renders of every mode, interleaved, the first ``n``."""
         return best_renders(self.settings(), self.parts_quality(), n, seed, self.classify)
 
+    def oracle_policy(self, n: int = 256, seed: int = 7) -> dict[str, Any]:
+        """:func:`oracle_policy` of this world (candidates: the renders its classifier
+        reads as their mode)."""
+        return oracle_policy(self.settings(), self.parts_quality(), n, seed, self.classify)
+
     def meta(self) -> dict[str, Any]:
-        q = self.parts_quality()
         return {
             **load_meta(self.model_dir),
-            "oracle_policy": oracle_policy(self.settings(), q, classify=self.classify),
-            "base_parts": base_parts(self.model_dir, q),
+            "oracle_policy": self.oracle_policy(),
+            "base_parts": base_parts(self.model_dir, self.parts_quality()),
         }
 
 
