@@ -298,6 +298,8 @@ class ShapesQualityIsMode(World):
 #: World name -> "module:Class" (imported when first used).
 WORLDS: dict[str, str] = {
     ShapesQualityIsMode.name: "experiments.collapse.worlds:ShapesQualityIsMode",
+    "shapes-within-mode": "experiments.collapse.shapes_world:ShapesWithinMode",
+    "digits": "experiments.collapse.digits_world:Digits",
 }
 
 
