@@ -121,7 +121,8 @@ class CollapseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     worlds: list[str] = Field(
-        default_factory=lambda: ["shapes-quality-is-mode"], description="Worlds, in order."
+        default_factory=lambda: ["shapes-within-mode", "shapes-quality-is-mode", "digits"],
+        description="Worlds, in order (the within-mode world first: the question of issue 19).",
     )
     world: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -136,6 +136,7 @@ def test_pipeline_writes_the_report_and_resumes(tmp_path: Path) -> None:
         "budget": {"steps": 2, "seeds": [0, 1], "eval_samples": 8, "curve_every": 1},
     }
     cfg = CollapseConfig(
+        worlds=["shapes-quality-is-mode"],
         world={"shapes-quality-is-mode": world},
         methods=["grpo", "kl", "drift"],
         sweep={"kl": [0.01, 0.1], "drift": [0.5]},
