@@ -21,8 +21,9 @@ Pickle dialect (Flow-GRPO, ddpo-pytorch and their reference servers; verl-omni/d
 
 Flow-Factory JSON dialect, at base URLs ``/compat/flow-factory/<mode>`` with ``mode`` =
 ``pointwise``, ``groupwise`` (the server's default diversity method), or
-``groupwise-<method>`` for each diversity method (``groupwise-diversegrpo``,
-``groupwise-drift``):
+``groupwise-<method>`` for each diversity method whose diversity enters the rewards
+(``groupwise-diversegrpo``, ``groupwise-drift``; not GARDO, which shapes advantages only,
+and Flow-Factory computes its advantages from the rewards itself):
     ``GET <base>/health`` -> ``{"status": "ok"}``; ``POST <base>/compute`` JSON
     ``{"prompt": [str], "image": [base64 PNG], "video": null, "condition_images": null,
     "condition_videos": null, "kwargs": {...}}`` -> ``{"rewards": [float]}``. Pointwise:
@@ -41,7 +42,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
-from divreward.methods import embedding_methods
+from divreward.methods import METHODS, embedding_methods
 from divreward.safe_pickle import PickleDecodeError, UnsafePickleError, safe_dumps, safe_loads
 from divreward.schema import (
     IMAGE_JSON_SCHEMA,
@@ -265,8 +266,13 @@ for _path, _summary in [
 
 
 # ------------------------------------------------------------------ Flow-Factory
-#: pointwise, groupwise, and groupwise-<method> for every method of the method table.
-MODES = ("pointwise", "groupwise", *(f"groupwise-{m.name}" for m in embedding_methods()))
+#: pointwise, groupwise, and groupwise-<method> for every method of the method table whose
+#: diversity enters the rewards (Flow-Factory makes its own advantages from them).
+MODES = (
+    "pointwise",
+    "groupwise",
+    *(f"groupwise-{m.name}" for m in embedding_methods() if m.in_rewards),
+)
 Mode = str
 
 
@@ -357,6 +363,15 @@ async def _groupwise(serving: Any, req: FlowFactoryRequest, mode: Mode) -> list[
     if mode != "groupwise":
         body["diversity"] = {"method": mode.removeprefix("groupwise-")}
     resp = await serving.rewards(RewardsRequest.model_validate(body))
+    method = resp.params.diversity.method
+    if not METHODS[method].in_rewards:  # the server's default: its shaping would be lost
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"the server's default diversity method {method!r} shapes advantages only, and "
+            "Flow-Factory computes its advantages from the rewards: use a groupwise-<method> "
+            "mode or /v1/rewards",
+        )
     return list(resp.groups[0].rewards)
 
 

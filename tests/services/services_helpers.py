@@ -15,8 +15,10 @@ from divreward.core import (
     AdvantageConfig,
     DiverseGRPOConfig,
     DRIFTConfig,
+    GARDOConfig,
     diversegrpo_rewards,
     drift_rewards,
+    gardo_rewards,
     group_advantages,
 )
 from divreward.images import encode_image
@@ -92,6 +94,7 @@ def reference_group(
     core = {
         "diversegrpo": (diversegrpo_rewards, DiverseGRPOConfig),
         "drift": (drift_rewards, DRIFTConfig),
+        "gardo": (gardo_rewards, GARDOConfig),
     }
     if method in core:
         run, config = core[method]

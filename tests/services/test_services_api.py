@@ -82,7 +82,7 @@ def _rewards_body(groups: list[list[np.ndarray]], **extra: Any) -> dict[str, Any
     }
 
 
-@pytest.mark.parametrize("method", ["diversegrpo", "drift", "none"])
+@pytest.mark.parametrize("method", ["diversegrpo", "drift", "gardo", "none"])
 def test_rewards_equal_core_math_on_the_models_outputs(
     client: httpx.Client, serve_app: Any, groups: list[list[np.ndarray]], method: str
 ) -> None:
@@ -134,8 +134,24 @@ def test_rewards_equal_core_math_on_the_models_outputs(
         elif method == "drift":
             np.testing.assert_array_equal(res.diversity.diversity, ref["diversity"])
             np.testing.assert_array_equal(res.diversity.intrinsic, ref["intrinsic"])
-        # Population-std normalisation: advantages of the combined reward have mean 0.
-        assert abs(float(np.mean(res.advantages))) < 1e-9
+        if method == "gardo":
+            np.testing.assert_array_equal(res.diversity.nn_distance, ref["nn_distance"])
+            np.testing.assert_array_equal(res.diversity.advantage_weight, ref["weight"])
+            # by hand on the served embeddings (the code variant, no std): rewards = Q;
+            # A = (Q - mean Q) * w, w = 1 below the mean, else d / mean(d)
+            assert emb is not None
+            u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+            dist = 1.0 - np.clip(u @ u.T, -1.0, 1.0)
+            np.fill_diagonal(dist, np.inf)
+            d = dist.min(axis=1)
+            q = ref["total"]
+            w = np.where(q < q.mean(), 1.0, d / d.mean())
+            np.testing.assert_allclose(res.diversity.nn_distance, d, atol=1e-12)
+            np.testing.assert_array_equal(res.rewards, q)
+            np.testing.assert_allclose(res.advantages, (q - q.mean()) * w, atol=1e-12)
+            assert np.all(np.sign(res.advantages) == np.sign(q - q.mean()))
+        else:  # Population-std normalisation: advantages of the combined reward have mean 0.
+            assert abs(float(np.mean(res.advantages))) < 1e-9
 
 
 def test_binary_form_gives_the_json_answer(
