@@ -259,3 +259,13 @@ def test_tiny_run_resets_on_the_step_count(tiny_root: Path, tmp_path: Path) -> N
     # two optimiser steps per step: 2 < 3 after step 1, 4 >= 3 after step 2
     assert first["gardo/reset"] == 0.0 and second["gardo/reset"] == 1.0
     assert second["gardo/resets"] == 1.0 and second["train/optimizer_steps"] == 4.0
+
+
+def test_help_config_lists_the_gardo_block(capsys: pytest.CaptureFixture[str]) -> None:
+    from divreward.cli import main
+
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    for field in GARDOTrainConfig.model_fields:
+        assert f"\ngardo.{field} = " in out, field
+    assert "gardo.kl_threshold = 0.0003" in out and "gardo.reset_every = 30" in out
