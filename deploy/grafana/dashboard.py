@@ -65,11 +65,24 @@ class Row:
     panels: list[Panel] = field(default_factory=list)
 
 
-def p50_p95(histogram: str, by: str, legend: str, match: str = TENANT) -> list[Target]:
+def legend(by: str) -> str:
+    return " ".join(f"{{{{{label}}}}}" for label in by.split(", "))
+
+
+def rates(series: str, by: str, match: str = TENANT) -> list[Target]:
+    return [Target(rate(series, by, match), legend(by))]
+
+
+def p50_p95(histogram: str, by: str, match: str = TENANT) -> list[Target]:
     return [
-        Target(quantile(q, histogram, by, match), f"p{round(q * 100)} {legend}")
+        Target(quantile(q, histogram, by, match), f"p{round(q * 100)} {legend(by)}")
         for q in (0.5, 0.95)
     ]
+
+
+def sums(series: str, by: str) -> list[Target]:
+    """A gauge summed by labels."""
+    return [Target(f"sum by ({by}) ({series})", legend(by))]
 
 
 ROWS = [
@@ -79,36 +92,26 @@ ROWS = [
             Panel(
                 "Request rate by route and tenant",
                 "reqps",
-                [
-                    Target(
-                        rate("ray_divreward_requests_total", "route, tenant"),
-                        "{{route}} {{tenant}}",
-                    )
-                ],
+                rates("ray_divreward_requests_total", "route, tenant"),
             ),
             Panel(
                 "Failed requests by route and status class",
                 "reqps",
-                [
-                    Target(
-                        rate(
-                            "ray_divreward_requests_total",
-                            "route, status_class",
-                            f'{TENANT}, status_class!="2xx"',
-                        ),
-                        "{{route}} {{status_class}}",
-                    )
-                ],
+                rates(
+                    "ray_divreward_requests_total",
+                    "route, status_class",
+                    f'{TENANT}, status_class!="2xx"',
+                ),
             ),
             Panel(
                 "429s (over quota) by tenant",
                 "reqps",
-                [Target(rate("ray_divreward_rejected_total", "tenant"), "{{tenant}}")],
+                rates("ray_divreward_rejected_total", "tenant"),
             ),
             Panel(
                 "Request time p50/p95 by route",
                 "s",
-                p50_p95("ray_divreward_request_seconds", "route", "{{route}}"),
+                p50_p95("ray_divreward_request_seconds", "route"),
             ),
         ],
     ),
@@ -118,22 +121,17 @@ ROWS = [
             Panel(
                 "Images/s by tenant and scorer",
                 "short",
-                [
-                    Target(
-                        rate("ray_divreward_images_total", "tenant, scorer"),
-                        "{{tenant}} {{scorer}}",
-                    )
-                ],
+                rates("ray_divreward_images_total", "tenant, scorer"),
             ),
             Panel(
                 "Images received/s by tenant",
                 "short",
-                [Target(rate("ray_divreward_request_images_total", "tenant"), "{{tenant}}")],
+                rates("ray_divreward_request_images_total", "tenant"),
             ),
             Panel(
                 "Queue wait p50/p95 by tenant",
                 "s",
-                p50_p95("ray_divreward_queue_wait_seconds", "tenant", "{{tenant}}"),
+                p50_p95("ray_divreward_queue_wait_seconds", "tenant"),
                 "Time in the ingress's weighted fair queue before the images go to the models.",
             ),
         ],
@@ -144,12 +142,12 @@ ROWS = [
             Panel(
                 "Model time per batch p50/p95 by scorer",
                 "s",
-                p50_p95("ray_divreward_model_batch_seconds", "scorer", "{{scorer}}", ""),
+                p50_p95("ray_divreward_model_batch_seconds", "scorer", ""),
             ),
             Panel(
                 "Model time per image p50/p95 by scorer",
                 "s",
-                p50_p95("ray_divreward_model_image_seconds", "scorer", "{{scorer}}", ""),
+                p50_p95("ray_divreward_model_image_seconds", "scorer", ""),
             ),
             Panel(
                 "Mean model time per image by scorer",
@@ -158,7 +156,7 @@ ROWS = [
                     Target(
                         f"{rate('ray_divreward_model_seconds_total', 'scorer', '')}"
                         f" / {rate('ray_divreward_model_images_total', 'scorer', '')}",
-                        "{{scorer}}",
+                        legend("scorer"),
                     )
                 ],
                 "Exact totals (counters); Ray's histogram _sum is approximated from buckets.",
@@ -166,7 +164,7 @@ ROWS = [
             Panel(
                 "Images per forward pass p50/p95 by scorer",
                 "short",
-                p50_p95("ray_divreward_batch_images", "scorer", "{{scorer}}", ""),
+                p50_p95("ray_divreward_batch_images", "scorer", ""),
             ),
         ],
     ),
@@ -176,53 +174,27 @@ ROWS = [
             Panel(
                 "Healthy replicas by deployment",
                 "short",
-                [
-                    Target(
-                        "sum by (application, deployment) (ray_serve_deployment_replica_healthy)",
-                        "{{application}} {{deployment}}",
-                    )
-                ],
+                sums("ray_serve_deployment_replica_healthy", "application, deployment"),
             ),
             Panel(
                 "Requests queued in Serve's routers by deployment",
                 "short",
-                [
-                    Target(
-                        "sum by (application, deployment) (ray_serve_deployment_queued_queries)",
-                        "{{application}} {{deployment}}",
-                    )
-                ],
+                sums("ray_serve_deployment_queued_queries", "application, deployment"),
             ),
             Panel(
                 "Requests ongoing at replicas by deployment",
                 "short",
-                [
-                    Target(
-                        "sum by (application, deployment) "
-                        "(ray_serve_num_ongoing_requests_at_replicas)",
-                        "{{application}} {{deployment}}",
-                    )
-                ],
+                sums("ray_serve_num_ongoing_requests_at_replicas", "application, deployment"),
             ),
             Panel(
                 "In-flight requests by ingress replica",
                 "short",
-                [
-                    Target(
-                        "sum by (application, replica) (ray_divreward_inflight_requests)",
-                        "{{application}} {{replica}}",
-                    )
-                ],
+                sums("ray_divreward_inflight_requests", "application, replica"),
             ),
             Panel(
                 "Serve HTTP proxy requests by application",
                 "reqps",
-                [
-                    Target(
-                        rate("ray_serve_num_http_requests_total", "application", ""),
-                        "{{application}}",
-                    )
-                ],
+                rates("ray_serve_num_http_requests_total", "application", ""),
             ),
             Panel(
                 "Serve HTTP proxy latency p95 by application",
@@ -230,7 +202,7 @@ ROWS = [
                 [
                     Target(
                         quantile(0.95, "ray_serve_http_request_latency_ms", "application", ""),
-                        "{{application}}",
+                        legend("application"),
                     )
                 ],
             ),
@@ -242,7 +214,7 @@ ROWS = [
                         quantile(
                             0.95, "ray_serve_deployment_processing_latency_ms", "deployment", ""
                         ),
-                        "{{deployment}}",
+                        legend("deployment"),
                     )
                 ],
             ),

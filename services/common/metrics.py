@@ -212,18 +212,20 @@ class _Sinks:
         self.ray: dict[str, Any] = {}
         self.local: dict[str, Any] = {}
         for m in METRICS:
+            # Ray annotates tag_keys as Tuple[str] but takes any tuple of str
+            tag_keys: Any = m.labels
             if m.kind == "histogram":
                 self.ray[m.name] = ray_metrics.Histogram(
-                    m.name, m.help, boundaries=list(m.buckets), tag_keys=m.labels
+                    m.name, m.help, boundaries=list(m.buckets), tag_keys=tag_keys
                 )
                 self.local[m.name] = PromHistogram(
                     m.name, m.help, m.labels, buckets=m.buckets, registry=self.registry
                 )
             elif m.kind == "counter":
-                self.ray[m.name] = ray_metrics.Counter(m.name, m.help, tag_keys=m.labels)
+                self.ray[m.name] = ray_metrics.Counter(m.name, m.help, tag_keys=tag_keys)
                 self.local[m.name] = PromCounter(m.name, m.help, m.labels, registry=self.registry)
             else:
-                self.ray[m.name] = ray_metrics.Gauge(m.name, m.help, tag_keys=m.labels)
+                self.ray[m.name] = ray_metrics.Gauge(m.name, m.help, tag_keys=tag_keys)
                 self.local[m.name] = PromGauge(m.name, m.help, m.labels, registry=self.registry)
 
     def record(self, m: MetricDef, value: float, tags: dict[str, str]) -> None:

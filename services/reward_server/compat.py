@@ -394,7 +394,8 @@ async def flow_factory_health(mode: ModeParam) -> Response:
 )
 async def flow_factory_compute(mode: ModeParam, request: Request) -> Response:
     api = _api(request)
-    route = f"compat:flow-factory:{mode}"
+    # an unknown mode is not a label value (the metrics' labels stay a bounded set)
+    route = f"compat:flow-factory:{mode}" if mode in MODES else "compat:flow-factory"
     try:
         m = _check_mode(mode)
         req = _ff_parse(await read_body(request, api.limits.max_request_bytes))
