@@ -234,6 +234,8 @@ class _Sinks:
         ray_metric, local = self.ray[m.name], self.local[m.name]
         child = local.labels(**tags) if tags else local
         if m.kind == "counter":
+            if value == 0:  # nothing to add (and Ray refuses a 0 increment)
+                return
             ray_metric.inc(value, tags=dict(tags))
             child.inc(value)
         elif m.kind == "histogram":

@@ -46,6 +46,7 @@ def test_requests_count_by_status_class_and_errors_by_kind() -> None:
     m.count("/v1/score", 200, 0.1, tenant="team-a")
     m.count("/v1/score", 413, 0.2, "too_large", "team-a")
     m.count("compat:pickle", 503, kind="unavailable")  # no time measured
+    m.images("/v1/score", 0, "team-a")  # an empty request adds nothing (Ray refuses 0)
     after = _samples(m)
 
     def delta(name: str, **labels: str) -> float:
