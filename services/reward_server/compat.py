@@ -54,6 +54,7 @@ from divreward.schema import (
 from divreward.services.common.api import Api
 from divreward.services.common.app import error_responses
 from divreward.services.common.errors import ServiceError, from_validation_error, to_service_error
+from divreward.services.common.metrics import request_tenant
 from divreward.services.common.wire import error_response, read_body
 from divreward.services.reward_server.serving import combine_quality
 
@@ -196,23 +197,23 @@ async def _pickle_dialect(request: Request) -> Response:
         data = safe_loads(body, what="request body")
         if isinstance(data, dict) and "meta_datas" in data:
             reply = await _geneval_reply(request.app.state.serving, data)
-            api.metrics.requests.labels(api.app_name, route, "200").inc()
+            api.metrics.count(route, 200, tenant=request_tenant(request))
             return _pickle_reply(reply)
         images, prompts = _parse_pickle_body(data)
         param = request.query_params.get("scorers")
         scorers = [s for s in param.split(",") if s] if param else None
         scores = await _quality(request.app.state.serving, images, prompts, scorers)
     except UnsafePickleError as exc:
-        api.metrics.errors.labels(api.app_name, route, "invalid_request").inc()
+        api.metrics.count(route, 400, kind="invalid_request", tenant=request_tenant(request))
         return _pickle_error(ServiceError(400, "invalid_request", f"refused: {exc}"))
     except PickleDecodeError as exc:
-        api.metrics.errors.labels(api.app_name, route, "invalid_request").inc()
+        api.metrics.count(route, 400, kind="invalid_request", tenant=request_tenant(request))
         return _pickle_error(ServiceError(400, "invalid_request", str(exc)))
     except Exception as exc:
         err = to_service_error(exc)
-        api.metrics.errors.labels(api.app_name, route, err.kind).inc()
+        api.metrics.count(route, err.status, kind=err.kind, tenant=request_tenant(request))
         return _pickle_error(err)
-    api.metrics.requests.labels(api.app_name, route, "200").inc()
+    api.metrics.count(route, 200, tenant=request_tenant(request))
     return _pickle_reply({"scores": scores, "outputs": scores})
 
 
@@ -408,7 +409,8 @@ async def flow_factory_health(mode: ModeParam) -> Response:
 )
 async def flow_factory_compute(mode: ModeParam, request: Request) -> Response:
     api = _api(request)
-    route = f"compat:flow-factory:{mode}"
+    # an unknown mode is not a label value (the metrics' labels stay a bounded set)
+    route = f"compat:flow-factory:{mode}" if mode in MODES else "compat:flow-factory"
     try:
         m = _check_mode(mode)
         req = _ff_parse(await read_body(request, api.limits.max_request_bytes))
@@ -420,7 +422,7 @@ async def flow_factory_compute(mode: ModeParam, request: Request) -> Response:
             rewards = await _groupwise(serving, req, m)
     except Exception as exc:
         err = to_service_error(exc)
-        api.metrics.errors.labels(api.app_name, route, err.kind).inc()
+        api.metrics.count(route, err.status, kind=err.kind, tenant=request_tenant(request))
         return _ff_error(err)
-    api.metrics.requests.labels(api.app_name, route, "200").inc()
+    api.metrics.count(route, 200, tenant=request_tenant(request))
     return JSONResponse({"rewards": rewards})

@@ -18,7 +18,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from helpers import Service, make_images
+from helpers import Service, make_images, prom_samples, prom_sum
 
 from divreward.client import (
     Group,
@@ -219,11 +219,9 @@ def test_a_retried_request_id_is_answered_from_the_cache(service: Service) -> No
 
     def replays() -> float:
         text = httpx.get(service.http_url + "/metrics", timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("divreward_idempotent_replays_total") and "grpc:Rewards" in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return prom_sum(
+            prom_samples(text), "divreward_idempotent_replays_total", route="grpc:Rewards"
+        )
 
     with grpc.insecure_channel(service.grpc_target) as channel:
         stub = pb_grpc.RewardServiceStub(channel)
