@@ -12,7 +12,7 @@ TINY_DIR ?= .cache/tiny-models
 TYPECHECK := build/typecheck
 
 .PHONY: help venv test test-quick test-fast test-slow lint format serve demo demo-serve tiny-models bench bench-collapse \
-        proto compose-config k8s-check clean
+        proto grafana compose-config k8s-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ gpu-check: venv ## on a CUDA machine (< 8 min): every model's fp16/bf16 paths, n
 
 proto: venv ## regenerate the gRPC code from divreward/proto/divreward.proto
 	$(BIN)/python -m divreward.proto.generate
+
+grafana: venv ## regenerate deploy/grafana/divreward.json from deploy/grafana/dashboard.py
+	$(BIN)/python deploy/grafana/dashboard.py
 
 compose-config: ## validate docker-compose.yml with every profile (needs Debian's docker-compose)
 	docker-compose -f docker-compose.yml config -q

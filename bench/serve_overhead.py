@@ -161,12 +161,8 @@ def batch_totals(base: str) -> dict[str, tuple[float, float]]:
     text = httpx.get(f"{base}/metrics", timeout=30).text
     out = {}
     for model in [*SCORERS, EMBEDDER]:
-        s = re.search(
-            rf'divreward_batch_images_sum{{app="reward",model="{model}"}} ([0-9.e+]+)', text
-        )
-        n = re.search(
-            rf'divreward_batch_images_count{{app="reward",model="{model}"}} ([0-9.e+]+)', text
-        )
+        s = re.search(rf'divreward_batch_images_sum{{scorer="{model}"}} ([0-9.e+]+)', text)
+        n = re.search(rf'divreward_batch_images_count{{scorer="{model}"}} ([0-9.e+]+)', text)
         out[model] = (float(s.group(1)) if s else 0.0, float(n.group(1)) if n else 0.0)
     return out
 

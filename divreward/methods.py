@@ -23,9 +23,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from divreward.core.advantages import group_advantages
-from divreward.core.config import AdvantageConfig, DiverseGRPOConfig, DRIFTConfig
+from divreward.core.config import AdvantageConfig, DiverseGRPOConfig, DRIFTConfig, GARDOConfig
 from divreward.core.diversegrpo import diversegrpo_rewards
 from divreward.core.drift import drift_rewards
+from divreward.core.gardo import gardo_rewards
 
 __all__ = [
     "METHODS",
@@ -34,6 +35,8 @@ __all__ = [
     "DiversityMethod",
     "DriftFields",
     "DriftParams",
+    "GARDOFields",
+    "GARDOParams",
     "MethodOutput",
     "NoDiversityParams",
     "NoFields",
@@ -72,6 +75,17 @@ class DriftParams(DRIFTConfig):
     method: Literal["drift"] = "drift"
 
 
+class GARDOParams(GARDOConfig):
+    """GARDO diversity-aware advantage shaping: positive advantages scaled by each image's
+    cosine distance to its nearest neighbour in the group; the rewards stay the quality.
+    variant 'code' (default, the public code): A' = (r - mean r) * w, w = 1 below the group
+    mean, else d / mean(d); variant 'paper' (Eq. 8): A' = A * d where A > 0. No std division
+    unless std_normalize (GARDO Sec. 4.4). Unset fields take the server's defaults."""
+
+    model_config = _PARAMS
+    method: Literal["gardo"] = "gardo"
+
+
 class NoDiversityParams(_Frozen):
     """Quality only: rewards = combined quality, advantages over the group."""
 
@@ -95,6 +109,17 @@ class DriftFields(_Frozen):
     diversity: list[float] = Field(description="DRIFT d_i: mean squared distance to the others.")
     intrinsic: list[float] = Field(
         description="DRIFT intrinsic reward gamma^T d_i clipped to sigma_clip."
+    )
+
+
+class GARDOFields(_Frozen):
+    """What GARDO adds to a group's result."""
+
+    nn_distance: list[float] = Field(
+        description="GARDO d_i: cosine distance to the nearest other image of the group."
+    )
+    advantage_weight: list[float] = Field(
+        description="GARDO w_i: the factor on the centred reward (1 below the group mean)."
     )
 
 
@@ -140,6 +165,14 @@ def _drift(
     return MethodOutput(res.rewards, res.advantages, fields)
 
 
+def _gardo(
+    quality: np.ndarray, embeddings: np.ndarray | None, params: BaseModel, adv: AdvantageConfig
+) -> MethodOutput:
+    res = gardo_rewards(quality, embeddings, _config(params, GARDOConfig), adv)  # type: ignore[arg-type]
+    fields = GARDOFields(nn_distance=_floats(res.nn_distance), advantage_weight=_floats(res.weight))
+    return MethodOutput(res.rewards, res.advantages, fields)
+
+
 def _none(
     quality: np.ndarray, embeddings: np.ndarray | None, params: BaseModel, adv: AdvantageConfig
 ) -> MethodOutput:
@@ -161,6 +194,10 @@ class DiversityMethod:
     needs_embeddings: whether the group's images are embedded for it.
     defaults: the :class:`~divreward.core.CoreConfig` field holding the server's
         defaults of its parameters (None: the params model's own defaults).
+    in_rewards: whether its diversity term changes the rewards. False for a method that
+        shapes the advantages only (GARDO): a client that computes its own advantages
+        from the rewards (the Flow-Factory dialect) would silently lose it, so such a
+        client is refused it.
     """
 
     name: str
@@ -169,6 +206,7 @@ class DiversityMethod:
     run: Run
     needs_embeddings: bool = True
     defaults: str | None = None
+    in_rewards: bool = True
 
 
 METHODS: dict[str, DiversityMethod] = {
@@ -178,6 +216,7 @@ METHODS: dict[str, DiversityMethod] = {
             "diversegrpo", DiverseGRPOParams, DiverseGRPOFields, _diversegrpo, True, "diversegrpo"
         ),
         DiversityMethod("drift", DriftParams, DriftFields, _drift, True, "drift"),
+        DiversityMethod("gardo", GARDOParams, GARDOFields, _gardo, True, "gardo", in_rewards=False),
         DiversityMethod("none", NoDiversityParams, NoFields, _none, needs_embeddings=False),
     )
 }

@@ -32,6 +32,7 @@ from divreward.models._common import recording_passes
 from divreward.models.base import Embedder, LoadOptions, Metadata, Scorer
 from divreward.models.registry import get_spec, load_model
 from divreward.schema import ModelCard
+from divreward.services.common.metrics import record_batch
 from divreward.services.config import BatchArgs, ModelDeploymentArgs
 
 __all__ = [
@@ -288,6 +289,7 @@ class _ModelServer:
         # the next batch meanwhile (torch releases the GIL).
         values, passes = await asyncio.to_thread(self._forward_recorded, images, prompts, metadata)
         dt = time.perf_counter() - t0
+        record_batch(self.name, len(images), dt)
         if values.shape[0] != len(images):
             raise RuntimeError(
                 f"{self.kind} {self.name!r} returned {values.shape[0]} rows for "

@@ -31,7 +31,7 @@ def _members(annotation: object) -> set[str]:
 def test_schema_unions_and_results_come_from_the_table() -> None:
     everything, embedding = set(method_names()), {m.name for m in embedding_methods()}
     assert _members(schema.RewardDiversityParams) == everything
-    assert _members(schema.DiversityParams) == embedding == {"diversegrpo", "drift"}
+    assert _members(schema.DiversityParams) == embedding == {"diversegrpo", "drift", "gardo"}
     for model, field, names in [
         (schema.RewardsRequest, "diversity", everything),
         (GroupSubmission, "diversity", everything),
@@ -59,7 +59,10 @@ def test_config_literals_compat_modes_and_error_tags_come_from_the_table() -> No
     default = DiversityAppArgs.model_fields["default_method"].annotation
     assert set(typing.get_args(default)) == {m.name for m in embedding_methods()}
     assert set(METHODS) == _UNION_TAGS
+    # GARDO shapes advantages only: Flow-Factory, which makes its own from the rewards,
+    # would lose it, so it has no groupwise mode
     assert MODES == ("pointwise", "groupwise", "groupwise-diversegrpo", "groupwise-drift")
+    assert [m.name for m in METHODS.values() if not m.in_rewards] == ["gardo"]
 
 
 _THIRD_METHOD = r"""
@@ -201,7 +204,13 @@ def test_a_third_method_is_one_table_entry_and_is_served_and_trained(
             assert abs(a - (v + c - mean) / (std + 1e-6)) < 1e-9
         assert res[key]["params"]["diversity"] == {"method": "shift", "c": c}
     err = res["unknown"]["error"]
-    assert err["status"] == 400 and err["valid"] == ["diversegrpo", "drift", "none", "shift"]
+    assert err["status"] == 400 and err["valid"] == [
+        "diversegrpo",
+        "drift",
+        "gardo",
+        "none",
+        "shift",
+    ]
     assert res["diversity_route"]["error"]["status"] == 400
     assert "shift" not in res["diversity_route"]["error"]["valid"]
     # trained in-process: rewards = Q + 2.5 over the step's group, and an update was made

@@ -18,6 +18,8 @@ __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pydantic import BaseModel
+
     from divreward.trainer.config import TrainConfig, list_presets, load_config
 
     if args.list_presets:
@@ -26,6 +28,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.help_config:
         for name, f in TrainConfig.model_fields.items():
             default = f.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):  # a block (gardo): each of its fields
+                print(f"{name}:  {f.description}")
+                for sub, sf in type(default).model_fields.items():
+                    print(f"{name}.{sub} = {getattr(default, sub)!r}\n    {sf.description}")
+                continue
             print(f"{name} = {default!r}\n    {f.description}")
         return 0
     if args.preset is None and args.config is None:

@@ -28,6 +28,7 @@ from divreward.core.aggregate import Aggregation
 from divreward.core.config import DocumentedModel, NoisePromptConfig
 from divreward.methods import method_names
 from divreward.rewards import diversity_params
+from divreward.trainer.losses import KLForm
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -45,7 +46,70 @@ PromptsFormat = Literal["lines", "flow_grpo_txt"]
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Derived", "TrainConfig", "list_presets", "load_config", "read_prompts"]
+__all__ = [
+    "Derived",
+    "GARDOTrainConfig",
+    "TrainConfig",
+    "list_presets",
+    "load_config",
+    "read_prompts",
+]
+
+
+class GARDOTrainConfig(DocumentedModel):
+    """GARDO's trainer-side parts (arXiv 2512.24138 Sec. 4.1-4.2, Eq. 7, Alg. 1, and its code
+    tinnerhrhe/GARDO ``train_sd3_grpo_gardo.py``): a KL penalty on the high-uncertainty samples
+    only, and a reference policy reset to the current one from time to time. Its third part, the
+    diversity-aware advantage shaping, is the diversity method 'gardo' (set ``diversity: gardo``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beta: float = Field(default=0.0, ge=0.0)
+    """Weight of the gated KL; 0 turns the gate and the reset off. Paper: 0.04; code: 0.04 (OCR),
+    0.07 (GenEval), 0.01 (Flux)."""
+    aux_scorers: list[str] = Field(default_factory=list)
+    """Auxiliary scorers whose per-image scores estimate the uncertainty (paper: Aesthetic and
+    ImageReward). They are requested with weight 0, so they never enter Q, the rewards or the
+    advantages; they must not be in `quality`. Required when beta > 0."""
+    uncertainty_sign: Literal["paper", "code"] = "paper"
+    """'paper' (Eq. 7): U_i = w(Q_i) - mean_n w(aux_n,i), w the win rate within the step's batch
+    ((1/B) sum_{j != i} 1[y_i > y_j]): high where the proxy Q ranks a sample far above the
+    auxiliary scorers. 'code': -U, the sign the public code's ranks (1 = best) give, which gates
+    samples the proxy ranks below the auxiliaries."""
+    k0: float = Field(default=0.1, gt=0.0, le=1.0)
+    """Initial fraction k of the non-negative-U samples that are gated. Code and paper: 0.1."""
+    k_rate: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """k <- k (1 + k_rate) when the batch's mean non-negative U exceeds every value in the
+    window, k <- k (1 - k_rate) when it is below every one. Code: 0.1."""
+    window: int = Field(default=20, ge=1)
+    """Past batch means of U kept for the k update. Code and paper: 20."""
+    k_min: float = Field(default=0.02, gt=0.0, le=1.0)
+    """Lower clip of k. Code: 0.02."""
+    k_max: float = Field(default=0.2, gt=0.0, le=1.0)
+    """Upper clip of k. Code: 0.2 (the paper's Alg. 1 caps k at 1)."""
+    kl_form: KLForm = "reference"
+    """The KL of a gated sample: 'reference' (Flow-GRPO's closed form, GARDO's code): mean((mu -
+    mu_ref)^2) / (2 sigma_t^2); 'eq6': divided by |dt| too (see kl_form)."""
+    kl_threshold: float = Field(default=3e-4, ge=0.0)
+    """An optimiser step whose mean gated KL (averaged over processes) exceeds this resets the
+    reference to the current policy after the training step. Code: 3e-4 ('set per task'); paper:
+    1e-4."""
+    reset_every: int = Field(default=30, ge=0)
+    """Reset the reference after this many optimiser steps since the last reset anyway (0:
+    never). Code: every 15 epochs, about 30 optimiser steps in its 8-GPU OCR setting (2 per
+    epoch); paper: 100 gradient steps."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GARDOTrainConfig:
+        if not self.k_min <= self.k0 <= self.k_max:
+            raise ValueError(
+                f"k0: must be within [k_min, k_max], got k_min={self.k_min}, k0={self.k0}, "
+                f"k_max={self.k_max}"
+            )
+        if len(set(self.aux_scorers)) != len(self.aux_scorers):
+            raise ValueError(f"aux_scorers: a scorer is named twice in {self.aux_scorers}")
+        return self
 
 
 class TrainConfig(DocumentedModel):
@@ -165,10 +229,12 @@ class TrainConfig(DocumentedModel):
     within its group first, as Flow-Factory's GDPO; docs/api.md)."""
     diversity: DiversityMethod = "none"
     """A method of divreward/methods.py's table: 'diversegrpo' (R = Q + beta E, Eq. 12), 'drift'
-    (Eq. 14 decoupled advantages) or 'none' (Flow-GRPO), sent per request."""
+    (Eq. 14 decoupled advantages), 'gardo' (positive advantages scaled by the nearest-neighbour
+    distance, GARDO Eq. 8) or 'none' (Flow-GRPO), sent per request."""
     diversity_params: dict[str, Any] = Field(default_factory=dict)
     """The method's parameters (its params model in the table: divreward.core's DiverseGRPOConfig /
-    DRIFTConfig fields); unset ones take the service's defaults (beta 0.7; lam 0.5)."""
+    DRIFTConfig / GARDOConfig fields); unset ones take the service's defaults (beta 0.7; lam 0.5;
+    GARDO's code variant without std)."""
     advantage_eps: float = Field(default=1e-6, ge=0.0)
     """Eq. 3's eps. 1e-6."""
     inprocess_profile: Literal["real", "tiny"] = "real"
@@ -189,6 +255,11 @@ class TrainConfig(DocumentedModel):
     """DRIFT's noise-conditioned prompting in training rollouts."""
     prompt_noise_params: dict[str, float] = Field(default_factory=dict)
     """NoisePromptConfig fields (s 0.05, tau1 0.4, tau2 1.0, psi 1.0)."""
+
+    # ------------------------------------------------------------------ GARDO, trainer side
+    gardo: GARDOTrainConfig = Field(default_factory=lambda: GARDOTrainConfig())
+    """GARDO's gated KL and adaptive reference reset (its advantage shaping is the diversity
+    method 'gardo'); off while gardo.beta is 0."""
 
     # ------------------------------------------------------------------ EMA
     ema: bool = True
@@ -238,6 +309,24 @@ class TrainConfig(DocumentedModel):
             raise ValueError(f"diversity_params of {self.diversity!r}: {bad}") from None
         if self.regulariser != "none" and self.reg_weight == 0.0:
             raise ValueError(f"reg_weight: regulariser {self.regulariser!r} needs reg_weight > 0")
+        if self.gardo.beta > 0:
+            if not self.gardo.aux_scorers:
+                raise ValueError(
+                    "gardo.aux_scorers: the gated KL (gardo.beta > 0) needs at least one "
+                    "auxiliary scorer to estimate the uncertainty (GARDO: aesthetic, "
+                    "imagereward); or set gardo.beta: 0"
+                )
+            if self.regulariser != "none":
+                raise ValueError(
+                    f"regulariser: {self.regulariser!r} and GARDO's gated KL (gardo.beta > 0) "
+                    "are both a KL to the reference; use one (regulariser: none)"
+                )
+        both = sorted(set(self.gardo.aux_scorers) & set(self.quality))
+        if both:
+            raise ValueError(
+                f"gardo.aux_scorers: {both} also in quality; an auxiliary scorer must stay out "
+                "of the proxy reward Q"
+            )
         if self.subset != "none" and self.pool_factor < 2:
             raise ValueError(f"pool_factor: subset {self.subset!r} needs a pool of >= 2G")
         for name in self.log_with:
@@ -272,6 +361,11 @@ class TrainConfig(DocumentedModel):
             autocast_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
             noise_prompt=NoisePromptConfig.model_validate(self.prompt_noise_params),
         )
+
+    def request_quality(self) -> dict[str, float]:
+        """The scorers asked for per group: ``quality`` with its weights, then GARDO's
+        auxiliary scorers with weight 0 (their scores come back per scorer; Q is unchanged)."""
+        return {**self.quality, **dict.fromkeys(self.gardo.aux_scorers, 0.0)}
 
     def diversity_request(self) -> dict[str, Any] | None:
         """The per-run diversity parameters as the service's request field."""

@@ -35,6 +35,7 @@ import torch
 from divreward.trainer import checkpoint as ckpt
 from divreward.trainer.config import TrainConfig, read_prompts
 from divreward.trainer.ema import EMA
+from divreward.trainer.gardo import GARDOState
 from divreward.trainer.losses import kl_penalty, ppo_clip_loss, sa_reg_w2
 from divreward.trainer.metrics import finite_scalars, log_grids, trackers
 from divreward.trainer.prompt_noise import PromptNoiser, _mix
@@ -67,13 +68,15 @@ class Policy:
     optimizer: torch.optim.Optimizer
     ema: EMA | None
     accelerator: Any
+    gardo: GARDOState | None = None  # GARDO's gate and reference (gardo.beta > 0)
 
 
 @dataclass
 class StepSamples:
     """One step's samples for the update: the kept rollouts (B rows), their prompt
     embeddings, (B,) advantages, the rows trained on (``live``), each row's sample id
-    (its noise seeds), the prompt noiser, and the step and rank (the shuffling's seeds)."""
+    (its noise seeds), the prompt noiser, the step and rank (the shuffling's seeds), and
+    GARDO's (B,) bool gate of the KL (None without GARDO)."""
 
     batch: Any
     embeds: Any
@@ -83,6 +86,7 @@ class StepSamples:
     noiser: PromptNoiser | None
     step: int
     rank: int
+    gate: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- setup
@@ -194,8 +198,24 @@ def step_loss(
     ro: Any,
     adv: torch.Tensor,
     j: int,
+    *,
+    gate: torch.Tensor | None = None,
+    policy: Policy | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of timestep j on one minibatch: PPO-clip + reg_weight * regulariser."""
+    """The loss of timestep j on one minibatch: PPO-clip + reg_weight * regulariser, or
+    with GARDO (``gate``: the minibatch's (B,) bool gate; ``policy`` holds its state) PPO-clip
+    + gardo.beta * the KL averaged over the gated samples (0 when none is)."""
+    gardo = policy.gardo if policy is not None else None
+    if gate is not None and gardo is not None:
+        if not bool(gate.any()):
+            gate = None  # no gated sample: no reference pass, no KL
+        else:
+            # the reference's pass comes first: a reset reference is swapped into the LoRA
+            # in place, which must not touch tensors a policy graph has saved
+            with torch.no_grad(), gardo.reference_policy(adapter, policy.params):  # type: ignore[union-attr]
+                ref = adapter.step(
+                    embeds, ro, j, guidance=cfg.guidance, noise_level=cfg.noise_level
+                )
     out = adapter.step(embeds, ro, j, guidance=cfg.guidance, noise_level=cfg.noise_level)
     old = ro.log_probs[:, j].to(out.log_prob.device)
     ppo = ppo_clip_loss(
@@ -206,15 +226,21 @@ def step_loss(
         adv_clip_max=cfg.adv_clip_max,
     )
     reg = torch.zeros((), device=out.log_prob.device)
+    weight = cfg.reg_weight
     needs_ref = cfg.regulariser == "kl" or (cfg.regulariser == "sa_reg" and j < cfg.sa_reg_k)
-    if needs_ref:
+    if gardo is not None:
+        weight = cfg.gardo.beta
+        if gate is not None:
+            kl = kl_penalty(out.mean, ref.mean, out.std_t, out.dt, form=cfg.gardo.kl_form)
+            reg = kl[gate.to(kl.device)].mean()
+    elif needs_ref:
         with torch.no_grad(), adapter.reference():
             ref = adapter.step(embeds, ro, j, guidance=cfg.guidance, noise_level=cfg.noise_level)
         if cfg.regulariser == "kl":
             reg = kl_penalty(out.mean, ref.mean, out.std_t, out.dt, form=cfg.kl_form).mean()
         else:
             reg = sa_reg_w2(out.mean, ref.mean, j, cfg.sa_reg_k).mean()
-    loss = ppo.loss + cfg.reg_weight * reg
+    loss = ppo.loss + weight * reg
     stats = {
         "loss/policy": ppo.loss.detach(),
         "loss/reg": reg.detach(),
@@ -252,19 +278,31 @@ def ppo_update(
         for w0 in range(0, len(minibatches), gas):
             window = minibatches[w0 : w0 + gas]
             n_backward = len(window) * len(steps_j)
+            window_reg = 0.0
             for mb in window:
                 ro_mb, emb_mb, adv_mb = _take(batch, mb), embeds.select(mb), adv[mb]
                 ids_mb = [samples.sample_ids[int(i)] for i in mb]
+                gate_mb = (
+                    samples.gate[mb.to(samples.gate.device)] if samples.gate is not None else None
+                )
                 for j in steps_j:
                     emb_j = emb_mb
                     if noiser is not None:  # the rollout's noisy embeds of step j, again
                         emb_j = noiser.apply(emb_mb, ids_mb, j, float(ro_mb.sigmas[j]))
-                    loss, stats = step_loss(adapter, cfg, emb_j, ro_mb, adv_mb, j)
+                    loss, stats = step_loss(
+                        adapter, cfg, emb_j, ro_mb, adv_mb, j, gate=gate_mb, policy=policy
+                    )
                     (loss / n_backward).backward()
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
+                    window_reg += float(stats["loss/reg"])
                     count += 1
             accelerator = policy.accelerator
+            if policy.gardo is not None:  # this optimiser step's mean gated KL, over processes
+                kl = torch.tensor(window_reg / max(n_backward, 1), device=accelerator.device)
+                if accelerator.num_processes > 1:
+                    kl = accelerator.reduce(kl, reduction="mean")
+                policy.gardo.after_optimizer_step(float(kl))
             if accelerator.num_processes > 1:  # data parallel: average the LoRA gradients
                 for p in params:
                     g = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -414,7 +452,8 @@ def train(
         eps=cfg.adam_eps,
     )
     ema = EMA(params, decay=cfg.ema_decay, update_every=cfg.ema_every) if cfg.ema else None
-    policy = Policy(adapter, cfg, params, optimizer, ema, accelerator)
+    gardo = GARDOState(cfg.gardo) if cfg.gardo.beta > 0 else None
+    policy = Policy(adapter, cfg, params, optimizer, ema, accelerator, gardo)
     own_rewards = rewards is None
     reward_device = "cpu" if device.type == "cpu" else str(device)  # "cpu:0" under gloo
     if rewards is None:
@@ -441,6 +480,8 @@ def train(
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"])
+        if gardo is not None and state.get("gardo") is not None:
+            gardo.load_state_dict(state["gardo"], params[0].device)
         start, opt_steps = int(state["step"]), int(state["optimizer_steps"])
         if is_main:
             say(f"resumed from {path} at step {start}")
@@ -494,14 +535,21 @@ def train(
             live = torch.nonzero(adv != 0).flatten() if world == 1 else torch.arange(len(adv))
             embeds = adapter.encode_prompts(kept_prompts)
 
+            # GARDO: the KL's gate from the uncertainty over the step's batch
+            gate, gardo_m = _gardo_gate(gardo, cfg, results)
+
             # ---- 4. update: inner epochs of PPO over minibatches and timesteps -----
-            samples = StepSamples(batch, embeds, adv, live, kept_ids, noiser, step, rank)
+            samples = StepSamples(batch, embeds, adv, live, kept_ids, noiser, step, rank, gate)
             sums, grad_norms, opt_steps = ppo_update(policy, samples, opt_steps)
+            if gardo is not None:  # GARDO: the reference becomes the policy when due
+                gardo_m["gardo/reset"] = float(gardo.maybe_reset(params, opt_steps))
+                gardo_m["gardo/resets"] = float(gardo.resets)
             t_trained = time.perf_counter()
 
             # ---- 5. log, checkpoint, evaluate -------------------------------------
             m = group_metrics(results)
             m.update(sums)
+            m.update(gardo_m)
             if grad_norms:
                 m["train/grad_norm"] = float(np.mean(grad_norms))
             m["train/samples"] = float(len(live))
@@ -551,6 +599,24 @@ def train(
     return result
 
 
+def _gardo_gate(
+    gardo: GARDOState | None, cfg: TrainConfig, results: Sequence[GroupRewards]
+) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """GARDO's gate of the step's kept samples (group order, as the batch) and its metrics;
+    (None, {}) without GARDO."""
+    if gardo is None:
+        return None, {}
+    proxy = np.concatenate([r.quality["total"] for r in results])
+    aux = [np.concatenate([r.quality[a] for r in results]) for a in cfg.gardo.aux_scorers]
+    res = gardo.gate(proxy, aux)
+    metrics = {
+        "gardo/k": res.k,
+        "gardo/u_mean": float(res.u.mean()),
+        "gardo/gated_frac": float(res.gated.mean()),
+    }
+    return torch.as_tensor(res.gated), metrics
+
+
 def _save(policy: Policy, step: int, opt_steps: int, is_main: bool) -> Path:
     adapter, cfg, ema = policy.adapter, policy.cfg, policy.ema
     directory = ckpt.checkpoint_dir(cfg.output_dir, step)
@@ -566,6 +632,7 @@ def _save(policy: Policy, step: int, opt_steps: int, is_main: bool) -> Path:
             "lora": [p.detach().cpu().clone() for p in policy.params],
             "optimizer": policy.optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
+            "gardo": policy.gardo.state_dict() if policy.gardo is not None else None,
             "rng": ckpt.rng_state(),
             "config": cfg.model_dump(mode="json"),
         },

@@ -11,6 +11,8 @@ Both sources have the same two methods:
 
 The diversity method and its parameters are this run's (``TrainConfig.diversity`` and
 ``diversity_params``), sent with every request, so one service serves every ablation.
+GARDO's auxiliary scorers (``gardo.aux_scorers``) are requested with weight 0: their
+scores come back per scorer and leave Q, the rewards and the advantages unchanged.
 
 With DRIFT's reward-based selection (``subset``), a prompt's pool of ``pool_factor*G``
 images is first scored for quality only; ``divreward.core.select_subset`` picks G of
@@ -192,7 +194,7 @@ class ServiceRewards(_Base):
         try:
             fut = self.client.submit(
                 Group(prompt, images, group_id=group_id, metadata=prompt_metadata(prompt)),
-                quality=self.cfg.quality,
+                quality=self.cfg.request_quality(),
                 aggregation=self.cfg.aggregation,
                 diversity=diversity,
                 advantage={"eps": self.cfg.advantage_eps},
@@ -276,7 +278,7 @@ class InProcessRewards(_Base):
         if models is not None:
             self.models: dict[str, Any] = dict(models)
             return
-        names = [*cfg.quality]
+        names = [*cfg.request_quality()]
         if self.needs_embeddings or cfg.eval_metrics:
             names.append(cfg.inprocess_embedder)
         opts: dict[str, LoadOptions] = {}
@@ -302,11 +304,12 @@ class InProcessRewards(_Base):
         prompts = [prompt] * len(ims)
         meta = prompt_metadata(prompt)
         metadata = None if meta is None else [meta] * len(ims)
+        weights = self.cfg.request_quality()  # GARDO's auxiliary scorers with weight 0
         scores = {
             n: np.asarray(self.models[n].score_with_metadata(ims, prompts, metadata))
-            for n in self.cfg.quality
+            for n in weights
         }
-        scores["total"] = combine_quality(self.cfg.quality, scores, len(ims), self.cfg.aggregation)
+        scores["total"] = combine_quality(weights, scores, len(ims), self.cfg.aggregation)
         return scores
 
     def _quality_total(self, prompt: str, images: torch.Tensor, group_id: str) -> np.ndarray:

@@ -20,10 +20,13 @@ Two modes:
     ``namespace``), rewards the whole group with the diversity method, and answers each
     part. ``scores[i]`` is then the diversity-aware reward ``R_i`` (Flow-GRPO computes
     its advantages from it as usual); ``info["advantages"]`` holds the service's own
-    group advantages. The call blocks until its groups are complete: the trainer must
-    submit all of a step's calls concurrently (Flow-GRPO does, through its executor). A
-    group still incomplete after ``assembly_timeout_s`` fails with a 408 error that says
-    how many of its k images arrived.
+    group advantages. With ``{"method": "gardo"}``, which shapes advantages only,
+    ``scores`` is the quality Q and the shaping is in ``info["advantages"]``: the training
+    script must use those (they are not std-normalised) instead of its own. The call
+    blocks until its groups are complete: the trainer must submit all of a step's calls
+    concurrently (Flow-GRPO does, through its executor). A group still incomplete after
+    ``assembly_timeout_s`` fails with a 408 error that says how many of its k images
+    arrived.
 
 ``flow_grpo_scales=True`` multiplies each scorer's raw score by Flow-GRPO's scale
 (:data:`~divreward.adapters._common.FLOW_GRPO_SCALES`: PickScore / 26, CLIPScore as

@@ -11,6 +11,8 @@ A call sees a slice of the batch, not necessarily whole groups. With ``group_siz
 (TRL's ``num_generations``), each prompt's images are sent as parts that the service
 assembles into whole groups (see :mod:`divreward.adapters.flow_grpo`, mode (b)) and the
 function returns the diversity-aware rewards; without it, the quality of each image.
+TRL computes its advantages from these rewards, so a method that shapes advantages only
+(``gardo``) is refused: its effect would be lost.
 Prompts given as chat messages (lists of ``{"role", "content"}`` dicts) are reduced to
 the text of their last user message.
 """
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from divreward.adapters._common import ServiceRewards, split_by_prompt
+from divreward.methods import METHODS
 
 __all__ = ["prompt_text", "reward_func"]
 
@@ -55,6 +58,13 @@ def reward_func(
     group_size, diversity, namespace, assembly_timeout_s, and the client's); ``name`` is
     the function's ``__name__`` (TRL logs each reward under it).
     """
+    method = (options.get("diversity") or {}).get("method")
+    if method in METHODS and not METHODS[method].in_rewards:
+        raise ValueError(
+            f"diversity: method {method!r} shapes the advantages only, and TRL computes its "
+            "advantages from the rewards this function returns, so it would have no effect; "
+            "use a method whose diversity enters the rewards (diversegrpo, drift)"
+        )
     service = ServiceRewards.from_options(url, options)
 
     def f(prompts: Sequence[Any], completions: Any, **columns: Any) -> list[float | None]:

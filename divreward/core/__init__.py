@@ -3,8 +3,8 @@
 Group-relative advantages (Eq. 3), multi-reward aggregation (sum, GDPO), DiverseGRPO's
 spectral-clustering creativity bonus (Sec. 3.2), DRIFT's intra-group diversity reward,
 decoupled advantages, reward-based subsets and noise-conditioned prompting (Sec. 5,
-App. E-F), and the evaluation metrics of both papers. ``docs/algorithms.md`` gives every
-equation and pinned choice.
+App. E-F), GARDO's diversity-aware advantage shaping, and the evaluation metrics of both
+papers. ``docs/algorithms.md`` gives every equation and pinned choice.
 
 Importing this package loads numpy and pydantic only (no torch, ray, fastapi or
 scikit-learn); scipy.linalg / scipy.sparse are loaded by the solvers that use them
@@ -17,6 +17,7 @@ from divreward.core import (
     config,
     diversegrpo,
     drift,
+    gardo,
     metrics,
     prompt_noise,
     spectral,
@@ -26,6 +27,7 @@ from divreward.core.aggregate import *  # noqa: F403
 from divreward.core.config import *  # noqa: F403
 from divreward.core.diversegrpo import *  # noqa: F403
 from divreward.core.drift import *  # noqa: F403
+from divreward.core.gardo import *  # noqa: F403
 from divreward.core.metrics import *  # noqa: F403
 from divreward.core.prompt_noise import *  # noqa: F403
 from divreward.core.spectral import *  # noqa: F403
@@ -36,6 +38,7 @@ __all__ = [
     *config.__all__,
     *diversegrpo.__all__,
     *drift.__all__,
+    *gardo.__all__,
     *metrics.__all__,
     *prompt_noise.__all__,
     *spectral.__all__,

@@ -17,6 +17,7 @@ __all__ = [
     "CoreConfig",
     "DRIFTConfig",
     "DiverseGRPOConfig",
+    "GARDOConfig",
     "NoisePromptConfig",
     "SubsetConfig",
 ]
@@ -25,6 +26,7 @@ SigmaMode = Literal["nn_median", "fixed", "all_pairs_median", "local_scaling"]
 KMode = Literal["eigengap", "eigengap_literal", "fixed", "silhouette"]
 Solver = Literal["auto", "exact", "approximate"]
 SubsetStrategy = Literal["concentrated", "contrast", "none"]
+GARDOVariant = Literal["code", "paper"]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -141,6 +143,28 @@ class DRIFTConfig(DocumentedModel):
     lambda*R_int) (Eq. 12 then Eq. 3)."""
 
 
+class GARDOConfig(DocumentedModel):
+    """GARDO's diversity-aware advantage shaping (arXiv 2512.24138, Sec. 4.3 / Eq. 8, and its
+    public code, tinnerhrhe/GARDO ``PerPromptStatTracker.update(type='gardo')``).
+
+    d_i = min_{j != i} (1 - clip(cos(e_i, e_j), -1, 1)) on unit-normalised embeddings (the
+    cosine distance to the nearest other image of the group). Only positive advantages are
+    scaled, so the sign of an advantage never flips and a novel but bad image gets no bonus.
+    The rewards are the combined quality, unchanged: the shaping acts on advantages only.
+    """
+
+    model_config = _FROZEN
+
+    variant: GARDOVariant = "code"
+    """'code' (default, the public code): A'_i = (r_i - mean_g r) * w_i with w_i = 1 if r_i <
+    mean_g r, else d_i / mean_j d_j (mean over the whole group, so the ratio averages 1 over the
+    group). 'paper' (Eq. 8): A'_i = A_i * d_i if A_i > 0, else A_i (no group-mean
+    normalisation of d)."""
+    std_normalize: bool = False
+    """Divide the centred rewards by the group's population std + advantage.eps (GRPO's Eq. 3)
+    before shaping. GARDO (Sec. 4.4, and its code's 'gardo' branch) does not: default False."""
+
+
 class SubsetConfig(DocumentedModel):
     """DRIFT's reward-based sample selection (Sec. 5.1, App. E)."""
 
@@ -185,6 +209,7 @@ class CoreConfig(DocumentedModel):
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
     diversegrpo: DiverseGRPOConfig = Field(default_factory=DiverseGRPOConfig)
     drift: DRIFTConfig = Field(default_factory=DRIFTConfig)
+    gardo: GARDOConfig = Field(default_factory=GARDOConfig)
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
     noise_prompt: NoisePromptConfig = Field(default_factory=NoisePromptConfig)
     recall_k: int = Field(default=10, ge=1)

@@ -122,7 +122,7 @@ class DiversityGroup(_message.Message):
     def __init__(self, images: _Optional[_Union[BytesList, _Mapping]] = ..., embeddings: _Optional[_Union[FloatMatrix, _Mapping]] = ..., quality: _Optional[_Union[FloatList, _Mapping]] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class DiversityGroupResult(_message.Message):
-    __slots__ = ("group_id", "size", "method", "bonus", "labels", "k", "sigma", "diversity", "intrinsic", "rewards", "advantages", "embeddings")
+    __slots__ = ("group_id", "size", "method", "bonus", "labels", "k", "sigma", "diversity", "intrinsic", "rewards", "advantages", "embeddings", "nn_distance", "advantage_weight")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,8 @@ class DiversityGroupResult(_message.Message):
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    NN_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     size: int
     method: str
@@ -147,7 +149,9 @@ class DiversityGroupResult(_message.Message):
     rewards: FloatList
     advantages: FloatList
     embeddings: FloatMatrix
-    def __init__(self, group_id: _Optional[str] = ..., size: _Optional[int] = ..., method: _Optional[str] = ..., bonus: _Optional[_Union[FloatList, _Mapping]] = ..., labels: _Optional[_Union[IntList, _Mapping]] = ..., k: _Optional[int] = ..., sigma: _Optional[float] = ..., diversity: _Optional[_Union[FloatList, _Mapping]] = ..., intrinsic: _Optional[_Union[FloatList, _Mapping]] = ..., rewards: _Optional[_Union[FloatList, _Mapping]] = ..., advantages: _Optional[_Union[FloatList, _Mapping]] = ..., embeddings: _Optional[_Union[FloatMatrix, _Mapping]] = ...) -> None: ...
+    nn_distance: FloatList
+    advantage_weight: FloatList
+    def __init__(self, group_id: _Optional[str] = ..., size: _Optional[int] = ..., method: _Optional[str] = ..., bonus: _Optional[_Union[FloatList, _Mapping]] = ..., labels: _Optional[_Union[IntList, _Mapping]] = ..., k: _Optional[int] = ..., sigma: _Optional[float] = ..., diversity: _Optional[_Union[FloatList, _Mapping]] = ..., intrinsic: _Optional[_Union[FloatList, _Mapping]] = ..., rewards: _Optional[_Union[FloatList, _Mapping]] = ..., advantages: _Optional[_Union[FloatList, _Mapping]] = ..., embeddings: _Optional[_Union[FloatMatrix, _Mapping]] = ..., nn_distance: _Optional[_Union[FloatList, _Mapping]] = ..., advantage_weight: _Optional[_Union[FloatList, _Mapping]] = ...) -> None: ...
 
 class DriftParams(_message.Message):
     __slots__ = ("lam", "gamma", "num_steps", "sigma_clip", "decoupled", "method")
@@ -165,6 +169,16 @@ class DriftParams(_message.Message):
     method: str
     def __init__(self, lam: _Optional[float] = ..., gamma: _Optional[float] = ..., num_steps: _Optional[int] = ..., sigma_clip: _Optional[float] = ..., decoupled: _Optional[bool] = ..., method: _Optional[str] = ...) -> None: ...
 
+class GARDOParams(_message.Message):
+    __slots__ = ("variant", "std_normalize", "method")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    STD_NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    std_normalize: bool
+    method: str
+    def __init__(self, variant: _Optional[str] = ..., std_normalize: _Optional[bool] = ..., method: _Optional[str] = ...) -> None: ...
+
 class AdvantageConfig(_message.Message):
     __slots__ = ("eps",)
     EPS_FIELD_NUMBER: _ClassVar[int]
@@ -172,30 +186,34 @@ class AdvantageConfig(_message.Message):
     def __init__(self, eps: _Optional[float] = ...) -> None: ...
 
 class DiversityRequest(_message.Message):
-    __slots__ = ("groups", "diversegrpo", "drift", "advantage", "return_embeddings", "request_id")
+    __slots__ = ("groups", "diversegrpo", "drift", "gardo", "advantage", "return_embeddings", "request_id")
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     DIVERSEGRPO_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    GARDO_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     groups: _containers.RepeatedCompositeFieldContainer[DiversityGroup]
     diversegrpo: DiverseGRPOParams
     drift: DriftParams
+    gardo: GARDOParams
     advantage: AdvantageConfig
     return_embeddings: bool
     request_id: str
-    def __init__(self, groups: _Optional[_Iterable[_Union[DiversityGroup, _Mapping]]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, groups: _Optional[_Iterable[_Union[DiversityGroup, _Mapping]]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., gardo: _Optional[_Union[GARDOParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DiversityResolvedParams(_message.Message):
-    __slots__ = ("diversegrpo", "drift", "advantage")
+    __slots__ = ("diversegrpo", "drift", "gardo", "advantage")
     DIVERSEGRPO_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    GARDO_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     diversegrpo: DiverseGRPOParams
     drift: DriftParams
+    gardo: GARDOParams
     advantage: AdvantageConfig
-    def __init__(self, diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., gardo: _Optional[_Union[GARDOParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("name", "kind", "source", "revision", "weights_hash", "profile", "device", "dtype", "options")
@@ -360,7 +378,7 @@ class NoDiversityParams(_message.Message):
     def __init__(self, method: _Optional[str] = ...) -> None: ...
 
 class RewardParams(_message.Message):
-    __slots__ = ("quality", "diversegrpo", "drift", "none", "advantage", "aggregation")
+    __slots__ = ("quality", "diversegrpo", "drift", "none", "gardo", "advantage", "aggregation")
     class QualityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -372,15 +390,17 @@ class RewardParams(_message.Message):
     DIVERSEGRPO_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     NONE_FIELD_NUMBER: _ClassVar[int]
+    GARDO_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     quality: _containers.ScalarMap[str, float]
     diversegrpo: DiverseGRPOParams
     drift: DriftParams
     none: NoDiversityParams
+    gardo: GARDOParams
     advantage: AdvantageConfig
     aggregation: str
-    def __init__(self, quality: _Optional[_Mapping[str, float]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., aggregation: _Optional[str] = ...) -> None: ...
+    def __init__(self, quality: _Optional[_Mapping[str, float]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., gardo: _Optional[_Union[GARDOParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., aggregation: _Optional[str] = ...) -> None: ...
 
 class ModelsResponse(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "scorers", "embedder", "defaults", "limits")
@@ -465,12 +485,13 @@ class RewardGroupResult(_message.Message):
     def __init__(self, group_id: _Optional[str] = ..., size: _Optional[int] = ..., quality: _Optional[_Mapping[str, FloatList]] = ..., diversity: _Optional[_Union[DiversityGroupResult, _Mapping]] = ..., rewards: _Optional[_Iterable[float]] = ..., advantages: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RewardsRequest(_message.Message):
-    __slots__ = ("groups", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "request_id", "aggregation")
+    __slots__ = ("groups", "quality", "diversegrpo", "drift", "none", "gardo", "advantage", "return_embeddings", "request_id", "aggregation")
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     DIVERSEGRPO_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     NONE_FIELD_NUMBER: _ClassVar[int]
+    GARDO_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -480,11 +501,12 @@ class RewardsRequest(_message.Message):
     diversegrpo: DiverseGRPOParams
     drift: DriftParams
     none: NoDiversityParams
+    gardo: GARDOParams
     advantage: AdvantageConfig
     return_embeddings: bool
     request_id: str
     aggregation: str
-    def __init__(self, groups: _Optional[_Iterable[_Union[RewardGroup, _Mapping]]] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
+    def __init__(self, groups: _Optional[_Iterable[_Union[RewardGroup, _Mapping]]] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., gardo: _Optional[_Union[GARDOParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
 
 class RewardsResponse(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "groups", "models", "params")
@@ -572,7 +594,7 @@ class AssembledGroup(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., group_positions: _Optional[_Iterable[int]] = ..., result: _Optional[_Union[RewardGroupResult, _Mapping]] = ...) -> None: ...
 
 class GroupSubmission(_message.Message):
-    __slots__ = ("group_id", "prompt", "images", "group_size", "namespace", "quality", "diversegrpo", "drift", "none", "advantage", "return_embeddings", "assembly_timeout_s", "request_id", "aggregation", "metadata")
+    __slots__ = ("group_id", "prompt", "images", "group_size", "namespace", "quality", "diversegrpo", "drift", "none", "gardo", "advantage", "return_embeddings", "assembly_timeout_s", "request_id", "aggregation", "metadata")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -582,6 +604,7 @@ class GroupSubmission(_message.Message):
     DIVERSEGRPO_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     NONE_FIELD_NUMBER: _ClassVar[int]
+    GARDO_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ASSEMBLY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
@@ -597,13 +620,14 @@ class GroupSubmission(_message.Message):
     diversegrpo: DiverseGRPOParams
     drift: DriftParams
     none: NoDiversityParams
+    gardo: GARDOParams
     advantage: AdvantageConfig
     return_embeddings: bool
     assembly_timeout_s: float
     request_id: str
     aggregation: str
     metadata: str
-    def __init__(self, group_id: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_size: _Optional[int] = ..., namespace: _Optional[str] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., assembly_timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
+    def __init__(self, group_id: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., group_size: _Optional[int] = ..., namespace: _Optional[str] = ..., quality: _Optional[_Union[FloatMap, _Mapping]] = ..., diversegrpo: _Optional[_Union[DiverseGRPOParams, _Mapping]] = ..., drift: _Optional[_Union[DriftParams, _Mapping]] = ..., none: _Optional[_Union[NoDiversityParams, _Mapping]] = ..., gardo: _Optional[_Union[GARDOParams, _Mapping]] = ..., advantage: _Optional[_Union[AdvantageConfig, _Mapping]] = ..., return_embeddings: _Optional[bool] = ..., assembly_timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class GroupSubmissionResult(_message.Message):
     __slots__ = ("request_id", "profile", "warnings", "group_id", "rewards", "advantages", "quality", "groups", "models", "params", "error")

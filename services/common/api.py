@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from divreward.services.common.auth import BearerAuth
 from divreward.services.common.errors import ServiceError, to_service_error
 from divreward.services.common.idempotency import CachedReply, IdempotencyCache
-from divreward.services.common.metrics import ServiceMetrics
+from divreward.services.common.metrics import ServiceMetrics, request_tenant
 from divreward.services.common.wire import (
     encode,
     error_response,
@@ -72,14 +72,14 @@ class Api:
         """Read, parse, (replay,) call the serving layer with a timeout, encode."""
         binary = wants_binary(request)
         t0 = time.perf_counter()
-        gauge = self.metrics.inflight.labels(self.app_name)
-        gauge.inc()
+        tenant = request_tenant(request)
+        end = self.metrics.begin(route, tenant)
         request_id: str | None = None
         try:
             body = await read_body(request, self.limits.max_request_bytes)
             req = parse_body(body, request.headers.get("content-type"), model)
             request_id = getattr(req, "request_id", None)
-            self.metrics.images.labels(self.app_name, route).inc(count_images(req))
+            self.metrics.images(route, count_images(req), tenant)
 
             async def compute() -> CachedReply:
                 response = encode(await self.with_timeout(call(req)), binary)
@@ -87,15 +87,15 @@ class Api:
 
             reply, replayed = await self.cache.run(route, request_id, body, compute)
             if replayed:
-                self.metrics.replays.labels(self.app_name, route).inc()
-            self.metrics.count(route, reply.status, time.perf_counter() - t0)
+                self.metrics.replay(route, tenant)
+            self.metrics.count(route, reply.status, time.perf_counter() - t0, tenant=tenant)
             return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
         except Exception as exc:
             err = self.failed(route, exc)
-            self.metrics.count(route, err.status, time.perf_counter() - t0, err.kind)
+            self.metrics.count(route, err.status, time.perf_counter() - t0, err.kind, tenant)
             return error_response(err, request_id, binary)
         finally:
-            gauge.dec()
+            end()
 
     async def handle_get(
         self, request: Request, route: str, call: Callable[[], Awaitable[BaseModel]]
@@ -103,11 +103,12 @@ class Api:
         """A body-less route: call with a timeout, encode, count."""
         binary = wants_binary(request)
         t0 = time.perf_counter()
+        tenant = request_tenant(request)
         try:
             response = encode(await self.with_timeout(call()), binary)
         except Exception as exc:
             err = self.failed(route, exc)
-            self.metrics.count(route, err.status, time.perf_counter() - t0, err.kind)
+            self.metrics.count(route, err.status, time.perf_counter() - t0, err.kind, tenant)
             return error_response(err, None, binary)
-        self.metrics.count(route, 200, time.perf_counter() - t0)
+        self.metrics.count(route, 200, time.perf_counter() - t0, tenant=tenant)
         return response

@@ -144,7 +144,7 @@ def make_app(title: str, description: str, api: Api, routers: Iterable[APIRouter
                 else:
                     api.auth.check(request.headers.get("authorization"), peer)
             except ServiceError as err:
-                api.metrics.errors.labels(api.app_name, "auth", err.kind).inc()
+                api.metrics.count("auth", err.status, kind=err.kind)
                 return error_response(err, None, wants_binary(request))
         return await call_next(request)
 

@@ -153,7 +153,8 @@ async def readyz(request: Request) -> Response:
 
 @_plain_router.get(
     "/metrics",
-    summary="Prometheus metrics of this ingress replica (text exposition format).",
+    summary="This ingress replica's own metrics (Prometheus text), a debugging view: "
+    "Prometheus scrapes Ray's metrics export, which covers every replica and node.",
     response_class=PlainTextResponse,
     responses=error_responses(*COMMON_ERRORS),
 )

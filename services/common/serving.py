@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 #: Called as observe(model_name, n_images, batch_sizes, model_seconds) after every model
-#: call; the ingress points it at its Prometheus metrics.
+#: call; the ingress points it at its metrics (images by route, tenant and scorer).
 Observer = Callable[[str, int, list[int], float], None]
 
 

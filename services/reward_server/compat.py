@@ -21,8 +21,9 @@ Pickle dialect (Flow-GRPO, ddpo-pytorch and their reference servers; verl-omni/d
 
 Flow-Factory JSON dialect, at base URLs ``/compat/flow-factory/<mode>`` with ``mode`` =
 ``pointwise``, ``groupwise`` (the server's default diversity method), or
-``groupwise-<method>`` for each diversity method (``groupwise-diversegrpo``,
-``groupwise-drift``):
+``groupwise-<method>`` for each diversity method whose diversity enters the rewards
+(``groupwise-diversegrpo``, ``groupwise-drift``; not GARDO, which shapes advantages only,
+and Flow-Factory computes its advantages from the rewards itself):
     ``GET <base>/health`` -> ``{"status": "ok"}``; ``POST <base>/compute`` JSON
     ``{"prompt": [str], "image": [base64 PNG], "video": null, "condition_images": null,
     "condition_videos": null, "kwargs": {...}}`` -> ``{"rewards": [float]}``. Pointwise:
@@ -41,7 +42,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
-from divreward.methods import embedding_methods
+from divreward.methods import METHODS, embedding_methods
 from divreward.safe_pickle import PickleDecodeError, UnsafePickleError, safe_dumps, safe_loads
 from divreward.schema import (
     IMAGE_JSON_SCHEMA,
@@ -53,6 +54,7 @@ from divreward.schema import (
 from divreward.services.common.api import Api
 from divreward.services.common.app import error_responses
 from divreward.services.common.errors import ServiceError, from_validation_error, to_service_error
+from divreward.services.common.metrics import request_tenant
 from divreward.services.common.wire import error_response, read_body
 from divreward.services.reward_server.serving import combine_quality
 
@@ -195,23 +197,23 @@ async def _pickle_dialect(request: Request) -> Response:
         data = safe_loads(body, what="request body")
         if isinstance(data, dict) and "meta_datas" in data:
             reply = await _geneval_reply(request.app.state.serving, data)
-            api.metrics.requests.labels(api.app_name, route, "200").inc()
+            api.metrics.count(route, 200, tenant=request_tenant(request))
             return _pickle_reply(reply)
         images, prompts = _parse_pickle_body(data)
         param = request.query_params.get("scorers")
         scorers = [s for s in param.split(",") if s] if param else None
         scores = await _quality(request.app.state.serving, images, prompts, scorers)
     except UnsafePickleError as exc:
-        api.metrics.errors.labels(api.app_name, route, "invalid_request").inc()
+        api.metrics.count(route, 400, kind="invalid_request", tenant=request_tenant(request))
         return _pickle_error(ServiceError(400, "invalid_request", f"refused: {exc}"))
     except PickleDecodeError as exc:
-        api.metrics.errors.labels(api.app_name, route, "invalid_request").inc()
+        api.metrics.count(route, 400, kind="invalid_request", tenant=request_tenant(request))
         return _pickle_error(ServiceError(400, "invalid_request", str(exc)))
     except Exception as exc:
         err = to_service_error(exc)
-        api.metrics.errors.labels(api.app_name, route, err.kind).inc()
+        api.metrics.count(route, err.status, kind=err.kind, tenant=request_tenant(request))
         return _pickle_error(err)
-    api.metrics.requests.labels(api.app_name, route, "200").inc()
+    api.metrics.count(route, 200, tenant=request_tenant(request))
     return _pickle_reply({"scores": scores, "outputs": scores})
 
 
@@ -265,8 +267,13 @@ for _path, _summary in [
 
 
 # ------------------------------------------------------------------ Flow-Factory
-#: pointwise, groupwise, and groupwise-<method> for every method of the method table.
-MODES = ("pointwise", "groupwise", *(f"groupwise-{m.name}" for m in embedding_methods()))
+#: pointwise, groupwise, and groupwise-<method> for every method of the method table whose
+#: diversity enters the rewards (Flow-Factory makes its own advantages from them).
+MODES = (
+    "pointwise",
+    "groupwise",
+    *(f"groupwise-{m.name}" for m in embedding_methods() if m.in_rewards),
+)
 Mode = str
 
 
@@ -357,6 +364,15 @@ async def _groupwise(serving: Any, req: FlowFactoryRequest, mode: Mode) -> list[
     if mode != "groupwise":
         body["diversity"] = {"method": mode.removeprefix("groupwise-")}
     resp = await serving.rewards(RewardsRequest.model_validate(body))
+    method = resp.params.diversity.method
+    if not METHODS[method].in_rewards:  # the server's default: its shaping would be lost
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"the server's default diversity method {method!r} shapes advantages only, and "
+            "Flow-Factory computes its advantages from the rewards: use a groupwise-<method> "
+            "mode or /v1/rewards",
+        )
     return list(resp.groups[0].rewards)
 
 
@@ -393,7 +409,8 @@ async def flow_factory_health(mode: ModeParam) -> Response:
 )
 async def flow_factory_compute(mode: ModeParam, request: Request) -> Response:
     api = _api(request)
-    route = f"compat:flow-factory:{mode}"
+    # an unknown mode is not a label value (the metrics' labels stay a bounded set)
+    route = f"compat:flow-factory:{mode}" if mode in MODES else "compat:flow-factory"
     try:
         m = _check_mode(mode)
         req = _ff_parse(await read_body(request, api.limits.max_request_bytes))
@@ -405,7 +422,7 @@ async def flow_factory_compute(mode: ModeParam, request: Request) -> Response:
             rewards = await _groupwise(serving, req, m)
     except Exception as exc:
         err = to_service_error(exc)
-        api.metrics.errors.labels(api.app_name, route, err.kind).inc()
+        api.metrics.count(route, err.status, kind=err.kind, tenant=request_tenant(request))
         return _ff_error(err)
-    api.metrics.requests.labels(api.app_name, route, "200").inc()
+    api.metrics.count(route, 200, tenant=request_tenant(request))
     return JSONResponse({"rewards": rewards})

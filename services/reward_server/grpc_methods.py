@@ -42,6 +42,7 @@ from divreward.services.common.api import Api
 from divreward.services.common.auth import grpc_peer_host
 from divreward.services.common.errors import ServiceError
 from divreward.services.common.idempotency import CachedReply
+from divreward.services.common.metrics import DEFAULT_TENANT
 from divreward.services.reward_server.groups import GroupService
 
 __all__ = ["GRPC_SERVICER_FUNCTION", "RewardGrpcMethods", "grpc_code"]
@@ -111,6 +112,7 @@ class RewardGrpcMethods:
         request: Message,
         req: BaseModel,
         call: Callable[[Any], Awaitable[BaseModel]],
+        tenant: str = DEFAULT_TENANT,
     ) -> Message:
         """``call(req)`` with the ingress's timeout; a repeated request_id with the same
         bytes is answered from the idempotency cache (a different body is a 409)."""
@@ -121,11 +123,15 @@ class RewardGrpcMethods:
 
         route = f"grpc:{rpc}"
         body = request.SerializeToString(deterministic=True)
-        cached, replayed = await self.api.cache.run(
-            route, getattr(req, "request_id", None), body, compute
-        )
+        end = self.api.metrics.begin(route, tenant)
+        try:
+            cached, replayed = await self.api.cache.run(
+                route, getattr(req, "request_id", None), body, compute
+            )
+        finally:
+            end()
         if replayed:
-            self.api.metrics.replays.labels(self.api.app_name, route).inc()
+            self.api.metrics.replay(route, tenant)
         reply = _REPLIES[rpc]()
         reply.ParseFromString(cached.body)
         return reply

@@ -159,6 +159,12 @@ def test_trl_reward_func_with_groups(service: Service, http: Any) -> None:
     np.testing.assert_allclose(out, ref.rewards, rtol=RTOL, atol=ATOL)
 
 
+def test_trl_refuses_a_method_that_shapes_advantages_only() -> None:
+    """TRL makes its advantages from the returned rewards: GARDO's shaping would be lost."""
+    with pytest.raises(ValueError, match="method 'gardo' shapes the advantages only"):
+        trl.reward_func("http://127.0.0.1:1", group_size=3, diversity={"method": "gardo"})
+
+
 def test_verl_compute_score_quality(service: Service, http: Any) -> None:
     compute_score = verl.make_compute_score(service.http_url, downsize=False)
     img = make_images(1, 450)[0]

@@ -11,6 +11,7 @@ from divreward.core import (
     cosine_distances,
     diversegrpo_rewards,
     drift_rewards,
+    gardo_rewards,
     intra_group_diversity,
     spectral_cluster,
 )
@@ -19,7 +20,7 @@ _X, _ = modes((3, 2), noise=0.3, dim=32)
 _Q = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 
 
-@pytest.mark.parametrize("fn", [diversegrpo_rewards, drift_rewards])
+@pytest.mark.parametrize("fn", [diversegrpo_rewards, drift_rewards, gardo_rewards])
 def test_group_functions_reject_bad_input(fn) -> None:
     with pytest.raises(
         ValueError, match=r"embeddings: expected a 2-D array .*got 1-D shape \(5,\)"

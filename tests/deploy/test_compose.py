@@ -46,7 +46,9 @@ def _flag(cmd: list[str], name: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose missing")
-@pytest.mark.parametrize("profiles", [[], ["tiny"], ["trainer"], ["tiny", "trainer"]])
+@pytest.mark.parametrize(
+    "profiles", [[], ["tiny"], ["trainer"], ["tiny", "trainer"], ["monitoring"]]
+)
 def test_docker_compose_config_validates(profiles: list[str]) -> None:
     args = [a for p in profiles for a in ("--profile", p)]
     proc = subprocess.run(
@@ -96,6 +98,39 @@ def test_head_workers_and_deploy_match_the_cluster_layout(prefix: str) -> None:
         assert "deploy" not in head  # the head is CPU only
     for svc in (head, worker):  # Ray drains a node on SIGTERM for up to 30 s
         assert svc["stop_grace_period"] == "45s"
+
+
+def test_monitoring_profile_scrapes_every_ray_node() -> None:
+    """Prometheus resolves every service that runs `ray start` and scrapes the port each
+    one exports its metrics on; Grafana gets that Prometheus and the generated dashboard."""
+    services = compose()["services"]
+    ray_nodes = {
+        name: svc["command"]
+        for name, svc in services.items()
+        if svc.get("command", [])[:2] == ["ray", "start"]
+    }
+    assert set(ray_nodes) == {"head", "worker", "tiny-head", "tiny-worker"}
+    ports = {int(_flag(cmd, "--metrics-export-port")) for cmd in ray_nodes.values()}
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    assert set(sd["names"]) == set(ray_nodes) and {sd["port"]} == ports
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    grafana = services["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "divreward.yaml").read_text())[
+        "providers"
+    ]
+    dashboards = provider["options"]["path"]
+    assert mounts["./deploy/grafana/divreward.json"] == f"{dashboards}/divreward.json"
+    assert all(s.get("profiles") == ["monitoring"] for s in (services["prometheus"], grafana))
 
 
 def test_the_weights_service_fills_the_cache_before_the_head_starts() -> None:
@@ -166,8 +201,9 @@ def _localize_head(cmd: list[str], gcs: int, dash: int) -> list[str]:
 
 
 def _per_node(cmd: list[str], extra: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+    metrics = "--metrics-export-port="
     return [
-        *cmd,
+        *(f"{metrics}{free_port()}" if a.startswith(metrics) else a for a in cmd),
         *extra,
         "--node-ip-address=127.0.0.1",
         f"--dashboard-agent-listen-port={free_port()}",

@@ -365,3 +365,28 @@ def test_network_policies_open_the_api_ports_to_trainers_only(
         assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == (
             "trainer"
         )
+
+
+def test_the_pod_monitor_scrapes_rays_metrics_export_on_every_ray_pod() -> None:
+    """deploy/k8s/monitoring/: every Ray pod (head and workers, KubeRay's label) on the
+    container port KubeRay names ``metrics`` (8080, the metrics agent), the port the
+    NetworkPolicy opens to the ``monitoring`` namespace (docs/operations.md)."""
+    (pm,) = render(K8S / "monitoring")
+    assert (pm["apiVersion"], pm["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    assert pm["spec"]["selector"] == {"matchLabels": {"ray.io/is-ray-node": "yes"}}
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    (nodes,) = [
+        o
+        for o in render(K8S / "network")
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "divreward-ray-nodes"
+    ]
+    assert nodes["spec"]["podSelector"] == pm["spec"]["selector"]
+    scrape = [
+        r
+        for r in nodes["spec"]["ingress"]
+        if {"protocol": "TCP", "port": 8080} in r.get("ports", [])
+    ]
+    assert scrape and scrape[0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]

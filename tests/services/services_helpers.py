@@ -15,8 +15,10 @@ from divreward.core import (
     AdvantageConfig,
     DiverseGRPOConfig,
     DRIFTConfig,
+    GARDOConfig,
     diversegrpo_rewards,
     drift_rewards,
+    gardo_rewards,
     group_advantages,
 )
 from divreward.images import encode_image
@@ -92,6 +94,7 @@ def reference_group(
     core = {
         "diversegrpo": (diversegrpo_rewards, DiverseGRPOConfig),
         "drift": (drift_rewards, DRIFTConfig),
+        "gardo": (gardo_rewards, GARDOConfig),
     }
     if method in core:
         run, config = core[method]
@@ -150,3 +153,20 @@ def deploy_extra_reward_app(
     )
     launch.deploy([(build_reward_app(args), app, route)], timeout_s=240.0)
     return {"http": serve_app.base_url + route, "grpc": serve_app.extra["grpc_url"]}
+
+
+def quality_only_app(name: str, prefix: str, tiny_dir: Path) -> dict[str, Any]:
+    """A config file's entry: a reward app on the tiny PickScore, without diversity."""
+    return {
+        "name": name,
+        "route_prefix": prefix,
+        "import_path": "divreward.services.reward_server.app:build_app",
+        "args": {
+            "profile": "tiny",
+            "tiny_models_dir": str(tiny_dir),
+            "default_diversity": "none",
+            "diversity_app": "no-diversity-here",
+            "scorers": {"pickscore": {"num_cpus": 0.1}},
+            "ingress": {"num_cpus": 0.1},
+        },
+    }

@@ -14,6 +14,7 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
+from helpers import prom_samples, prom_sum
 from services_helpers import (
     b64,
     local_embed,
@@ -82,7 +83,7 @@ def _rewards_body(groups: list[list[np.ndarray]], **extra: Any) -> dict[str, Any
     }
 
 
-@pytest.mark.parametrize("method", ["diversegrpo", "drift", "none"])
+@pytest.mark.parametrize("method", ["diversegrpo", "drift", "gardo", "none"])
 def test_rewards_equal_core_math_on_the_models_outputs(
     client: httpx.Client, serve_app: Any, groups: list[list[np.ndarray]], method: str
 ) -> None:
@@ -134,8 +135,24 @@ def test_rewards_equal_core_math_on_the_models_outputs(
         elif method == "drift":
             np.testing.assert_array_equal(res.diversity.diversity, ref["diversity"])
             np.testing.assert_array_equal(res.diversity.intrinsic, ref["intrinsic"])
-        # Population-std normalisation: advantages of the combined reward have mean 0.
-        assert abs(float(np.mean(res.advantages))) < 1e-9
+        if method == "gardo":
+            np.testing.assert_array_equal(res.diversity.nn_distance, ref["nn_distance"])
+            np.testing.assert_array_equal(res.diversity.advantage_weight, ref["weight"])
+            # by hand on the served embeddings (the code variant, no std): rewards = Q;
+            # A = (Q - mean Q) * w, w = 1 below the mean, else d / mean(d)
+            assert emb is not None
+            u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+            dist = 1.0 - np.clip(u @ u.T, -1.0, 1.0)
+            np.fill_diagonal(dist, np.inf)
+            d = dist.min(axis=1)
+            q = ref["total"]
+            w = np.where(q < q.mean(), 1.0, d / d.mean())
+            np.testing.assert_allclose(res.diversity.nn_distance, d, atol=1e-12)
+            np.testing.assert_array_equal(res.rewards, q)
+            np.testing.assert_allclose(res.advantages, (q - q.mean()) * w, atol=1e-12)
+            assert np.all(np.sign(res.advantages) == np.sign(q - q.mean()))
+        else:  # Population-std normalisation: advantages of the combined reward have mean 0.
+            assert abs(float(np.mean(res.advantages))) < 1e-9
 
 
 def test_binary_form_gives_the_json_answer(
@@ -335,17 +352,31 @@ def test_models_health_ready(client: httpx.Client, serve_app: Any) -> None:
     assert own.status_code == 200 and own.json()["deployments"] == {"embedder:dreamsim": "ok"}
 
 
-def test_prometheus_metrics(client: httpx.Client, groups: list[list[np.ndarray]]) -> None:
-    client.post("/v1/rewards", json=_rewards_body(groups[:1]))
-    client.post("/v1/rewards", json={"groups": [{"prompt": "x", "images": ["aGVsbG8="]}]})
-    text = client.get("/metrics").text
-    assert 'divreward_requests_total{app="reward",route="/v1/rewards",status="200"}' in text
-    assert 'divreward_requests_total{app="reward",route="/v1/rewards",status="400"}' in text
-    assert 'divreward_errors_total{app="reward",kind="invalid_image",route="/v1/rewards"}' in text
-    assert "divreward_request_latency_seconds_bucket" in text
-    assert 'divreward_model_images_total{app="reward",model="pickscore"}' in text
-    assert 'divreward_batch_images_bucket{app="reward",le="8.0",model="dreamsim"}' in text
-    assert 'divreward_images_total{app="reward",route="/v1/rewards"}' in text
+def test_prometheus_metrics(
+    client: httpx.Client, serve_app: Any, groups: list[list[np.ndarray]]
+) -> None:
+    """The replica's own /metrics: requests, errors, images by scorer, time, by route and
+    tenant (one ingress replica, so these are every request's counts)."""
+    before = prom_samples(client.get("/metrics").text)
+    assert client.post("/v1/rewards", json=_rewards_body(groups[:1])).status_code == 200
+    bad = {"groups": [{"prompt": "x", "images": ["aGVsbG8="]}]}
+    assert client.post("/v1/rewards", json=bad).status_code == 400
+    after = prom_samples(client.get("/metrics").text)
+
+    def delta(name: str, **labels: str) -> float:
+        return prom_sum(after, name, **labels) - prom_sum(before, name, **labels)
+
+    call = {"route": "/v1/rewards", "tenant": "default"}
+    assert delta("divreward_requests_total", **call, status_class="2xx") == 1
+    assert delta("divreward_requests_total", **call, status_class="4xx") == 1
+    assert delta("divreward_errors_total", **call, kind="invalid_image") == 1
+    assert delta("divreward_request_seconds_count", **call) == 2
+    assert delta("divreward_request_images_total", **call) == len(groups[0]) + 1
+    for scorer in [*serve_app.scorers, "dreamsim"]:
+        assert delta("divreward_images_total", **call, scorer=scorer) == len(groups[0]), scorer
+    # the forward passes that served the call: the embedder's one batch of the group
+    assert delta("divreward_batch_images_bucket", scorer="dreamsim", le="8.0") == 1
+    assert prom_sum(after, "divreward_inflight_requests") == 0
 
 
 def test_openapi_document(client: httpx.Client) -> None:
@@ -378,8 +409,8 @@ def test_request_id_replays_and_conflicts(
     assert first.status_code == again.status_code == 200
     assert first.content == again.content
     assert RewardsResponse.model_validate_json(first.content).request_id == "retry-1"
-    text = client.get("/metrics").text
-    assert 'divreward_idempotent_replays_total{app="reward",route="/v1/rewards"} 1.0' in text
+    replays = prom_samples(client.get("/metrics").text)
+    assert prom_sum(replays, "divreward_idempotent_replays_total", route="/v1/rewards") == 1
     other = client.post("/v1/rewards", json={**body, "diversity": {"method": "drift"}})
     assert other.status_code == 409
     err = other.json()["error"]

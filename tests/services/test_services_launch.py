@@ -22,7 +22,8 @@ import httpx
 import pytest
 import yaml
 from fixtures_serve import TEST_RESOURCE, TEST_RESOURCE_TOTAL
-from services_helpers import b64, make_group, png
+from helpers import prom_samples, prom_sum
+from services_helpers import b64, make_group, png, quality_only_app
 
 from divreward.services.common.deployments import Overrides, merge_options
 from divreward.services.deploy_config import default_config
@@ -243,23 +244,6 @@ APP, PREFIX, TOKENS_ENV = "launch_overrides", "/launch-overrides", "DIVREWARD_LA
 INGRESS_SLOTS = 1.5
 
 
-def _quality_only_app(name: str, prefix: str, tiny_dir: Path) -> dict[str, Any]:
-    """A config file's entry: a reward app on the tiny PickScore, without diversity."""
-    return {
-        "name": name,
-        "route_prefix": prefix,
-        "import_path": "divreward.services.reward_server.app:build_app",
-        "args": {
-            "profile": "tiny",
-            "tiny_models_dir": str(tiny_dir),
-            "default_diversity": "none",
-            "diversity_app": "no-diversity-here",
-            "scorers": {"pickscore": {"num_cpus": 0.1}},
-            "ingress": {"num_cpus": 0.1},
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def overridden_app(serve_app: Any) -> Iterator[str]:
     """A quality-only reward app deployed from a config with overrides; its URL."""
@@ -267,7 +251,7 @@ def overridden_app(serve_app: Any) -> Iterator[str]:
 
     from divreward.services import launch
 
-    app = _quality_only_app(APP, PREFIX, serve_app.tiny_models_dir)
+    app = quality_only_app(APP, PREFIX, serve_app.tiny_models_dir)
     app["args"]["auth"] = {"enabled": True, "tokens_env": TOKENS_ENV}
     app |= {
         # The token exists only in the replicas' environment, through the app's runtime_env.
@@ -313,10 +297,9 @@ def test_overrides_and_runtime_env_reach_the_running_deployments(
     r = httpx.post(f"{overridden_app}/v1/score", json=body, headers=auth, timeout=120)
     assert r.status_code == 200, r.text
     # user_config: 8 images in forward passes of at most 3 -> 3 passes, 8 images.
-    metrics = httpx.get(f"{overridden_app}/metrics", headers=auth, timeout=30).text
-    labels = '{app="reward",model="pickscore"}'
-    assert f"divreward_batch_images_count{labels} 3.0" in metrics, metrics
-    assert f"divreward_batch_images_sum{labels} 8.0" in metrics
+    metrics = prom_samples(httpx.get(f"{overridden_app}/metrics", headers=auth, timeout=30).text)
+    assert prom_sum(metrics, "divreward_batch_images_count", scorer="pickscore") == 3, metrics
+    assert prom_sum(metrics, "divreward_batch_images_sum", scorer="pickscore") == 8
 
 
 @pytest.mark.serve
@@ -392,7 +375,7 @@ def test_readyz_answers_503_at_once_naming_a_deployment_without_a_replica(
 
     name, prefix = "launch_readyz", "/launch-readyz"
     app = {
-        **_quality_only_app(name, prefix, serve_app.tiny_models_dir),
+        **quality_only_app(name, prefix, serve_app.tiny_models_dir),
         "deployments": [
             {
                 "name": "scorer-pickscore",

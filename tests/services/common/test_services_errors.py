@@ -225,16 +225,16 @@ def test_unknown_names_are_400s_listing_the_valid_ones(
         400,
         "unknown_name",
     )
-    assert err.error.valid == ["diversegrpo", "drift", "none"]
+    assert err.error.valid == ["diversegrpo", "drift", "gardo", "none"]
     assert err.error.message == (
-        "diversity.method: unknown method 'vendi'; valid: diversegrpo, drift, none"
+        "diversity.method: unknown method 'vendi'; valid: diversegrpo, drift, gardo, none"
     )
     err = _error(
         client.post("/v1/diversity", json={"groups": [{"images": good}], "method": "none"}),
         400,
         "unknown_name",
     )
-    assert err.error.valid == ["diversegrpo", "drift"]
+    assert err.error.valid == ["diversegrpo", "drift", "gardo"]
 
 
 def test_unsupported_media_type_is_a_415(client: httpx.Client) -> None:

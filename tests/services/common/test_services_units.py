@@ -119,8 +119,10 @@ def test_unknown_method_is_a_400_listing_the_valid_ones() -> None:
         )
     err = from_validation_error(info.value)
     assert err.status == 400 and err.kind == "unknown_name"
-    assert err.valid == ["diversegrpo", "drift", "none"]
-    assert err.message == "diversity.method: unknown method 'dpp'; valid: diversegrpo, drift, none"
+    assert err.valid == ["diversegrpo", "drift", "gardo", "none"]
+    assert err.message == (
+        "diversity.method: unknown method 'dpp'; valid: diversegrpo, drift, gardo, none"
+    )
 
 
 def test_parameter_errors_drop_the_union_tag_from_the_path() -> None:

@@ -243,6 +243,12 @@ def test_flow_factory_groupwise_gets_the_group_rewards(
             404,
             "unknown Flow-Factory mode 'sideways'",
         ),
+        (  # GARDO shapes advantages only; Flow-Factory makes its own from the rewards
+            "groupwise-gardo/compute",
+            _ff_payload(["a"], make_images(1, 313)),
+            404,
+            "unknown Flow-Factory mode 'groupwise-gardo'",
+        ),
     ],
 )
 def test_flow_factory_errors_name_the_field(

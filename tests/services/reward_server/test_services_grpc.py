@@ -18,7 +18,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from helpers import Service, make_images
+from helpers import Service, make_images, prom_samples, prom_sum
 
 from divreward.client import (
     Group,
@@ -76,17 +76,51 @@ def _same_group(a: RewardGroupResult, b: RewardGroupResult) -> None:
 
 
 # ------------------------------------------------------------------ unary
-@pytest.mark.parametrize("method", ["diversegrpo", "drift", "none"])
-def test_grpc_rewards_equal_http_rewards(http: Any, grpc_client: Any, method: str) -> None:
+@pytest.mark.parametrize(
+    "diversity",
+    [
+        {"method": "diversegrpo"},
+        {"method": "drift"},
+        {"method": "gardo"},
+        {"method": "gardo", "variant": "paper", "std_normalize": True},
+        {"method": "none"},
+    ],
+)
+def test_grpc_rewards_equal_http_rewards(
+    http: Any, grpc_client: Any, diversity: dict[str, Any]
+) -> None:
     groups = [
         Group("a red bicycle", make_images(5, 1), group_id="g0"),
         Group("a blue car", make_images(3, 2), group_id="g1"),
     ]
-    via_http = http.rewards(groups, diversity={"method": method})
-    via_grpc = grpc_client.rewards(groups, diversity={"method": method})
+    via_http = http.rewards(groups, diversity=diversity)
+    via_grpc = grpc_client.rewards(groups, diversity=diversity)
     assert isinstance(via_grpc, RewardsResponse)
     for a, b in zip(via_http.groups, via_grpc.groups, strict=True):
         _same_group(a, b)
+    if diversity["method"] == "gardo":  # its fields cross the wire, and its settings
+        assert via_grpc.params.diversity.model_dump() == {
+            "method": "gardo",
+            "variant": diversity.get("variant", "code"),
+            "std_normalize": diversity.get("std_normalize", False),
+        }
+        for a, b in zip(via_http.groups, via_grpc.groups, strict=True):
+            assert a.diversity.nn_distance is not None and b.diversity.nn_distance is not None
+            np.testing.assert_allclose(a.diversity.nn_distance, b.diversity.nn_distance, atol=1e-5)
+            w, grpc_w = a.diversity.advantage_weight, b.diversity.advantage_weight
+            np.testing.assert_allclose(w, grpc_w, rtol=RTOL, atol=1e-4)
+            # the hand formula on the served quality and distances
+            q, d = np.asarray(b.rewards), np.asarray(b.diversity.nn_distance)
+            c = q - q.mean()
+            if diversity.get("std_normalize"):
+                c = c / (q.std() + 1e-6)
+            hand = (
+                np.where(c > 0, d, 1.0)
+                if "variant" in diversity
+                else (np.where(q < q.mean(), 1.0, d / d.mean()))
+            )
+            np.testing.assert_allclose(b.diversity.advantage_weight, hand, atol=1e-12)
+            np.testing.assert_allclose(b.advantages, c * hand, atol=1e-9)
     assert via_grpc.params == via_http.params
     assert via_grpc.models == via_http.models
     assert via_grpc.profile == "tiny" and via_grpc.warnings == via_http.warnings
@@ -185,11 +219,9 @@ def test_a_retried_request_id_is_answered_from_the_cache(service: Service) -> No
 
     def replays() -> float:
         text = httpx.get(service.http_url + "/metrics", timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("divreward_idempotent_replays_total") and "grpc:Rewards" in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return prom_sum(
+            prom_samples(text), "divreward_idempotent_replays_total", route="grpc:Rewards"
+        )
 
     with grpc.insecure_channel(service.grpc_target) as channel:
         stub = pb_grpc.RewardServiceStub(channel)
