@@ -403,7 +403,7 @@ def _plots(out: Path, facts: dict[str, Any], res: dict[str, Any], cfg: Any) -> N
                 ax.plot([e["quality"]], [e[key]], mk, ms=9, label=name)
         for q in res.get("levels", []):
             ax.axvline(q, color="grey", ls=":", lw=1)
-        ax.set_xlabel("final mean quality")
+        ax.set_xlabel("mean quality (methods: final checkpoints; GRPO: its checkpoints)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
