@@ -465,8 +465,9 @@ def write_report(
     """collapse.md, summary.json and each world's plots, from the records under ``out``."""
     out = Path(out)
     exp = out / "experiment.json"
-    if skipped is None and exp.is_file():
-        skipped = json.loads(exp.read_text()).get("skipped", {})
+    experiment = json.loads(exp.read_text()) if exp.is_file() else {}
+    if skipped is None:
+        skipped = experiment.get("skipped", {})
     skipped = skipped or {}
     lines = [
         "# Mode-collapse experiment: results",
@@ -483,6 +484,17 @@ def write_report(
         + ". GRPO: its checkpoints.",
         "",
     ]
+    for i, sess in enumerate(experiment.get("sessions", []), 1):
+        per = ", ".join(
+            f"{w} {t['wall_s']:.0f} s ({t['runs']} runs)"
+            for w, t in sess.get("timings", {}).items()
+        )
+        state = "finished" if sess.get("finished") else "in progress or interrupted"
+        lines.append(
+            f"Session {i} (started {sess['started']}, {state}): {sess.get('wall_s', 0):.0f} s "
+            f"wall; {per}."
+        )
+        lines.append("")
     summary: dict[str, Any] = {"worlds": {}}
     for world in cfg.worlds:
         facts = load_world(out, world, cfg)

@@ -410,7 +410,8 @@ def _run_jobs(jobs: list[Job], cfg: CollapseConfig, log: Callable[[str], None]) 
 
     if cfg.workers == 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs, 1):
-            done(*_guarded(job), i)
+            rid, rec, err = _guarded(job)
+            done(rid, rec, err, i)
         return errors
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
@@ -420,7 +421,8 @@ def _run_jobs(jobs: list[Job], cfg: CollapseConfig, log: Callable[[str], None]) 
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in finished:
                 i += 1
-                done(*f.result(), i)
+                rid, rec, err = f.result()
+                done(rid, rec, err, i)
     return errors
 
 
@@ -469,6 +471,37 @@ def run_experiment(cfg: CollapseConfig, log: Callable[[str], None] = print) -> P
         torch.set_num_threads(before)
 
 
+def _run_world(
+    world: World,
+    cfg: CollapseConfig,
+    deploy: Callable[[World], str],
+    skipped: dict[str, dict[str, str]],
+    log: Callable[[str], None],
+) -> tuple[int, dict[str, str]]:
+    """Prepare ``world``, evaluate its base and oracle, run what is not done yet; the
+    number of runs trained and the errors of the failed ones."""
+    out = Path(cfg.out_dir)
+    wdir = out / world.name
+    (wdir / "runs").mkdir(parents=True, exist_ok=True)
+    (wdir / "prompts.txt").write_text(world.prompt + "\n")
+    model_dir = world.prepare(Path(cfg.cache_dir), log=log)
+    ev = Evaluator(world)
+    _write_world_files(world, ev, model_dir, cfg, out)
+    avail = method_availability(world)
+    skipped[world.name] = {m: avail[m] for m in cfg.methods if avail[m]}
+    for m, why in skipped[world.name].items():
+        log(f"{world.name}: skipping {m}: {why}")
+    jobs = _jobs(cfg, world, "", skipped[world.name])
+    todo = [j for j in jobs if not (cfg.resume and _done(j, world))]
+    log(f"{world.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already done")
+    if not todo:
+        return 0, {}
+    url = deploy(world)
+    if url:
+        log(f"{world.name}: reward service at {url}")
+    return len(todo), _run_jobs([dataclasses.replace(j, url=url) for j in todo], cfg, log)
+
+
 def _run_experiment(cfg: CollapseConfig, log: Callable[[str], None]) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -482,38 +515,35 @@ def _run_experiment(cfg: CollapseConfig, log: Callable[[str], None]) -> Path:
         if cfg.backend == "service"
         else contextlib.nullcontext(lambda world: "")
     )
+    exp = out / "experiment.json"
+    sessions = json.loads(exp.read_text()).get("sessions", []) if exp.is_file() else []
+    session: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    sessions.append(session)
+
+    def write(final: bool) -> None:
+        session.update(timings=timings, wall_s=time.perf_counter() - t0, finished=final)
+        summary = {
+            "config": cfg.model_dump(mode="json"),
+            "skipped": skipped,
+            "failed": {w: sorted(f) for w, f in failed.items()},
+            "sessions": sessions,
+        }
+        exp.write_text(json.dumps(summary, indent=2) + "\n")
+        write_report(out, cfg, skipped=skipped)
+
     with service as deploy:
         for world in worlds:
             tw = time.perf_counter()
-            wdir = out / world.name
-            (wdir / "runs").mkdir(parents=True, exist_ok=True)
-            (wdir / "prompts.txt").write_text(world.prompt + "\n")
-            model_dir = world.prepare(Path(cfg.cache_dir), log=log)
-            ev = Evaluator(world)
-            _write_world_files(world, ev, model_dir, cfg, out)
-            avail = method_availability(world)
-            skipped[world.name] = {m: avail[m] for m in cfg.methods if avail[m]}
-            for m, why in skipped[world.name].items():
-                log(f"{world.name}: skipping {m}: {why}")
-            jobs = _jobs(cfg, world, "", skipped[world.name])
-            todo = [j for j in jobs if not (cfg.resume and _done(j, world))]
-            log(f"{world.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already done")
-            if todo:
-                url = deploy(world)
-                todo = [dataclasses.replace(j, url=url) for j in todo]
-                if url:
-                    log(f"{world.name}: reward service at {url}")
-                failed[world.name] = _run_jobs(todo, cfg, log)
-            timings[world.name] = {"wall_s": time.perf_counter() - tw, "runs": len(todo)}
-    summary = {
-        "config": cfg.model_dump(mode="json"),
-        "timings": timings,
-        "wall_s": time.perf_counter() - t0,
-        "skipped": skipped,
-        "failed": {w: sorted(f) for w, f in failed.items()},
-    }
-    (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_report(out, cfg, skipped=skipped)
+            try:
+                n_runs, failed[world.name] = _run_world(world, cfg, deploy, skipped, log)
+            except Exception:  # the next world still runs; a rerun resumes this one
+                err = traceback.format_exc()
+                log(f"{world.name}: FAILED\n{err}")
+                failed[world.name] = {"<world>": err}
+                n_runs = 0
+            timings[world.name] = {"wall_s": time.perf_counter() - tw, "runs": n_runs}
+            write(final=False)
+    write(final=True)
     log(f"wrote {out}/collapse.md and plots in {time.perf_counter() - t0:.0f}s")
     return out
 
