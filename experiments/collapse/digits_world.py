@@ -209,12 +209,9 @@ def quality_scorer(opts: LoadOptions) -> PartsScorer:
 
 def regressor_scorer_plugin(opts: LoadOptions) -> RegressorScorer:
     """Plugin ``experiments.collapse.digits_world:regressor_scorer_plugin``; options
-    ``model_dir``, ``member`` (0 or 1), ``within``, ``between`` (the regressors were
-    fitted to the default preferred digits)."""
-    check_options(opts, {"model_dir", "member", *DEFAULT_WEIGHTS}, "digits regressor")
-    w = weights_from(opts, DEFAULT_WEIGHTS, "digits regressor")
-    path = _model_dir(opts, "digits regressor")
-    return regressor_scorer(opts, "digits_quality_regressor", path, _NAMES, w)
+    ``model_dir`` (the world's directory), ``member`` (0 or 1), ``within``, ``between``
+    (the regressors were fitted to the default preferred digits)."""
+    return regressor_scorer(opts, "digits quality regressor", _NAMES, DEFAULT_WEIGHTS)
 
 
 class Digits(CnnWorld):

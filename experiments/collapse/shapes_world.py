@@ -82,7 +82,6 @@ import torch
 from divreward.models.base import LoadOptions
 from experiments.collapse.data import _BACKGROUND, sample_dataset
 from experiments.collapse.oracles import centring, redness
-from experiments.collapse.plugins import _model_dir
 from experiments.collapse.pretrain import ToySettings
 from experiments.collapse.quality import (
     CnnWorld,
@@ -164,10 +163,7 @@ def quality_scorer(opts: LoadOptions) -> PartsScorer:
 def regressor_scorer_plugin(opts: LoadOptions) -> RegressorScorer:
     """Plugin ``experiments.collapse.shapes_world:regressor_scorer_plugin``; options
     ``model_dir`` (the world's directory), ``member`` (0 or 1), ``within``, ``between``."""
-    check_options(opts, {"model_dir", "member", *DEFAULT_WEIGHTS}, "shapes regressor")
-    w = weights_from(opts, DEFAULT_WEIGHTS, "shapes regressor")
-    path = _model_dir(opts, "shapes regressor")
-    return regressor_scorer(opts, "shapes_quality_regressor", path, _NAMES, w)
+    return regressor_scorer(opts, "shapes quality regressor", _NAMES, DEFAULT_WEIGHTS)
 
 
 class ShapesWithinMode(CnnWorld):
