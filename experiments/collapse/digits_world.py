@@ -74,7 +74,6 @@ __all__ = [
     "Digits",
     "DigitsSettings",
     "digits_oracle_policy",
-    "ideal_distribution",
     "quality",
     "quality_scorer",
     "regressor_scorer_plugin",
@@ -168,11 +167,6 @@ def quality(
     between: float = 1.0,
 ) -> PartsQuality:
     return PartsQuality(_NAMES, (within, between), _parts_fn(classifier, preferred))
-
-
-def ideal_distribution(k: int = 10) -> np.ndarray:
-    """p* = uniform over the 10 classes."""
-    return np.full(k, 1.0 / k)
 
 
 def digits_oracle_policy(

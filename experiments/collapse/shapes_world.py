@@ -76,7 +76,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from divreward.models.base import LoadOptions
@@ -101,7 +100,6 @@ __all__ = [
     "SIGMA",
     "ShapesSettings",
     "ShapesWithinMode",
-    "ideal_distribution",
     "quality",
     "quality_scorer",
     "regressor_scorer_plugin",
@@ -137,11 +135,6 @@ class ShapesSettings(ToySettings):
 
     def build_extra(self, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
         return build_regressors(self, parts, len(_NAMES), out, log)
-
-
-def ideal_distribution(k: int) -> np.ndarray:
-    """p* = uniform over the K modes."""
-    return np.full(k, 1.0 / k)
 
 
 def shapes_oracle_policy(
