@@ -4,4 +4,5 @@ import sys
 
 from experiments.collapse.runner import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in the training worker processes (spawned)
+    sys.exit(main())

@@ -330,13 +330,22 @@ def reward_service(cfg: CollapseConfig) -> Iterator[Callable[[World], str]]:
         ray_init_kwargs={"log_to_driver": False},
     )
 
+    deployed: list[str] = []
+
     def deploy(world: World) -> str:
+        from ray import serve
+
+        if deployed:  # the previous world's applications go first: no stale replica serves
+            serve.delete(launch.REWARD_APP)
+            serve.delete(launch.DIVERSITY_APP)
+        deployed.append(world.name)
         scorers = {s.name: s.entry(**model) for s in [world.quality(), *world.aux_scorers()]}
         reward = RewardAppArgs.model_validate(dict(scorers=scorers, **common))
         emb = world.embedder()
         diversity = DiversityAppArgs.model_validate(
             dict(embedder={**emb.entry(**model), "name": emb.name}, **common)
         )
+        assert reward.diversity_app == launch.DIVERSITY_APP
         launch.deploy_services(reward, diversity, timeout_s=300.0)
         if cfg.transport == "grpc":
             return f"grpc://127.0.0.1:{grpc_port}"
@@ -346,6 +355,35 @@ def reward_service(cfg: CollapseConfig) -> Iterator[Callable[[World], str]]:
         yield deploy
     finally:
         launch.shutdown()
+
+
+def check_service(url: str, world: World, ev: Evaluator, images: np.ndarray) -> None:
+    """The service scores and embeds ``images`` ((N, 3, H, W) uint8) as this process's
+    plugin objects do: it serves this world, not another. RuntimeError otherwise."""
+    from divreward.client import Group, RewardClient
+
+    hwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    names = [world.quality().name, *(s.name for s in world.aux_scorers())]
+    kw = {"application": "reward"} if url.startswith("grpc") else {}
+    with RewardClient(url, downsize=False, **kw) as client:
+        res = client.rewards(
+            [Group(world.prompt, hwc)],
+            quality=dict.fromkeys(names, 1.0),
+            diversity={"method": "diversegrpo"},
+            return_embeddings=True,
+        )
+    g = res.groups[0]
+    local = {world.quality().name: ev.quality, **ev.aux}
+    prompts = [world.prompt] * len(hwc)
+    for name in names:
+        want = local[name].score(list(hwc), prompts)
+        if not np.allclose(np.asarray(g.quality[name]), want, atol=1e-5):
+            raise RuntimeError(
+                f"{world.name}: the service's {name} scores differ from the plugin's"
+            )
+    emb = ev.embedder.embed(list(hwc))
+    if not np.allclose(np.asarray(g.diversity.embeddings), emb, atol=1e-4):
+        raise RuntimeError(f"{world.name}: the service's embeddings differ from the plugin's")
 
 
 # ----------------------------------------------------------------------------- experiment
@@ -498,7 +536,8 @@ def _run_world(
         return 0, {}
     url = deploy(world)
     if url:
-        log(f"{world.name}: reward service at {url}")
+        check_service(url, world, ev, np.load(wdir / "base.grid.npy", allow_pickle=False))
+        log(f"{world.name}: reward service at {url} (serves this world's scores)")
     return len(todo), _run_jobs([dataclasses.replace(j, url=url) for j in todo], cfg, log)
 
 
