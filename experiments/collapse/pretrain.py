@@ -10,11 +10,18 @@
   labels (the experiment's mode labeller and the quality scorer's backbone);
 - ``embedder.safetensors``: another ModeCNN (other seed, other data) whose unit-normalised
   penultimate features are the diversity embedding;
-- ``meta.json``: K, the mode names, the prompts, the held-out accuracies, the base
-  model's mode histogram on ODE samples of the generic prompt, and the timings.
+- ``meta.json``: the world's name, K, the mode names, the prompts, the held-out
+  accuracies, the base model's mode histogram on ODE samples of the generic prompt, the
+  timings, and what the world's ``build_extra`` adds.
 
-A directory is keyed by every setting that changes its contents, and written through a
-temporary directory then renamed, so an interrupted build is never used.
+The data come from the settings: :class:`ToySettings` renders the K-modes world; another
+world subclasses it (``world`` names it, ``sample`` draws its labelled images per split,
+``mode_names``, ``build_extra`` writes its extra artefacts, e.g. the within-mode worlds'
+quality regressors) and goes through the same training.
+
+A directory is keyed by every setting that changes its contents (and the world's name),
+and written through a temporary directory then renamed, so an interrupted build is never
+used.
 """
 
 from __future__ import annotations

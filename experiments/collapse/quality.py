@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from divreward.models.base import LoadOptions, ModelInfo, Scorer, check_prompts
 from experiments.collapse.data import SIZE
 from experiments.collapse.nets import FlowNet, ModeCNN
-from experiments.collapse.plugins import images_to_tensor
+from experiments.collapse.plugins import _model_dir, images_to_tensor
 from experiments.collapse.pretrain import (
     ToySettings,
     ensure_toy,
@@ -187,20 +187,21 @@ class RegressorScorer(Scorer):
 
 
 def regressor_scorer(
-    opts: LoadOptions,
-    name: str,
-    model_dir: Path,
-    names: tuple[str, ...],
-    weights: tuple[float, ...],
+    opts: LoadOptions, what: str, names: tuple[str, ...], defaults: dict[str, float]
 ) -> RegressorScorer:
+    """A world's regressor plugin: options ``model_dir`` (the world's directory),
+    ``member`` (0 or 1) and the parts' weights (``defaults``: option name -> default)."""
+    check_options(opts, {"model_dir", "member", *defaults}, what)
+    weights = weights_from(opts, defaults, what)
+    model_dir = _model_dir(opts, what)
     member = opts.options.get("member", 0)
     if member not in (0, 1):
-        raise ValueError(f"{name}: option member must be 0 or 1, got {member!r}")
+        raise ValueError(f"{what}: option member must be 0 or 1, got {member!r}")
     path = model_dir / f"regressor{member}.safetensors"
     if not path.is_file():
-        raise ValueError(f"{name}: {path} missing; rebuild the world's directory")
-    options = {"member": member, **dict(zip(names, weights, strict=True))}
-    return RegressorScorer(name, path, names, weights, options)
+        raise ValueError(f"{what}: {path} missing; rebuild the world's directory")
+    options = {"member": member, **dict(zip(defaults, weights, strict=True))}
+    return RegressorScorer(what.replace(" ", "_"), path, names, weights, options)
 
 
 Classify = Callable[[torch.Tensor], np.ndarray]
