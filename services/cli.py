@@ -195,7 +195,7 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
     from divreward.services.config import AuthArgs
 
     for app in config.get("applications", []):
-        AuthArgs.model_validate(app.get("args", {}).get("auth", {})).load_tokens()
+        AuthArgs.model_validate(app.get("args", {}).get("auth", {})).load_tenants()
     return config
 
 

@@ -23,6 +23,7 @@ from divreward.services.common.auth import BearerAuth
 from divreward.services.common.errors import ServiceError, to_service_error
 from divreward.services.common.idempotency import CachedReply, IdempotencyCache
 from divreward.services.common.metrics import ServiceMetrics
+from divreward.services.common.tenants import bind_call
 from divreward.services.common.wire import (
     encode,
     error_response,
@@ -72,6 +73,7 @@ class Api:
         """Read, parse, (replay,) call the serving layer with a timeout, encode."""
         binary = wants_binary(request)
         t0 = time.perf_counter()
+        bind_call(route=route)  # the route template, for the fair queue's metrics
         gauge = self.metrics.inflight.labels(self.app_name)
         gauge.inc()
         request_id: str | None = None

@@ -102,3 +102,14 @@ class ServiceMetrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this registry, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# -- fair queue hooks (minimal versions; the ray.serve.metrics ones replace them) -------
+def record_queue_wait(route: str, tenant: str, seconds: float) -> None:
+    """One group's wait in the ingress's fair queue, before its model calls."""
+    return None
+
+
+def record_rejected(route: str, tenant: str) -> None:
+    """One request refused with a 429 because its tenant was over its quota."""
+    return None
