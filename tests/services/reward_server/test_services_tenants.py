@@ -133,9 +133,9 @@ def test_the_client_rides_out_429s_and_every_request_is_answered(
     from divreward.client import RetryPolicy, RewardClient
 
     policy = RetryPolicy(max_attempts=30, backoff_s=0.2, max_total_wait_s=200.0)
-    with RewardClient(tenants_app["http"], token=TOKEN_A, retry=policy, downsize=False) as client:
-        with concurrent.futures.ThreadPoolExecutor(5) as pool:
-            results = list(pool.map(lambda s: client.score(_images(10 + s), ["a", "b"]), range(5)))
+    client = RewardClient(tenants_app["http"], token=TOKEN_A, retry=policy, downsize=False)
+    with client, concurrent.futures.ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(lambda s: client.score(_images(10 + s), ["a", "b"]), range(5)))
     assert [len(r.scores["clipscore"]) for r in results] == [2] * 5
 
 
