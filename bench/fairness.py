@@ -110,7 +110,7 @@ def summarise(log: list, start: float, end: float) -> dict[str, Any]:
     return {
         "groups": len(done),
         "failed": failed,
-        "images_per_s": sum(x[2] for x in done) / (end - start),
+        "images_per_s": sum(x[2] for x in done) / max(end - start, 1e-9),
         "p50_s": float(np.percentile(lat, 50)),
         "p95_s": float(np.percentile(lat, 95)),
     }
@@ -237,20 +237,22 @@ def main() -> int:
         bodies = {
             t: [body(f, k) for k, f in enumerate(jpeg_groups(8, s))] for s, t in enumerate(TENANTS)
         }
-        secs, warm = opts.phase_seconds, opts.warmup
+        secs, skip = opts.phase_seconds, opts.warmup
         heavy = opts.heavy_clients
         # a short warm-up of every path (first calls load models, compile, ...)
-        asyncio.run(phase(url, tokens, {"light": 2, "heavy": 2}, bodies, 5.0, 5.0))
+        warm = asyncio.run(phase(url, tokens, {"light": 2, "heavy": 2}, bodies, 5.0, 0.0))
+        if any(r["failed"] or not r["groups"] for r in warm.values()):
+            raise RuntimeError(f"the warm-up calls failed: {warm}")
         phases: dict[str, Any] = {}
         print("phase alone ...", flush=True)
-        phases["alone"] = asyncio.run(phase(url, tokens, {"light": 1}, bodies, secs, warm))
+        phases["alone"] = asyncio.run(phase(url, tokens, {"light": 1}, bodies, secs, skip))
         print("phase beside-flood ...", flush=True)
         phases["beside-flood"] = asyncio.run(
-            phase(url, tokens, {"light": 1, "heavy": heavy}, bodies, secs, warm)
+            phase(url, tokens, {"light": 1, "heavy": heavy}, bodies, secs, skip)
         )
         print("phase 2:1 ...", flush=True)
         phases["2:1"] = asyncio.run(
-            phase(url, tokens, {"gold": heavy, "heavy": heavy}, bodies, secs, warm)
+            phase(url, tokens, {"gold": heavy, "heavy": heavy}, bodies, secs, skip)
         )
     finally:
         launch.shutdown()
@@ -272,7 +274,7 @@ def main() -> int:
             "batch": opts.batch,
             "max_inflight_images": 2 * opts.batch,
             "phase_seconds": secs,
-            "warmup": warm,
+            "warmup": skip,
             "heavy_clients": heavy,
             "weights": TENANTS,
         },
