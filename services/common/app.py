@@ -150,7 +150,10 @@ def make_app(title: str, description: str, api: Api, routers: Iterable[APIRouter
             # Whose call this is: for the metrics (request.state) and, through the
             # call's context, for the fair queue and group assembly.
             request.state.tenant = tenant
-            bind_call(tenant, _app_path(request))
+            # the route as routed (a /t/<token>/ prefix is gone from the scope by now:
+            # never a token in a metric's label)
+            root = str(request.scope.get("root_path", "") or "")
+            bind_call(tenant, str(request.scope["path"]).removeprefix(root) or "/")
         return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)

@@ -156,9 +156,21 @@ def test_http_requests_carry_their_tenant(tmp_path: Path, monkeypatch: pytest.Mo
         seen.append((getattr(request.state, "tenant", "-"), current_tenant()))
         return response
 
+    from divreward.services.common.tenants import current_call
+
+    routes: list[str] = []
+
+    @app.post("/compat/probe")
+    async def probe() -> dict[str, str]:  # inside the auth middleware: the call's context
+        routes.append(current_call().route)
+        return {"tenant": current_tenant()}
+
     # the spy runs outside the auth middleware (added later = outermost): it sees the
     # request's state; the context variable is set only inside, so it reads 'local'
     c = TestClient(app, client=("10.1.2.3", 40001))
     assert c.get("/v1/models", headers={"authorization": "Bearer tok-b"}).status_code == 200
     assert c.post("/t/tok-a/compat/pickle", content=b"").status_code != 401
     assert [t for t, _ in seen] == ["team-b", "team-a"]
+    # inside, the call's context has the tenant and the route, never the token
+    assert c.post("/t/tok-a/compat/probe").json() == {"tenant": "team-a"}
+    assert routes == ["/compat/probe"]
