@@ -220,6 +220,8 @@ class FairScheduler:
         if entry.granted:
             self.in_flight -= entry.images
             self._done.append((now, entry.images))
+            while self._done[0][0] < now - RATE_WINDOW_S:  # keep the window only
+                self._done.popleft()
         else:
             self._heap = [item for item in self._heap if item[2] is not entry]
             heapq.heapify(self._heap)
