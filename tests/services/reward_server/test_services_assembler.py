@@ -190,6 +190,9 @@ class _Ctx:
     def set_details(self, details: str) -> None:
         self.details = details
 
+    def set_trailing_metadata(self, metadata: list[tuple[str, str]]) -> None:
+        self.trailing = list(metadata)
+
 
 def _servicer(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> RewardGrpcMethods:
     from divreward.services.common.api import Api
@@ -268,3 +271,22 @@ def test_assembly_settings_come_from_the_reward_app_config() -> None:
     assert GroupService(SimpleNamespace(args=args), args=AssemblyArgs()).args == AssemblyArgs()
     with pytest.raises(ValidationError, match="default_timeout"):
         RewardAppArgs(assembly={"default_timeout": 7.5})
+
+
+def test_a_429_ends_a_grpc_call_with_retry_after_trailing_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Serve's proxy forwards trailing metadata only from a call that returns: a 429
+    (with its retry-after) is returned with its code set; other errors are raised."""
+    from divreward.proto import divreward_pb2 as pb
+
+    m = _servicer(True, monkeypatch)
+    ctx = _Ctx([])
+    quota = ServiceError(429, "overloaded", "tenant 'a' is over its quota", retry_after_s=2.2)
+    assert m._end(ctx, quota, "Score") == pb.ScoreResponse()
+    assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ctx.details == "overloaded: tenant 'a' is over its quota"
+    assert ctx.trailing == [("retry-after", "3")]  # whole seconds, rounded up
+    bad = ServiceError(422, "invalid_request", "prompts[0]: too long")
+    with pytest.raises(ServiceError, match="too long"):
+        m._end(_Ctx([]), bad, "Score")

@@ -127,6 +127,51 @@ def test_grpc_over_quota_is_resource_exhausted_with_retry_after_metadata(
             assert "tenant 'team-a' is over its quota" in details
 
 
+def test_grpc_stream_over_quota_is_an_in_band_429_and_the_stream_goes_on(
+    tenants_app: dict[str, str],
+) -> None:
+    from divreward.proto import divreward_pb2_grpc as pb_grpc
+    from divreward.proto.convert import from_proto, to_proto
+    from divreward.schema_stream import GroupSubmission, GroupSubmissionResult
+
+    subs = [
+        to_proto(
+            GroupSubmission(
+                group_id=f"s{i}",
+                request_id=f"stream-{i}",
+                prompt="a",
+                images=_images(30 + i),
+                diversity={"method": "none"},
+            )
+        )
+        for i in range(6)
+    ]
+    metadata = (("application", APP), *_auth(TOKEN_A).items())
+
+    async def run() -> list[GroupSubmissionResult]:
+        target = tenants_app["grpc"].removeprefix("grpc://")
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.RewardServiceStub(channel)
+
+            async def requests() -> Any:
+                for sub in subs:
+                    yield sub
+
+            call = stub.RewardStream(requests(), metadata=metadata, timeout=120)
+            return [from_proto(r, GroupSubmissionResult) async for r in call]
+
+    results = asyncio.run(run())
+    assert sorted(r.request_id for r in results) == [f"stream-{i}" for i in range(6)]
+    refused = [r for r in results if r.error is not None]
+    assert refused and len(refused) <= 4  # one in flight and one waiting fit
+    for r in refused:
+        assert r.error.status == 429 and r.error.retry_after_s is not None
+        assert "tenant 'team-a' is over its quota" in r.error.message
+    for r in results:
+        if r.error is None:
+            assert len(r.rewards) == 2
+
+
 def test_the_client_rides_out_429s_and_every_request_is_answered(
     tenants_app: dict[str, str],
 ) -> None:
