@@ -7,6 +7,10 @@ other address is refused with a 401 (gRPC ``UNAUTHENTICATED``). Serve's gRPC pro
 listens on every interface whatever the HTTP host is, so the peer check, not the bind
 address, is what keeps an unconfigured service private to its machine.
 
+Each token belongs to a tenant (:mod:`divreward.services.common.tenants`): the check
+returns the caller's tenant name, ``local`` for the loopback callers of a service without
+tokens.
+
 The peer is what the front door saw: the ASGI scope's ``client`` on HTTP, the
 servicer context's ``peer()`` on gRPC (Serve's proxies forward both to the replica).
 """
