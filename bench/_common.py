@@ -54,11 +54,16 @@ def start_tiny_service(
     tiny_dir: Path,
     scorers: Mapping[str, float],
     embedder_options: Mapping[str, Any],
+    *,
+    args: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
     **start_kwargs: Any,
 ) -> tuple[str, str]:
     """The reward and diversity applications on the tiny models of ``scorers`` (name ->
     weight) and DreamSim (with ``embedder_options``), built under ``tiny_dir`` when
-    missing; returns (http_url, grpc_url). ``start_kwargs`` go to ``launch.start``."""
+    missing; returns (http_url, grpc_url). ``args``: more args of both applications
+    (e.g. ``auth``, ``ingress``); ``model``: the model deployments' settings instead of
+    the default; ``start_kwargs`` go to ``launch.start``."""
     from divreward.models.tiny import build_all
     from divreward.services import launch
     from divreward.services.config import DiversityAppArgs, RewardAppArgs
@@ -68,11 +73,11 @@ def start_tiny_service(
         "profile": "tiny",
         "tiny_models_dir": str(tiny_dir),
         "ingress": {"num_cpus": 0.1},
+        **(args or {}),
     }
-    reward = RewardAppArgs(
-        scorers={n: {**_MODEL, "weight": w} for n, w in scorers.items()}, **common
-    )
-    embedder = {**_MODEL, "name": "dreamsim", "options": dict(embedder_options)}
+    m = dict(model or _MODEL)
+    reward = RewardAppArgs(scorers={n: {**m, "weight": w} for n, w in scorers.items()}, **common)
+    embedder = {**m, "name": "dreamsim", "options": dict(embedder_options)}
     diversity = DiversityAppArgs(embedder=embedder, **common)
     http_port, grpc_port = free_port(), free_port()
     launch.start(
