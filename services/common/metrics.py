@@ -32,7 +32,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 
-from divreward.services.common.tenants import bind_call, current_call
+from divreward.services.common.tenants import bind_call, bound_call
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -351,8 +351,9 @@ class ServiceMetrics:
         """The serving layer's observer (:data:`~divreward.services.common.serving.Observer`):
         a model call of this task's route and tenant; the model's time is recorded in
         the model replica (:func:`record_batch`)."""
-        call = current_call()
-        route, tenant = call.route or "other", call.tenant
+        call = bound_call()
+        route = (call.route if call else "") or "other"
+        tenant = call.tenant if call else DEFAULT_TENANT
         _record(IMAGES, n_images, route=route, tenant=tenant, scorer=name)
         for b in batches:
             _record(BATCH_IMAGES, b, scorer=name)

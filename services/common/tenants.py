@@ -43,6 +43,7 @@ __all__ = [
     "TenantEntry",
     "TenantsFile",
     "bind_call",
+    "bound_call",
     "current_call",
     "current_tenant",
     "find_tenant",
@@ -225,6 +226,11 @@ def bind_call(tenant: str | None = None, route: str | None = None) -> CallContex
 
 def current_call() -> CallContext:
     return _CALL.get() or _DEFAULT_CALL
+
+
+def bound_call() -> CallContext | None:
+    """The call bound to this task by :func:`bind_call`, or None outside any call."""
+    return _CALL.get()
 
 
 def current_tenant() -> str:
