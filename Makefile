@@ -67,8 +67,8 @@ bench: venv ## run the benchmarks in bench/ (results in bench/results/)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve_overhead.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/throughput.py $(THROUGHPUT_ARGS)
 
-bench-collapse: venv ## the mode-collapse experiment on the toy world (< 25 min on 2 cores; bench/results/collapse/)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m divreward.toy.collapse --out bench/results/collapse $(COLLAPSE_ARGS)
+bench-collapse: venv ## the mode-collapse experiment: every world, method, strength and seed (< 75 min on 2 cores; bench/results/collapse/)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m experiments.collapse --out bench/results/collapse $(COLLAPSE_ARGS)
 
 gpu-check: venv ## on a CUDA machine (< 8 min): every model's fp16/bf16 paths, num_gpus placement, throughput -> bench/results/gpu.md
 	bench/gpu_check.sh $(GPU_CHECK_ARGS)

@@ -16,13 +16,13 @@ import pytest
 
 from divreward.models.base import LoadOptions
 from divreward.models.plugins import PluginError, load_plugin
-from divreward.toy.data import sample_dataset
-from divreward.toy.pretrain import ToySettings, ensure_toy
+from experiments.collapse.data import sample_dataset
+from experiments.collapse.pretrain import ToySettings, ensure_toy
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(400)]
 
-QUALITY = "divreward.toy.plugins:quality_scorer"
-EMBEDDER = "divreward.toy.plugins:embedder"
+QUALITY = "experiments.collapse.plugins:quality_scorer"
+EMBEDDER = "experiments.collapse.plugins:embedder"
 TINY_TOY = ToySettings(k=4, flow_steps=10, flow_batch=16, flow_width=32, flow_depth=1,
                        n_data=64, cnn_epochs=1, cnn_data=128)  # fmt: skip
 REWARD_APP, DIVERSITY_APP = "plugins_reward", "plugins_diversity"
@@ -132,9 +132,9 @@ def test_plugin_cards_in_v1_models(plugin_app: dict[str, str], toy_dir: Path) ->
 
 def test_a_bad_path_fails_the_config_naming_the_entry(toy_dir: Path) -> None:
     with pytest.raises(
-        ValueError, match=r"scorers\.toy_quality: plugin 'divreward\.toy\.plugins:nope'"
+        ValueError, match=r"scorers\.toy_quality: plugin 'experiments\.collapse\.plugins:nope'"
     ):
-        _args(toy_dir, plugin="divreward.toy.plugins:nope")
+        _args(toy_dir, plugin="experiments.collapse.plugins:nope")
     with pytest.raises(ValueError, match=r"scorers\.toy_quality: plugin 'no_such_module_x:f'"):
         _args(toy_dir, plugin="no_such_module_x:f")
 

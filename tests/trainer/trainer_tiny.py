@@ -16,6 +16,11 @@ import torch
 
 from divreward.trainer.models.base import DiffusionAdapter
 from divreward.trainer.models.registry import get_adapter
+from experiments.collapse.family import register as register_toy_family
+
+# The collapse experiment's toy family is registered at runtime (it ships outside the
+# package); the contract tests cover it like the built-in families.
+register_toy_family()
 
 
 @dataclass(frozen=True)

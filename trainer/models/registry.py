@@ -19,7 +19,9 @@ Adding a family (Qwen-Image, an SD3 variant, ...) is one file and one line:
    the contract tests run on the new family (a test fails while a registered family has
    no entry).
 
-A dotted ``"package.module:Class"`` is accepted as well, for adapters outside this package.
+A dotted ``"package.module:Class"`` is accepted as well, for adapters outside this package,
+and :func:`register_family` names one at runtime (``family: <name>`` in a TrainConfig then
+loads it; the collapse experiment registers its toy family so).
 """
 
 from __future__ import annotations
@@ -28,13 +30,27 @@ import importlib
 
 from divreward.trainer.models.base import DiffusionAdapter
 
-__all__ = ["ADAPTERS", "get_adapter"]
+__all__ = ["ADAPTERS", "get_adapter", "register_family"]
 
 ADAPTERS: dict[str, str] = {
     "sd3": "divreward.trainer.models.sd3:SD3Adapter",
     "flux": "divreward.trainer.models.flux:FluxAdapter",
-    "toy": "divreward.trainer.models.toy:ToyAdapter",
 }
+
+
+def register_family(name: str, target: str) -> None:
+    """Register family ``name`` as ``target`` (``"package.module:Class"``, imported when the
+    family is first used). Registering the same target again is a no-op; another target
+    under a taken name is a ValueError."""
+    module_name, sep, attr = target.partition(":")
+    if not name or ":" in name:
+        raise ValueError(f"register_family: bad family name {name!r}")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"register_family({name!r}): target {target!r} is not 'module:Class'")
+    current = ADAPTERS.get(name)
+    if current is not None and current != target:
+        raise ValueError(f"register_family: family {name!r} is already {current!r}")
+    ADAPTERS[name] = target
 
 
 def get_adapter(name: str) -> type[DiffusionAdapter]:

@@ -456,3 +456,20 @@ def test_a_new_family_is_one_file_and_one_registry_line(tmp_path, monkeypatch):
     )
     assert ro.images.shape == (2, 3, cfg.height, cfg.width) and ro.log_probs.shape == (2, 3)
     assert ensure_tiny_model("tiny-plainsd3", tmp_path)[0] == "plainsd3"
+
+
+def test_register_family_at_runtime(monkeypatch):
+    """register_family names a family outside the package (as the collapse experiment does
+    with its toy family): the same target again is a no-op, another target under a taken
+    name and a target that is not 'module:Class' are errors naming what is wrong."""
+    from divreward.trainer.models.registry import ADAPTERS, register_family
+
+    monkeypatch.delitem(ADAPTERS, "elsewhere", raising=False)
+    register_family("elsewhere", "divreward.trainer.models.sd3:SD3Adapter")
+    register_family("elsewhere", "divreward.trainer.models.sd3:SD3Adapter")
+    assert get_adapter("elsewhere").__name__ == "SD3Adapter"
+    with pytest.raises(ValueError, match="'elsewhere' is already"):
+        register_family("elsewhere", "divreward.trainer.models.flux:FluxAdapter")
+    with pytest.raises(ValueError, match="not 'module:Class'"):
+        register_family("other", "divreward.trainer.models.sd3")
+    monkeypatch.delitem(ADAPTERS, "elsewhere")

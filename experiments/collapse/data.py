@@ -72,9 +72,10 @@ def _mask(shape: str, cy: float, cx: float, r: float) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; shapes: {SHAPES}")
 
 
-def render(mode: Mode, rng: np.random.Generator) -> np.ndarray:
-    """One (16, 16, 3) float32 image in [0, 1] of ``mode``."""
-    cy, cx = SIZE / 2 + rng.uniform(-2, 2, size=2)
+def render(mode: Mode, rng: np.random.Generator, offset: float = 2.0) -> np.ndarray:
+    """One (16, 16, 3) float32 image in [0, 1] of ``mode``, its centre shifted from the
+    image's by up to ``offset`` px on each axis (uniform)."""
+    cy, cx = SIZE / 2 + rng.uniform(-offset, offset, size=2)
     r = 3.5 + rng.uniform(-0.5, 0.5)
     colour = np.clip(np.asarray(COLOURS[mode.colour]) + rng.uniform(-0.08, 0.08, 3), 0, 1)
     img = np.full((SIZE, SIZE, 3), _BACKGROUND) + rng.normal(0, 0.02, (SIZE, SIZE, 3))
@@ -82,11 +83,13 @@ def render(mode: Mode, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def sample_dataset(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_dataset(
+    k: int, n: int, seed: int, offset: float = 2.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` images (n, 3, 16, 16) float32 in [0, 1] with balanced labels (n,) int64."""
     rng = np.random.default_rng(seed)
     ms = modes(k)
     labels = np.arange(n) % k
     rng.shuffle(labels)
-    imgs = np.stack([render(ms[int(lab)], rng) for lab in labels])
+    imgs = np.stack([render(ms[int(lab)], rng, offset) for lab in labels])
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)

@@ -1,6 +1,6 @@
 """The toy rewards as plugins (``module:factory``), served like any built-in model.
 
-- ``divreward.toy.plugins:quality_scorer`` — a quality scorer that mildly prefers some
+- ``experiments.collapse.plugins:quality_scorer`` — a quality scorer that mildly prefers some
   modes and rewards clean images of any mode:
   ``Q(x) = scale * (sum_m p(m | x) w_m + crisp_weight * crispness(x))`` with ``p`` the
   mode classifier's softmax, ``w_m = 1`` for the preferred modes and ``1 - margin`` for
@@ -8,11 +8,13 @@
   RGB distance of the pixel to the nearest colour of the toy palette (background and
   the four shape colours): ~0.97 on clean renders, lower on blurred or noisy samples.
   Options: ``model_dir`` (a toy directory), ``preferred`` (mode indices, default [0]),
-  ``margin`` (default 0.2), ``scale`` (default 1.0), ``crisp_weight`` (default 0.0).
-- ``divreward.toy.plugins:embedder`` — the diversity embedding: the unit-normalised
+  ``margin`` (default 0.2), ``scale`` (default 1.0), ``crisp_weight`` (default 0.0),
+  ``net`` (``classifier``, the default, or ``embedder``: the same formula read by the
+  embedder's network, also trained on the mode labels: an independent auxiliary scorer).
+- ``experiments.collapse.plugins:embedder`` — the diversity embedding: the unit-normalised
   64-d penultimate features of a small CNN trained on the mode labels (a second network,
   other seed and data than the classifier). Options: ``model_dir``.
-- ``divreward.toy.plugins:mode_classifier`` — the mode classifier itself as a scorer whose
+- ``experiments.collapse.plugins:mode_classifier`` — the mode classifier itself as a scorer whose
   score is the predicted mode index (for labelling through a service; the experiment
   labels locally with the same network).
 
@@ -30,8 +32,8 @@ import numpy as np
 import torch
 
 from divreward.models.base import Embedder, LoadOptions, ModelInfo, Scorer, check_prompts
-from divreward.toy.data import _BACKGROUND, COLOURS, SIZE
-from divreward.toy.pretrain import load_cnn, load_meta
+from experiments.collapse.data import _BACKGROUND, COLOURS, SIZE
+from experiments.collapse.pretrain import load_cnn, load_meta
 
 __all__ = [
     "ToyEmbedder",
@@ -121,10 +123,13 @@ class ToyQualityScorer(_ToyModel, Scorer):
         margin: float,
         scale: float = 1.0,
         crisp_weight: float = 0.0,
+        net: str = "classifier",
     ) -> None:
+        if net not in ("classifier", "embedder"):
+            raise ValueError(f"toy quality: net must be 'classifier' or 'embedder', got {net!r}")
         super().__init__(
             model_dir,
-            "classifier.safetensors",
+            f"{net}.safetensors",
             "scorer",
             "toy_quality",
             {
@@ -132,6 +137,7 @@ class ToyQualityScorer(_ToyModel, Scorer):
                 "margin": margin,
                 "scale": scale,
                 "crisp_weight": crisp_weight,
+                "net": net,
             },
         )
         bad = [m for m in preferred if not 0 <= int(m) < self.k]
@@ -182,7 +188,8 @@ class ToyEmbedder(_ToyModel, Embedder):
 
 
 def quality_scorer(opts: LoadOptions) -> ToyQualityScorer:
-    _unknown(opts, {"model_dir", "preferred", "margin", "scale", "crisp_weight"}, "toy quality")
+    allowed = {"model_dir", "preferred", "margin", "scale", "crisp_weight", "net"}
+    _unknown(opts, allowed, "toy quality")
     preferred = opts.options.get("preferred", [0])
     if isinstance(preferred, int):
         preferred = [preferred]
@@ -192,6 +199,7 @@ def quality_scorer(opts: LoadOptions) -> ToyQualityScorer:
         float(opts.options.get("margin", 0.2)),
         float(opts.options.get("scale", 1.0)),
         float(opts.options.get("crisp_weight", 0.0)),
+        str(opts.options.get("net", "classifier")),
     )
 
 

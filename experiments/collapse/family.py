@@ -1,10 +1,12 @@
-"""The toy family: a small flow-matching MLP over 16x16 RGB images (divreward.toy).
+"""The toy family: a small flow-matching MLP over 16x16 RGB images (the collapse experiment's).
 
 Small enough to train with GRPO on two CPU cores, so the mode-collapse experiment
-(``make bench-collapse``) runs the trainer's own loop, SDE step and losses on it.
+(``make bench-collapse``) runs the trainer's own loop, SDE step and losses on it. It is not
+part of the installed trainer: :func:`register` adds it to the trainer's family registry
+(:func:`divreward.trainer.models.register_family`) as ``family: toy``.
 
-- Model: a directory holding ``flow/``, a :class:`divreward.toy.nets.FlowNet` saved with
-  diffusers' ``save_pretrained`` (``divreward.toy.pretrain.ensure_toy`` builds one;
+- Model: a directory holding ``flow/``, a :class:`experiments.collapse.nets.FlowNet` saved with
+  diffusers' ``save_pretrained`` (``experiments.collapse.pretrain.ensure_toy`` builds one;
   :func:`build_tiny_toy` writes an untrained one for tests).
 - Prompts: the net's own prompt table (the generic prompt, then one per mode); an unknown
   prompt is an error that lists the known ones (test models built with ``open_prompts``
@@ -24,13 +26,22 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor
 
-from divreward.trainer.models.base import DiffusionAdapter, PromptEmbeds, dtype_kwarg
+from divreward.trainer.models import DiffusionAdapter, PromptEmbeds, register_family
+from divreward.trainer.models.base import dtype_kwarg
 
-__all__ = ["ToyAdapter", "build_tiny_toy"]
+__all__ = ["FAMILY", "ToyAdapter", "build_tiny_toy", "register"]
+
+#: The family's name in the trainer's registry (``TrainConfig.family``).
+FAMILY = "toy"
+
+
+def register() -> None:
+    """Make ``family: toy`` load :class:`ToyAdapter` (idempotent)."""
+    register_family(FAMILY, f"{__name__}:ToyAdapter")
 
 
 class ToyAdapter(DiffusionAdapter):
-    family: ClassVar[str] = "toy"
+    family: ClassVar[str] = FAMILY
     default_lora_targets: ClassVar[tuple[str, ...]] = ("fc_in", "fc1", "fc2", "fc_out")
 
     @classmethod
@@ -40,14 +51,14 @@ class ToyAdapter(DiffusionAdapter):
         """``model``: a toy directory (with ``flow/``) or the ``flow/`` directory itself.
         ``options``: the adapter's (``autocast_dtype``; ``prompt_cache_size``, default 1024
         here)."""
-        from divreward.toy.nets import FlowNet
+        from experiments.collapse.nets import FlowNet
 
         path = Path(model)
         flow_dir = path / "flow" if (path / "flow").is_dir() else path
         if not (flow_dir / "config.json").is_file():
             raise ValueError(
                 f"toy model {model!r}: no FlowNet there (expected {flow_dir}/config.json); "
-                "build one with divreward.toy.pretrain.ensure_toy"
+                "build one with experiments.collapse.pretrain.ensure_toy"
             )
         net = FlowNet.from_pretrained(str(flow_dir), **dtype_kwarg(dtype)).to(device)
         options.setdefault("prompt_cache_size", 1024)
@@ -127,7 +138,7 @@ class ToyAdapter(DiffusionAdapter):
 
 def build_tiny_toy(out_dir: str | Path, seed: int = 0) -> Path:
     """An untrained small toy model directory (tests); cheap, rebuilt only when missing."""
-    from divreward.toy.nets import FlowNet
+    from experiments.collapse.nets import FlowNet
 
     out = Path(out_dir)
     if (out / "flow" / "config.json").is_file():
