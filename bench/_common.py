@@ -54,11 +54,15 @@ def start_tiny_service(
     tiny_dir: Path,
     scorers: Mapping[str, float],
     embedder_options: Mapping[str, Any],
+    scorer_args: Mapping[str, Any] | None = None,
+    ingress_args: Mapping[str, Any] | None = None,
     **start_kwargs: Any,
 ) -> tuple[str, str]:
     """The reward and diversity applications on the tiny models of ``scorers`` (name ->
     weight) and DreamSim (with ``embedder_options``), built under ``tiny_dir`` when
-    missing; returns (http_url, grpc_url). ``start_kwargs`` go to ``launch.start``."""
+    missing; returns (http_url, grpc_url). ``scorer_args`` / ``ingress_args``: more
+    settings of every scorer deployment / of the reward ingress (e.g. ``num_replicas``);
+    ``start_kwargs`` go to ``launch.start``."""
     from divreward.models.tiny import build_all
     from divreward.services import launch
     from divreward.services.config import DiversityAppArgs, RewardAppArgs
@@ -70,7 +74,8 @@ def start_tiny_service(
         "ingress": {"num_cpus": 0.1},
     }
     reward = RewardAppArgs(
-        scorers={n: {**_MODEL, "weight": w} for n, w in scorers.items()}, **common
+        scorers={n: {**_MODEL, **(scorer_args or {}), "weight": w} for n, w in scorers.items()},
+        **{**common, "ingress": {**common["ingress"], **(ingress_args or {})}},
     )
     embedder = {**_MODEL, "name": "dreamsim", "options": dict(embedder_options)}
     diversity = DiversityAppArgs(embedder=embedder, **common)

@@ -879,8 +879,8 @@ def stage_timings(weights: Path, files: list[bytes], repeats: int) -> dict[str, 
     from transformers import CLIPModel, CLIPProcessor
 
     from divreward.models import _clip_common as clip
-    from divreward.models.registry import load_model
     from divreward.models.base import LoadOptions
+    from divreward.models.registry import load_model
     from divreward.schema import ScoreRequest
     from divreward.services.common.decode import decode_group, image_size
 
