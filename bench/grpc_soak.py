@@ -158,7 +158,8 @@ def write_report(res: dict[str, Any], out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     s, lat, o = res["stats"], res["latency_s"], res["options"]
     counts = [(k, v) for k, v in s.items()] + list(res["client_log"].items())
-    goal = s.get("lost", 0) == 0 and res["client_log"].get(LogCounter.KINDS["no answer in"], 0) == 0
+    failed = s.get("lost", 0) + s.get("answered with an error", 0) + s.get("answered wrongly", 0)
+    goal = failed == 0 and res["client_log"].get(LogCounter.KINDS["no answer in"], 0) == 0
     text = markdown(
         "gRPC stream soak with a replica killed (bench/grpc_soak.py)",
         f"Written on {res['date']} ({res['machine']}; load average {res['load_before']} "
@@ -169,8 +170,8 @@ def write_report(res: dict[str, Any], out: Path) -> None:
         f"replicas {o['ingress_replicas']}; client timeout {o['timeout']} s, "
         f"{o['attempts']} attempts. Killed: `{res['killed'].get('replica', 'none')}` at "
         f"{res['killed'].get('at_s', float('nan')):.0f} s.",
-        f"Goal (issue 18): 0 groups lost and 0 client timeouts: **{'met' if goal else 'not met'}"
-        "**.",
+        "Goal (issue 18): 0 groups lost (none unanswered, none failed after the client's "
+        f"retries) and 0 client timeouts: **{'met' if goal else 'not met'}**.",
         table(["count", "n"], counts, "lr"),
         table(
             ["latency", "s"],
