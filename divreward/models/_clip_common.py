@@ -213,9 +213,7 @@ def _pil_table(processor: Any) -> np.ndarray | None:
         return None
     if not plain:
         return None
-    levels = (np.arange(256, dtype=np.float64) * float(processor.rescale_factor)).astype(
-        np.float32
-    )
+    levels = (np.arange(256, dtype=np.float64) * float(processor.rescale_factor)).astype(np.float32)
     mean = np.array(processor.image_mean, dtype=np.float32)
     std = np.array(processor.image_std, dtype=np.float32)
     return np.stack([(levels - mean[c]) / std[c] for c in range(3)])
