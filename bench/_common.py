@@ -57,13 +57,17 @@ def start_tiny_service(
     *,
     args: Mapping[str, Any] | None = None,
     model: Mapping[str, Any] | None = None,
+    scorer_args: Mapping[str, Any] | None = None,
+    ingress_args: Mapping[str, Any] | None = None,
     **start_kwargs: Any,
 ) -> tuple[str, str]:
     """The reward and diversity applications on the tiny models of ``scorers`` (name ->
     weight) and DreamSim (with ``embedder_options``), built under ``tiny_dir`` when
     missing; returns (http_url, grpc_url). ``args``: more args of both applications
     (e.g. ``auth``, ``ingress``); ``model``: the model deployments' settings instead of
-    the default; ``start_kwargs`` go to ``launch.start``."""
+    the default; ``scorer_args`` / ``ingress_args``: more settings of every scorer
+    deployment / of the reward ingress (e.g. ``num_replicas``); ``start_kwargs`` go to
+    ``launch.start``."""
     from divreward.models.tiny import build_all
     from divreward.services import launch
     from divreward.services.config import DiversityAppArgs, RewardAppArgs
@@ -76,7 +80,10 @@ def start_tiny_service(
         **(args or {}),
     }
     m = dict(model or _MODEL)
-    reward = RewardAppArgs(scorers={n: {**m, "weight": w} for n, w in scorers.items()}, **common)
+    reward = RewardAppArgs(
+        scorers={n: {**m, **(scorer_args or {}), "weight": w} for n, w in scorers.items()},
+        **{**common, "ingress": {**common["ingress"], **(ingress_args or {})}},
+    )
     embedder = {**m, "name": "dreamsim", "options": dict(embedder_options)}
     diversity = DiversityAppArgs(embedder=embedder, **common)
     http_port, grpc_port = free_port(), free_port()
