@@ -177,7 +177,7 @@ def preprocess(processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor:
     out = torch.empty((len(images), 3, ch, cw))
     done = [i for i, c in enumerate(crops) if c is not None]
     if done:
-        u = np.stack([crops[i] for i in done])  # (B, S, S, 3) uint8
+        u = np.stack([c for c in crops if c is not None])  # (B, S, S, 3) uint8, as done
         values = np.stack([table[c][u[..., c]] for c in range(3)], axis=1)  # (B, 3, S, S)
         out[done] = torch.from_numpy(values)
     rest = [i for i, c in enumerate(crops) if c is None]
