@@ -54,11 +54,20 @@ def start_tiny_service(
     tiny_dir: Path,
     scorers: Mapping[str, float],
     embedder_options: Mapping[str, Any],
+    *,
+    args: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
+    scorer_args: Mapping[str, Any] | None = None,
+    ingress_args: Mapping[str, Any] | None = None,
     **start_kwargs: Any,
 ) -> tuple[str, str]:
     """The reward and diversity applications on the tiny models of ``scorers`` (name ->
     weight) and DreamSim (with ``embedder_options``), built under ``tiny_dir`` when
-    missing; returns (http_url, grpc_url). ``start_kwargs`` go to ``launch.start``."""
+    missing; returns (http_url, grpc_url). ``args``: more args of both applications
+    (e.g. ``auth``, ``ingress``); ``model``: the model deployments' settings instead of
+    the default; ``scorer_args`` / ``ingress_args``: more settings of every scorer
+    deployment / of the reward ingress (e.g. ``num_replicas``); ``start_kwargs`` go to
+    ``launch.start``."""
     from divreward.models.tiny import build_all
     from divreward.services import launch
     from divreward.services.config import DiversityAppArgs, RewardAppArgs
@@ -68,11 +77,14 @@ def start_tiny_service(
         "profile": "tiny",
         "tiny_models_dir": str(tiny_dir),
         "ingress": {"num_cpus": 0.1},
+        **(args or {}),
     }
+    m = dict(model or _MODEL)
     reward = RewardAppArgs(
-        scorers={n: {**_MODEL, "weight": w} for n, w in scorers.items()}, **common
+        scorers={n: {**m, **(scorer_args or {}), "weight": w} for n, w in scorers.items()},
+        **{**common, "ingress": {**common["ingress"], **(ingress_args or {})}},
     )
-    embedder = {**_MODEL, "name": "dreamsim", "options": dict(embedder_options)}
+    embedder = {**m, "name": "dreamsim", "options": dict(embedder_options)}
     diversity = DiversityAppArgs(embedder=embedder, **common)
     http_port, grpc_port = free_port(), free_port()
     launch.start(

@@ -79,7 +79,8 @@ run_stage serve "${SERVE_S:-100}" "$PY" bench/gpu_check.py serve $SMOKE --work "
 if [ -z "$SMOKE" ]; then
   # shellcheck disable=SC2086  # the extra arguments are meant to split
   run_stage throughput "${THROUGHPUT_S:-230}" "$PY" bench/throughput.py --device cuda \
-    --clients 1,4,16,64 --out bench/results/throughput-gpu ${GPU_CHECK_THROUGHPUT_ARGS---quick}
+    --clients 1,4,16,64 --patches 16 --no-peer --forms json,binary,grpc --endpoints score,rewards \
+    --out bench/results/throughput-gpu ${GPU_CHECK_THROUGHPUT_ARGS---quick}
   if ! grep -q "^throughput 0 " "$WORK/stages.txt"; then
     echo "   throughput: the benchmark failed or did not finish; gpu.md says so (no numbers)"
   fi

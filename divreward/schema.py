@@ -618,6 +618,11 @@ class ErrorInfo(_Model):
         default=None, description="The accepted names, for unknown_name errors."
     )
     details: list[ErrorDetail] = Field(default_factory=list)
+    retry_after_s: float | None = Field(
+        default=None,
+        description="For 429/503: seconds to wait before retrying (as the Retry-After "
+        "header; also where a gRPC stream's in-band errors carry it).",
+    )
 
 
 class ErrorResponse(_Model):

@@ -1,7 +1,8 @@
 """``divreward serve``: a local Ray instance and both applications, until Ctrl-C.
 
     divreward serve [--config FILE] [--profile real|tiny] [--host H] [--port P]
-                    [--token-file F] [--tiny-dir D] [--weights-dir D] [--address ADDR]
+                    [--tenants F] [--token-file F] [--tiny-dir D] [--weights-dir D]
+                    [--address ADDR]
 
 Without ``--config`` it runs :func:`~divreward.services.deploy_config.default_config`
 (diversity app at /diversity, reward app at /, on 127.0.0.1:8000). A config file is
@@ -9,7 +10,8 @@ validated strictly (unknown keys are errors); each application is built by its b
 with the file's ``deployments:`` overrides and ``runtime_env`` applied as Serve applies
 them, and deployed with ``serve.run`` (an override naming a deployment the application
 does not have stops it before anything starts, exit 2). Flags override the file:
-``--profile``/``--tiny-dir``/``--weights-dir``/``--token-file`` every application's args,
+``--profile``/``--tiny-dir``/``--weights-dir``/``--tenants``/``--token-file`` every
+application's args,
 ``--host``/``--port`` the HTTP options.
 
 Without ``--address`` it starts a local Ray instance; with it (``--address
@@ -28,8 +30,10 @@ Before anything is deployed it checks, and stops within seconds naming what is w
   (``ray.cluster_resources()`` and its nodes); ``--no-fit-check`` skips this, e.g. on an
   autoscaling cluster whose nodes are not up yet.
 
-Listening beyond loopback requires bearer-token auth (``--token-file`` or
-``DIVREWARD_API_TOKENS``); without tokens the services answer loopback callers only.
+Listening beyond loopback requires bearer-token auth (``--tenants FILE`` or
+``DIVREWARD_TENANTS_FILE``: tenants with weights and quotas; or ``--token-file`` /
+``DIVREWARD_API_TOKENS``: each token a tenant of weight 1); without tokens the services
+answer loopback callers only.
 Ctrl-C (or SIGTERM) shuts Serve and Ray down and exits 0.
 """
 
@@ -80,7 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--token-file",
         type=Path,
-        help="enable bearer-token auth with the tokens in this file (one per line)",
+        help="enable bearer-token auth with the tokens in this file (one per line; each a "
+        "tenant of weight 1)",
+    )
+    p.add_argument(
+        "--tenants",
+        type=Path,
+        help="enable bearer-token auth with the tenants of this YAML file (name, token or "
+        "token_sha256, weight, max_queued_images; docs/operations.md); default: "
+        "$DIVREWARD_TENANTS_FILE",
     )
     p.add_argument("--tiny-dir", type=Path, help="where the tiny models are (built if missing)")
     p.add_argument("--weights-dir", type=Path, help="root of local real weights")
@@ -157,6 +169,8 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
     if GRPC_SERVICER_FUNCTION not in servicers:
         servicers.append(GRPC_SERVICER_FUNCTION)
     env_tokens = os.environ.get("DIVREWARD_API_TOKENS", "").strip()
+    env_tenants = os.environ.get("DIVREWARD_TENANTS_FILE", "").strip()
+    tenants_file = getattr(args, "tenants", None)
     for app in config.get("applications", []):
         app_args = app.setdefault("args", {})
         if args.profile:
@@ -170,10 +184,13 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
                 entry["device"] = "cpu"
                 entry["num_gpus"] = 0
         auth = app_args.setdefault("auth", {})
+        if tenants_file:
+            auth["enabled"] = True
+            auth["tenants_file"] = str(tenants_file.expanduser().resolve())
         if args.token_file:
             auth["enabled"] = True
             auth["token_file"] = str(args.token_file.expanduser().resolve())
-        elif env_tokens:
+        if env_tokens or env_tenants:
             auth["enabled"] = True
     if not _is_loopback(str(http["host"])):
         off = [
@@ -184,7 +201,8 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
         if off:
             raise ValueError(
                 f"refusing to listen on {http['host']} (not a loopback address) without auth "
-                f"for {off}: pass --token-file FILE or set DIVREWARD_API_TOKENS"
+                f"for {off}: pass --tenants FILE or --token-file FILE, or set "
+                "DIVREWARD_TENANTS_FILE or DIVREWARD_API_TOKENS"
             )
     from divreward.services.tls import GRPC_WITHOUT_TLS, apply_tls
 
@@ -195,7 +213,7 @@ def prepare_config(args: argparse.Namespace) -> dict[str, Any]:
     from divreward.services.config import AuthArgs
 
     for app in config.get("applications", []):
-        AuthArgs.model_validate(app.get("args", {}).get("auth", {})).load_tokens()
+        AuthArgs.model_validate(app.get("args", {}).get("auth", {})).load_tenants()
     return config
 
 

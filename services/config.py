@@ -181,36 +181,72 @@ class LimitsArgs(_Args):
 
 
 class AuthArgs(_Args):
-    """Bearer-token auth. Tokens never live in a config file: they come from an
-    environment variable (comma-separated) and/or a file (one token per line)."""
+    """Bearer-token auth and tenants. Tokens never live in a config file: they come from a
+    tenants file (``tenants_file`` or the file named by ``$DIVREWARD_TENANTS_FILE``), an
+    environment variable (comma-separated) and/or a token file (one token per line); each
+    token of the last two is a tenant of weight 1 (``token-1``, ``token-2``, ...)."""
 
     enabled: bool = False
     """Require 'Authorization: Bearer <token>' on every route except /healthz and /readyz."""
     tokens_env: str = Field(default="DIVREWARD_API_TOKENS")
     token_file: str | None = None
+    tenants_file: str | None = None
+    """YAML file of tenants (name, token or token_sha256, weight, max_queued_images); default:
+    the file named by $DIVREWARD_TENANTS_FILE."""
+    tenants_file_env: str = Field(default="DIVREWARD_TENANTS_FILE")
 
-    def load_tokens(self) -> frozenset[str]:
-        """Read the tokens now; an enabled auth with no token is a start-up error."""
-        tokens: set[str] = set()
+    def tenants_path(self) -> str | None:
+        """The tenants file in use: ``tenants_file``, else ``$DIVREWARD_TENANTS_FILE``."""
+        return self.tenants_file or os.environ.get(self.tenants_file_env, "").strip() or None
+
+    def load_tokens(self) -> list[str]:
+        """The tokens of the older settings (env list, then token file), in order."""
+        tokens: list[str] = []
         raw = os.environ.get(self.tokens_env, "")
-        tokens.update(t.strip() for t in raw.split(",") if t.strip())
+        tokens.extend(t.strip() for t in raw.split(",") if t.strip())
         if self.token_file:
             path = Path(self.token_file).expanduser()
             try:
                 text = path.read_text()
             except OSError as exc:
                 raise ValueError(f"auth.token_file: cannot read {path} ({exc})") from exc
-            tokens.update(
+            tokens.extend(
                 line.strip()
                 for line in text.splitlines()
                 if line.strip() and not line.startswith("#")
             )
-        if self.enabled and not tokens:
+        return list(dict.fromkeys(tokens))
+
+    def load_tenants(self) -> list[Any]:
+        """Every tenant (:class:`~divreward.services.common.tenants.Tenant`): the tenants
+        file's, then one per token of the older settings. Read now; an enabled auth with no
+        tenant, or a token given twice, is a start-up error."""
+        from divreward.services.common.tenants import load_tenants_file, token_tenants
+
+        path = self.tenants_path()
+        tenants = load_tenants_file(path) if path else []
+        extra = token_tenants(self.load_tokens())
+        names = {t.name for t in tenants}
+        digests = {t.digest: t.name for t in tenants}
+        for t in extra:
+            if t.digest in digests:
+                raise ValueError(
+                    f"a token of {self.tokens_env} or auth.token_file is also the token of "
+                    f"tenant {digests[t.digest]!r} of the tenants file; list it once"
+                )
+            if t.name in names:
+                raise ValueError(
+                    f"tenant name {t.name!r} is used by the tenants file and by the tokens of "
+                    f"{self.tokens_env}/auth.token_file (named token-1, token-2, ...); rename it"
+                )
+        tenants.extend(extra)
+        if self.enabled and not tenants:
             raise ValueError(
-                f"auth is enabled but no token was found: set {self.tokens_env} "
-                "(comma-separated) or auth.token_file (one token per line)"
+                f"auth is enabled but no token was found: give a tenants file (--tenants or "
+                f"{self.tenants_file_env}), set {self.tokens_env} (comma-separated) or "
+                "auth.token_file (one token per line)"
             )
-        return frozenset(tokens)
+        return tenants
 
 
 class IngressArgs(_Args):
@@ -236,6 +272,10 @@ class IngressArgs(_Args):
     """Most time a model call may take before a 504."""
     idempotency_cache_size: int = Field(default=256, ge=0)
     """Recent responses kept per replica for request_id."""
+    max_inflight_images: int | None = Field(default=None, ge=1)
+    """Images one ingress replica has at the models at once; more wait in its fair queue (per
+    tenant, by weight). None: 2 x max_batch_images x replicas of the scorer with the least of it,
+    divided among the ingress replicas (a batch computing and the next one filling)."""
 
 
 class ServiceArgs(_Args):

@@ -24,7 +24,12 @@ from divreward.client.errors import (
     RewardTimeoutError,
     ServiceUnavailableError,
 )
-from divreward.client.retry import RETRYABLE_GRPC_CODES, RetryPolicy
+from divreward.client.retry import (
+    RETRYABLE_GRPC_CODES,
+    RetryPolicy,
+    final_error,
+    parse_retry_after,
+)
 from divreward.proto import divreward_pb2_grpc as pb_grpc
 from divreward.proto.convert import from_proto, to_proto
 
@@ -68,6 +73,18 @@ def grpc_error(exc: grpc.RpcError, target: str, request_id: str, attempts: int) 
     if name in RETRYABLE_GRPC_CODES:
         return RewardServiceError(name, details, request_id=request_id, attempts=attempts)
     return RewardRequestError(name, details, request_id=request_id, attempts=attempts)
+
+
+def retry_after_of(exc: grpc.RpcError) -> float | None:
+    """The server's ``retry-after`` trailing metadata (seconds), if any."""
+    try:
+        trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    except Exception:  # a channel-level failure has no trailers
+        return None
+    for key, value in trailing or ():
+        if key == "retry-after":
+            return parse_retry_after(value if isinstance(value, str) else value.decode())
+    return None
 
 
 def proxy_app_missing(exc: grpc.RpcError) -> bool:
@@ -134,17 +151,23 @@ class AsyncGrpcTransport:
     async def call(self, rpc: str, request: BaseModel | None, model: type[R], request_id: str) -> R:
         message = to_proto(request) if request is not None else _empty_request(rpc)
         method = getattr(self._stub, rpc)
-        for attempt in range(1, self.retry.max_attempts + 1):
+        attempt, waited = 0, 0.0
+        while True:
+            attempt += 1
             try:
                 reply = await method(
                     message, timeout=self.timeout_s, metadata=self.metadata(request_id)
                 )
                 return self.parse(reply, model, rpc, request_id)
             except grpc.RpcError as exc:
-                if not _retryable(exc, self.retry) or attempt == self.retry.max_attempts:
-                    raise grpc_error(exc, self.target, request_id, attempt) from None
-            await asyncio.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+                err = grpc_error(exc, self.target, request_id, attempt)
+                if not _retryable(exc, self.retry):
+                    raise err from None
+                wait = self.retry.next_wait(attempt, waited, retry_after_of(exc))
+                if wait is None:
+                    raise final_error(err, attempt, waited, self.retry) from None
+            await asyncio.sleep(wait)
+            waited += wait
 
     def open_stream(self, request_id: str) -> grpc.aio.StreamStreamCall:
         """A raw bidirectional ``RewardStream`` call (write/read/done_writing)."""

@@ -27,6 +27,7 @@ from divreward.client.errors import (
 )
 from divreward.client.retry import (
     RetryPolicy,
+    final_error,
     parse_retry_after,
     retryable_http_status,
 )
@@ -226,7 +227,9 @@ class AsyncHttpTransport:
     ) -> R:
         body, headers = self._prepare(request, request_id)
         url = self.base_url + route.path
-        for attempt in range(1, self.retry.max_attempts + 1):
+        attempt, waited = 0, 0.0
+        while True:
+            attempt += 1
             response: httpx.Response | None = None
             exc: Exception | None = None
             try:
@@ -238,9 +241,11 @@ class AsyncHttpTransport:
             retry, retry_after, err = self._outcome(response, exc, request_id, attempt)
             if not retry or err is None:
                 break
-            if attempt == self.retry.max_attempts:
-                raise err from exc
-            await asyncio.sleep(self.retry.delay(attempt, retry_after))
+            wait = self.retry.next_wait(attempt, waited, retry_after)
+            if wait is None:
+                raise final_error(err, attempt, waited, self.retry) from exc
+            await asyncio.sleep(wait)
+            waited += wait
         if err is not None and response is None:
             raise err from exc
         assert response is not None

@@ -7,7 +7,10 @@ reopens it with backoff and re-sends every submission that has not been answered
 with the same request ids, so the server answers a group it already computed from its
 cache instead of scoring it twice. After ``retry.max_attempts`` consecutive failed
 attempts without an answer in between, every waiting submission fails with
-:class:`ServiceUnavailableError`; a later ``submit`` starts over.
+:class:`ServiceUnavailableError`; a later ``submit`` starts over. With nothing pending the
+stream stays open for ``idle_s``, then closes; a submission made meanwhile keeps it open
+until its answer (it once closed then, leaving the submission unanswered until the
+client's timeout sent it again: tests/client/test_client_stream_idle.py).
 """
 
 from __future__ import annotations
@@ -72,9 +75,11 @@ class StreamSession:
         failures = 0
         last: Exception | None = None
         while self._pending_unanswered() and not self._closed:
+            # Everything unanswered goes on the new stream, in submission order: a stream
+            # closed while a submission was on it (idle, broken) must not lose it.
+            self._requeue()
             call = self._transport.open_stream(new_request_id())
             replies: asyncio.Queue[object] = asyncio.Queue()
-            # Everything unanswered is in the outbox in submission order (see _requeue).
             writer = asyncio.create_task(self._write(call, {}))
             reader = asyncio.create_task(self._read(call, replies))
             answered = False
@@ -86,6 +91,9 @@ class StreamSession:
                     try:
                         item = await asyncio.wait_for(replies.get(), timeout=idle)
                     except TimeoutError:
+                        if self._pending_unanswered():
+                            # Submitted during the idle wait: the stream is busy again.
+                            continue
                         break
                     if isinstance(item, grpc.RpcError):
                         raise item
@@ -134,7 +142,6 @@ class StreamSession:
                 return
             log.info("reward stream broken (%s); reopening (attempt %d)", last, failures + 1)
             await asyncio.sleep(self._retry.delay(max(failures, 1)))
-            self._requeue()
 
     @staticmethod
     async def _read(call: grpc.aio.StreamStreamCall, replies: asyncio.Queue[object]) -> None:

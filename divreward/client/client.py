@@ -60,7 +60,12 @@ from divreward.client._requests import (
 )
 from divreward.client._stream import StreamSession
 from divreward.client.errors import RewardServiceError, RewardTimeoutError
-from divreward.client.retry import RetryPolicy, new_request_id, retryable_http_status
+from divreward.client.retry import (
+    RetryPolicy,
+    gave_up,
+    new_request_id,
+    retryable_http_status,
+)
 from divreward.client.tls import CA_ENV, TOKEN_ENV, check_token, tls_ca_file
 from divreward.schema import (
     EmbedResponse,
@@ -373,11 +378,13 @@ class AsyncRewardClient:
         # On the stream a group's error comes in-band: retry the transient ones (429, 5xx:
         # a replica that died with the group) as the transport does, with the same id;
         # and each attempt has the client's timeout, as a unary call has.
-        for attempt in range(1, t.retry.max_attempts + 1):
+        attempt, waited = 0, 0.0
+        while True:
+            attempt += 1
             try:
                 result = await asyncio.wait_for(self._session.submit(sub), t.timeout_s)
             except TimeoutError:
-                if not t.retry.retry_timeouts or attempt == t.retry.max_attempts:
+                if not t.retry.retry_timeouts or attempt >= t.retry.max_attempts:
                     raise RewardTimeoutError(
                         f"{t.target}: no answer to group {sub.group_id!r} on the stream "
                         f"within {t.timeout_s} s (attempt {attempt})",
@@ -386,12 +393,18 @@ class AsyncRewardClient:
                 log.info("group %s: no answer in %s s; sending it again", sub.group_id, t.timeout_s)
                 continue
             err = result.error
-            if err is None or attempt == t.retry.max_attempts:
+            if err is None or not retryable_http_status(err.status):
                 break
-            if not retryable_http_status(err.status):
-                break
+            # a 429 (the tenant's quota) says when to come back: retry_after_s
+            wait = t.retry.next_wait(attempt, waited, err.retry_after_s)
+            if wait is None:
+                message = err.message + gave_up(attempt, waited, t.retry)
+                return result.model_copy(
+                    update={"error": err.model_copy(update={"message": message})}
+                )
             log.info("group %s: %s %s; retrying", result.group_id, err.status, err.kind)
-            await asyncio.sleep(t.retry.delay(attempt))
+            await asyncio.sleep(wait)
+            waited += wait
         return result
 
     async def submit(

@@ -295,7 +295,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, loc: _Optional[_Iterable[_Union[LocItem, _Mapping]]] = ..., msg: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
-    __slots__ = ("kind", "message", "status", "group_index", "image_index", "valid", "details")
+    __slots__ = ("kind", "message", "status", "group_index", "image_index", "valid", "details", "retry_after_s")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +303,7 @@ class ErrorInfo(_message.Message):
     IMAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     VALID_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     kind: str
     message: str
     status: int
@@ -310,7 +311,8 @@ class ErrorInfo(_message.Message):
     image_index: int
     valid: StringList
     details: _containers.RepeatedCompositeFieldContainer[ErrorDetail]
-    def __init__(self, kind: _Optional[str] = ..., message: _Optional[str] = ..., status: _Optional[int] = ..., group_index: _Optional[int] = ..., image_index: _Optional[int] = ..., valid: _Optional[_Union[StringList, _Mapping]] = ..., details: _Optional[_Iterable[_Union[ErrorDetail, _Mapping]]] = ...) -> None: ...
+    retry_after_s: float
+    def __init__(self, kind: _Optional[str] = ..., message: _Optional[str] = ..., status: _Optional[int] = ..., group_index: _Optional[int] = ..., image_index: _Optional[int] = ..., valid: _Optional[_Union[StringList, _Mapping]] = ..., details: _Optional[_Iterable[_Union[ErrorDetail, _Mapping]]] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
 
 class ErrorResponse(_message.Message):
     __slots__ = ("error", "request_id")

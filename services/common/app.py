@@ -30,6 +30,7 @@ from divreward.schema import BINARY_MEDIA_TYPE, ErrorResponse
 from divreward.services.common.api import Api
 from divreward.services.common.auth import DOCS_ASSETS, TOKEN_PATH_PREFIX, is_public
 from divreward.services.common.errors import ServiceError
+from divreward.services.common.tenants import bind_call
 from divreward.services.common.wire import error_response, wants_binary
 
 __all__ = ["WireRoute", "counts_images", "error_responses", "make_app", "wire_router"]
@@ -140,12 +141,19 @@ def make_app(title: str, description: str, api: Api, routers: Iterable[APIRouter
             peer = request.client.host if request.client is not None else None
             try:
                 if path.startswith(TOKEN_PATH_PREFIX):
-                    _strip_path_token(request, path, api, peer)
+                    tenant = _strip_path_token(request, path, api, peer)
                 else:
-                    api.auth.check(request.headers.get("authorization"), peer)
+                    tenant = api.auth.check(request.headers.get("authorization"), peer)
             except ServiceError as err:
                 api.metrics.count("auth", err.status, kind=err.kind)
                 return error_response(err, None, wants_binary(request))
+            # Whose call this is: for the metrics (request.state) and, through the
+            # call's context, for the fair queue and group assembly.
+            request.state.tenant = tenant
+            # the route as routed (a /t/<token>/ prefix is gone from the scope by now:
+            # never a token in a metric's label)
+            root = str(request.scope.get("root_path", "") or "")
+            bind_call(tenant, str(request.scope["path"]).removeprefix(root) or "/")
         return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)
@@ -163,9 +171,10 @@ def make_app(title: str, description: str, api: Api, routers: Iterable[APIRouter
     return app
 
 
-def _strip_path_token(request: Request, path: str, api: Api, peer: str | None) -> None:
-    """``/t/<token>/<rest>``: check the token, then route the call as ``/<rest>``. Only
-    the compatibility routes take a token this way; no message repeats the token."""
+def _strip_path_token(request: Request, path: str, api: Api, peer: str | None) -> str:
+    """``/t/<token>/<rest>``: check the token, then route the call as ``/<rest>``; the
+    token's tenant. Only the compatibility routes take a token this way; no message
+    repeats the token."""
     token, _, rest = path[len(TOKEN_PATH_PREFIX) :].partition("/")
     rest = "/" + rest
     if rest != "/" and not rest.startswith("/compat/"):
@@ -176,10 +185,11 @@ def _strip_path_token(request: Request, path: str, api: Api, peer: str | None) -
             "compatibility routes only ('/' and '/compat/...'); send other calls an "
             "'Authorization: Bearer <token>' header",
         )
-    api.auth.check_path_token(token, peer)
+    tenant = api.auth.check_path_token(token, peer)
     root = str(request.scope.get("root_path", "") or "")
     request.scope["path"] = root + rest
     request.scope["raw_path"] = (root + rest).encode()
+    return tenant
 
 
 def _offline_docs(app: FastAPI) -> None:

@@ -7,17 +7,21 @@ other address is refused with a 401 (gRPC ``UNAUTHENTICATED``). Serve's gRPC pro
 listens on every interface whatever the HTTP host is, so the peer check, not the bind
 address, is what keeps an unconfigured service private to its machine.
 
+Each token belongs to a tenant (:mod:`divreward.services.common.tenants`): the check
+returns the caller's tenant name, ``local`` for the loopback callers of a service without
+tokens.
+
 The peer is what the front door saw: the ASGI scope's ``client`` on HTTP, the
 servicer context's ``peer()`` on gRPC (Serve's proxies forward both to the replica).
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from urllib.parse import unquote
 
 from divreward.services.common.errors import ServiceError
+from divreward.services.common.tenants import LOCAL_TENANT, Tenant, find_tenant
 from divreward.services.config import AuthArgs
 
 __all__ = [
@@ -72,27 +76,30 @@ def grpc_peer_host(peer: str) -> str:
 
 
 class BearerAuth:
-    """Checks one call: its ``Authorization`` value and its peer host.
+    """Checks one call: its ``Authorization`` value and its peer host, and says whose
+    call it is (the tenant's name).
 
-    ``peer`` None means an in-process call (no network peer at all): allowed.
+    ``peer`` None means an in-process call (no network peer at all): allowed, as the
+    ``local`` tenant.
     """
 
     def __init__(self, args: AuthArgs) -> None:
         self.enabled = args.enabled
-        self._tokens = [t.encode() for t in sorted(args.load_tokens())]
+        self.tenants: list[Tenant] = args.load_tenants() if args.enabled else []
 
-    def check(self, authorization: str | None, peer: str | None, grpc: bool = False) -> None:
-        """Raise a 401 ServiceError unless the call may proceed (``grpc``: the token
-        comes in metadata, and messages say so)."""
+    def check(self, authorization: str | None, peer: str | None, grpc: bool = False) -> str:
+        """The tenant of the call; a 401 ServiceError unless the call may proceed
+        (``grpc``: the token comes in metadata, and messages say so)."""
         if not self.enabled:
             if peer is None or is_loopback(peer):
-                return
+                return LOCAL_TENANT
             raise ServiceError(
                 401,
                 "unauthorized",
                 f"this server has no bearer tokens configured, so it answers loopback "
-                f"clients only and {peer} is not one; configure tokens (auth.token_file or "
-                "DIVREWARD_API_TOKENS) to accept other clients",
+                f"clients only and {peer} is not one; configure tenants (--tenants FILE or "
+                "DIVREWARD_TENANTS_FILE) or tokens (auth.token_file or DIVREWARD_API_TOKENS) "
+                "to accept other clients",
             )
         if not authorization:
             missing = (
@@ -105,21 +112,17 @@ class BearerAuth:
         if scheme.lower() != "bearer" or not token.strip():
             where = "authorization metadata" if grpc else "Authorization header"
             raise ServiceError(401, "unauthorized", f"the {where} must be 'Bearer <token>'")
-        if not self._known(token.strip()):
+        tenant = find_tenant(self.tenants, token.strip())
+        if tenant is None:
             raise ServiceError(401, "unauthorized", "invalid bearer token")
+        return tenant.name
 
-    def check_path_token(self, token: str, peer: str | None) -> None:
-        """The check of a token given in the URL path (``/t/<token>/...``); the messages
-        never repeat the token."""
+    def check_path_token(self, token: str, peer: str | None) -> str:
+        """The check of a token given in the URL path (``/t/<token>/...``), and its
+        tenant; the messages never repeat the token."""
         if not self.enabled:
-            self.check(None, peer)
-        elif not self._known(unquote(token)):
+            return self.check(None, peer)
+        tenant = find_tenant(self.tenants, unquote(token))
+        if tenant is None:
             raise ServiceError(401, "unauthorized", "invalid token in the URL path (/t/<token>/)")
-
-    def _known(self, token: str) -> bool:
-        given = token.encode()
-        # Compare against every token, in constant time each, so timing reveals nothing.
-        ok = False
-        for t in self._tokens:
-            ok |= hmac.compare_digest(given, t)
-        return ok and bool(given)
+        return tenant.name

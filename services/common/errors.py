@@ -56,6 +56,7 @@ class ServiceError(Exception):
                 image_index=self.image_index,
                 valid=self.valid,
                 details=self.details,
+                retry_after_s=self.retry_after_s,
             ),
             request_id=request_id,
         )

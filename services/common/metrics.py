@@ -12,13 +12,13 @@ buckets and ``_count`` are exact): exact totals are counters here
 (``divreward_model_seconds``). docs/operations.md lists every metric and its labels.
 
 The labels: ``route`` (an HTTP path, ``grpc:<Method>`` or ``compat:<dialect>``),
-``tenant`` (the caller's tenant; ``default`` when tenants are not configured) and
+``tenant`` (the caller's tenant: a tenants-file name, ``token-N`` for a listed token,
+``local`` for a token-less loopback caller, ``default`` outside any call) and
 ``scorer`` (a model's registry name: every quality scorer, and the embedder).
 """
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +31,8 @@ from prometheus_client import (
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
+
+from divreward.services.common.tenants import bind_call, bound_call
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -291,13 +293,6 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-#: The route and tenant of the call this task serves (for the model observer, which
-#: runs inside the serving layer and does not see the request).
-_CALL: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
-    "divreward_call", default=("other", DEFAULT_TENANT)
-)
-
-
 _INFLIGHT = [0]  # requests in flight in this process
 
 
@@ -316,12 +311,11 @@ class ServiceMetrics:
         """A request starts: until the returned function is called, model calls
         (:meth:`observe_model`) of this task count for this route and tenant, and the
         request counts as in flight."""
-        token = _CALL.set((route, tenant))
+        bind_call(tenant, route)
         _set_inflight(+1)
 
         def end() -> None:
             _set_inflight(-1)
-            _CALL.reset(token)
 
         return end
 
@@ -357,7 +351,9 @@ class ServiceMetrics:
         """The serving layer's observer (:data:`~divreward.services.common.serving.Observer`):
         a model call of this task's route and tenant; the model's time is recorded in
         the model replica (:func:`record_batch`)."""
-        route, tenant = _CALL.get()
+        call = bound_call()
+        route = (call.route if call else "") or "other"
+        tenant = call.tenant if call else DEFAULT_TENANT
         _record(IMAGES, n_images, route=route, tenant=tenant, scorer=name)
         for b in batches:
             _record(BATCH_IMAGES, b, scorer=name)

@@ -7,6 +7,7 @@ an error. Errors are the schema's :class:`~divreward.schema.ErrorResponse`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -63,6 +64,11 @@ def encode(
     )
 
 
+def retry_after(err: ServiceError) -> str:
+    """The Retry-After value of an error: its seconds rounded up to a whole number."""
+    return str(max(0, math.ceil((err.retry_after_s or 0.0) - 1e-9)))
+
+
 def error_response(
     err: ServiceError,
     request_id: str | None,
@@ -72,7 +78,7 @@ def error_response(
     """An error as the schema's ErrorResponse, with Retry-After / WWW-Authenticate."""
     extra = dict(headers or {})
     if err.retry_after_s is not None:
-        extra["Retry-After"] = str(max(0, round(err.retry_after_s + 0.4999)))
+        extra["Retry-After"] = retry_after(err)
     if err.status == 401:
         extra["WWW-Authenticate"] = "Bearer"
     return encode(err.to_response(request_id), binary, status=err.status, headers=extra)

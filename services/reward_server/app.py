@@ -69,9 +69,9 @@ class RewardIngress(RewardGrpcMethods):
         diversity = connect_diversity(args.diversity_app, required=needs)
         own = serve.get_replica_context().app_name
         self.serve_apps = [own, *([diversity.app_name] if diversity.deployed else [])]
-        self.serving = RewardServing(scorers, diversity, args)
-        self.groups = GroupService(self.serving, assembler)
         self.api = Api("reward", args.limits, args.auth, args.ingress)
+        self.serving = RewardServing(scorers, diversity, args, self.api.auth.tenants)
+        self.groups = GroupService(self.serving, assembler)
         self.serving.observe = self.api.metrics.observe_model
         if args.profile == "tiny":
             log.warning("reward service runs the TINY profile: every response says so")

@@ -6,6 +6,9 @@ diversity rewards need the whole group. A part is a
 :class:`~divreward.schema_stream.GroupSubmission` with ``group_size`` set; parts that
 share ``namespace`` and ``group_id`` fill groups of ``group_size`` images in arrival
 order (images beyond it open the next group of that id, ``sequence`` 1, 2, ...).
+Groups are kept per tenant (the caller's token, :mod:`divreward.services.common.tenants`):
+two tenants that use the same namespace and ``group_id`` never touch each other's
+groups.
 
 This module is the deployment: :class:`GroupAssembler`, a single-replica deployment
 holding the pending groups (one replica, so every part of a group meets in one place).
@@ -59,6 +62,7 @@ class Segment:
 @dataclass
 class _Group:
     token: str
+    tenant: str
     namespace: str
     group_id: str
     sequence: int
@@ -76,6 +80,10 @@ class _Group:
     def describe(self) -> str:
         return f"group {self.group_id!r} (namespace {self.namespace!r}, #{self.sequence})"
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.tenant, self.namespace, self.group_id)
+
 
 Outcome = tuple[str, Any]  # ("ok", RewardsResponse) | ("error", ServiceError)
 
@@ -85,14 +93,16 @@ class GroupAssembler:
 
     def __init__(self, args: AssemblyArgs | None = None) -> None:
         self.args = args or AssemblyArgs()
-        self._open: dict[tuple[str, str], _Group] = {}
+        # keyed by (tenant, namespace, group_id); parts by that and the part's id
+        self._open: dict[tuple[str, str, str], _Group] = {}
         self._groups: dict[str, _Group] = {}
-        self._next_seq: dict[tuple[str, str], int] = {}
-        self._parts: dict[tuple[str, str, str], list[Segment]] = {}
+        self._next_seq: dict[tuple[str, str, str], int] = {}
+        self._parts: dict[tuple[str, str, str, str], list[Segment]] = {}
         self._pending_images = 0
 
     async def add(
         self,
+        tenant: str,
         namespace: str,
         group_id: str,
         part_id: str,
@@ -103,9 +113,10 @@ class GroupAssembler:
         timeout_s: float,
     ) -> list[Segment]:
         """Add a part; returns the segments it landed in (a leader segment carries the
-        completed group's images). Raises ServiceError for a part that does not fit."""
-        key = (namespace, group_id)
-        dup = self._parts.get((namespace, group_id, part_id))
+        completed group's images). Raises ServiceError for a part that does not fit.
+        ``tenant``: whose part it is (groups are kept per tenant)."""
+        key = (tenant, namespace, group_id)
+        dup = self._parts.get((*key, part_id))
         if dup is not None:
             # A retry of a part already placed: wait for the same groups, never lead.
             return [Segment(s.token, s.sequence, s.positions, s.group_positions) for s in dup]
@@ -144,7 +155,7 @@ class GroupAssembler:
                 self._complete(group)
                 seg.leader_images = group.images
             segments.append(seg)
-        self._parts[(namespace, group_id, part_id)] = segments
+        self._parts[(*key, part_id)] = segments
         return segments
 
     def _check_fits(self, group: _Group, prompt: str, size: int, params_key: str) -> None:
@@ -173,7 +184,7 @@ class GroupAssembler:
 
     def _new_group(
         self,
-        key: tuple[str, str],
+        key: tuple[str, str, str],
         prompt: str,
         size: int,
         params_key: str,
@@ -184,8 +195,9 @@ class GroupAssembler:
         self._next_seq[key] = seq + 1
         group = _Group(
             token=uuid.uuid4().hex,
-            namespace=key[0],
-            group_id=key[1],
+            tenant=key[0],
+            namespace=key[1],
+            group_id=key[2],
             sequence=seq,
             size=size,
             prompt=prompt,
@@ -200,7 +212,7 @@ class GroupAssembler:
         return group
 
     def _complete(self, group: _Group) -> None:
-        self._open.pop((group.namespace, group.group_id), None)
+        self._open.pop(group.key, None)
         self._pending_images -= group.size
         group.completed_at = time.monotonic()
         if group.timer is not None:
@@ -214,7 +226,7 @@ class GroupAssembler:
         group = self._groups.get(token)
         if group is None or group.completed_at is not None:
             return
-        self._open.pop((group.namespace, group.group_id), None)
+        self._open.pop(group.key, None)
         self._pending_images -= len(group.images)
         err = ServiceError(
             408,
@@ -254,9 +266,9 @@ class GroupAssembler:
         if group is None:
             return
         for part_id in set(group.parts):
-            segs = self._parts.get((group.namespace, group.group_id, part_id))
+            segs = self._parts.get((*group.key, part_id))
             if segs is not None and all(s.token not in self._groups for s in segs):
-                del self._parts[(group.namespace, group.group_id, part_id)]
+                del self._parts[(*group.key, part_id)]
 
     async def wait(self, token: str) -> Outcome:
         """The outcome of a group: its RewardsResponse, or the error that ended it."""

@@ -55,7 +55,7 @@ from divreward.services.common.api import Api
 from divreward.services.common.app import error_responses
 from divreward.services.common.errors import ServiceError, from_validation_error, to_service_error
 from divreward.services.common.metrics import request_tenant
-from divreward.services.common.wire import error_response, read_body
+from divreward.services.common.wire import error_response, read_body, retry_after
 from divreward.services.reward_server.serving import combine_quality
 
 __all__ = ["FlowFactoryRequest", "compat_router"]
@@ -82,15 +82,23 @@ async def _quality(
 
 
 # ------------------------------------------------------------------ pickle dialect
-def _pickle_reply(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(safe_dumps(payload), status_code=status, media_type=PICKLE_MEDIA_TYPE)
+def _pickle_reply(
+    payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        safe_dumps(payload), status_code=status, media_type=PICKLE_MEDIA_TYPE, headers=headers
+    )
 
 
 def _pickle_error(err: ServiceError) -> Response:
     # Flow-GRPO retries only 500 and crashes on anything else: transient errors become
-    # 500, a bad request keeps its 4xx so the trainer stops at the real cause.
+    # 500 (a tenant over its quota too, with its Retry-After), a bad request keeps its 4xx
+    # so the trainer stops at the real cause.
     transient = err.status >= 500 or err.status == 429
-    return _pickle_reply({"error": f"{err.kind}: {err.message}"}, 500 if transient else err.status)
+    headers = {"Retry-After": retry_after(err)} if err.retry_after_s is not None else None
+    return _pickle_reply(
+        {"error": f"{err.kind}: {err.message}"}, 500 if transient else err.status, headers
+    )
 
 
 def _check_keys(data: dict[Any, Any], keys: Sequence[str], what: str) -> None:

@@ -23,6 +23,7 @@ from divreward.schema_stream import AssembledGroup, GroupSubmission, GroupSubmis
 from divreward.services.common.decode import decode_group
 from divreward.services.common.errors import ServiceError, to_service_error
 from divreward.services.common.limits import check_counts
+from divreward.services.common.tenants import current_tenant
 from divreward.services.config import AssemblyArgs
 from divreward.services.reward_server.assembler import Outcome, Segment
 
@@ -119,6 +120,7 @@ class GroupService:
             sub.assembly_timeout_s or self.args.default_timeout_s, self.args.max_timeout_s
         )
         segments: list[Segment] = await self.assembler.add.remote(
+            current_tenant(),  # groups are kept per tenant
             sub.namespace or "default",
             sub.group_id,
             sub.request_id or uuid.uuid4().hex,

@@ -43,6 +43,8 @@ from divreward.services.common.auth import grpc_peer_host
 from divreward.services.common.errors import ServiceError
 from divreward.services.common.idempotency import CachedReply
 from divreward.services.common.metrics import DEFAULT_TENANT
+from divreward.services.common.tenants import bind_call
+from divreward.services.common.wire import retry_after
 from divreward.services.reward_server.groups import GroupService
 
 __all__ = ["GRPC_SERVICER_FUNCTION", "RewardGrpcMethods", "grpc_code"]
@@ -96,15 +98,31 @@ class RewardGrpcMethods:
     groups: GroupService
 
     # ------------------------------------------------------------------ helpers
-    def _check_auth(self, grpc_context: Any) -> None:
+    def _check_auth(self, grpc_context: Any, rpc: str = "") -> str:
+        """The caller's tenant (a 401 ServiceError if the call may not proceed), bound
+        to the call's context for the fair queue, group assembly and metrics."""
         metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
-        self.api.auth.check(metadata.get("authorization"), _peer(grpc_context), grpc=True)
+        tenant = self.api.auth.check(metadata.get("authorization"), _peer(grpc_context), grpc=True)
+        bind_call(tenant, f"grpc:{rpc}" if rpc else None)
+        return tenant
 
     def _fail(self, grpc_context: Any, err: ServiceError) -> ServiceError:
         if grpc_context is not None:
             grpc_context.set_code(grpc_code(err.status))
             grpc_context.set_details(f"{err.kind}: {err.message}")
+            if err.retry_after_s is not None:
+                # As HTTP's Retry-After header: whole seconds, rounded up.
+                grpc_context.set_trailing_metadata([("retry-after", retry_after(err))])
         return err
+
+    def _end(self, grpc_context: Any, err: ServiceError, rpc: str) -> Message:
+        """End a unary call with the error's status. An error that says when to retry
+        (429/503) is *returned* with its code set, not raised: only then does Serve's
+        proxy pass the trailing metadata (``retry-after``) on to the client."""
+        self._fail(grpc_context, err)
+        if err.retry_after_s is not None and grpc_context is not None:
+            return _REPLIES.get(rpc, pb.HealthResponse)()
+        raise err from None
 
     async def _cached_call(
         self,
@@ -145,30 +163,36 @@ class RewardGrpcMethods:
         grpc_context: Any,
     ) -> Message:
         t0 = time.perf_counter()
+        tenant = DEFAULT_TENANT
         try:
-            self._check_auth(grpc_context)
+            tenant = self._check_auth(grpc_context, rpc)
             req = from_proto(request, model)
-            reply = await self._cached_call(rpc, request, req, call)
+            reply = await self._cached_call(rpc, request, req, call, tenant)
         except Exception as exc:
             err = self.api.failed(f"grpc:{rpc}", exc)
-            self.api.metrics.count(f"grpc:{rpc}", err.status, time.perf_counter() - t0, err.kind)
-            raise self._fail(grpc_context, err) from None
-        self.api.metrics.count(f"grpc:{rpc}", 200, time.perf_counter() - t0)
+            self.api.metrics.count(
+                f"grpc:{rpc}", err.status, time.perf_counter() - t0, err.kind, tenant
+            )
+            return self._end(grpc_context, err, rpc)
+        self.api.metrics.count(f"grpc:{rpc}", 200, time.perf_counter() - t0, tenant=tenant)
         return reply
 
     async def _no_arg(
         self, rpc: str, call: Callable[[], Awaitable[BaseModel]], grpc_context: Any, auth: bool
     ) -> Message:
         t0 = time.perf_counter()
+        tenant = DEFAULT_TENANT
         try:
             if auth:
-                self._check_auth(grpc_context)
+                tenant = self._check_auth(grpc_context, rpc)
             result = await self.api.with_timeout(call())
         except Exception as exc:
             err = self.api.failed(f"grpc:{rpc}", exc)
-            self.api.metrics.count(f"grpc:{rpc}", err.status, time.perf_counter() - t0, err.kind)
+            self.api.metrics.count(
+                f"grpc:{rpc}", err.status, time.perf_counter() - t0, err.kind, tenant
+            )
             raise self._fail(grpc_context, err) from None
-        self.api.metrics.count(f"grpc:{rpc}", 200, time.perf_counter() - t0)
+        self.api.metrics.count(f"grpc:{rpc}", 200, time.perf_counter() - t0, tenant=tenant)
         return to_proto(result)
 
     # ------------------------------------------------------------------ unary RPCs
@@ -223,7 +247,7 @@ class RewardGrpcMethods:
     ) -> AsyncIterator[Message]:
         """Answer every submission of the stream once, as soon as it is computed."""
         try:
-            self._check_auth(grpc_context)
+            tenant = self._check_auth(grpc_context, "RewardStream")
         except ServiceError as err:
             raise self._fail(grpc_context, err) from None
         answers: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -232,7 +256,7 @@ class RewardGrpcMethods:
 
         async def answer(message: pb.GroupSubmission) -> None:
             try:
-                answers.put_nowait(await self._stream_one(message))
+                answers.put_nowait(await self._stream_one(message, tenant))
             finally:
                 slots.release()
 
@@ -262,24 +286,27 @@ class RewardGrpcMethods:
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_one(self, message: pb.GroupSubmission) -> Message:
+    async def _stream_one(self, message: pb.GroupSubmission, tenant: str) -> Message:
         t0 = time.perf_counter()
         route = "grpc:RewardStream"
+        bind_call(tenant, route)  # this submission's task: the stream's tenant
         group_id = message.group_id
         request_id = message.request_id if message.HasField("request_id") else None
         try:
             sub = from_proto(message, GroupSubmission)
-            reply = await self._cached_call("RewardStream", message, sub, self.groups.submit)
+            reply = await self._cached_call(
+                "RewardStream", message, sub, self.groups.submit, tenant
+            )
         except Exception as exc:
             err = self.api.failed("grpc:RewardStream", exc)
             self.api.metrics.count(
-                "grpc:RewardStream", err.status, time.perf_counter() - t0, err.kind
+                "grpc:RewardStream", err.status, time.perf_counter() - t0, err.kind, tenant
             )
             failed = GroupSubmissionResult(
                 group_id=group_id, request_id=request_id, error=err.to_response().error
             )
             return to_proto(failed)
-        self.api.metrics.count(route, 200, time.perf_counter() - t0)
+        self.api.metrics.count(route, 200, time.perf_counter() - t0, tenant=tenant)
         return reply
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -49,7 +50,9 @@ from divreward.schema import (
 from divreward.services.common.decode import decode_and_put
 from divreward.services.common.deployments import DiversityHandles
 from divreward.services.common.errors import ServiceError
+from divreward.services.common.fairqueue import FairQueue, FairScheduler, TenantShare
 from divreward.services.common.limits import check_counts, check_prompt
+from divreward.services.common.metrics import record_queue_wait, record_rejected
 from divreward.services.common.serving import (
     Observer,
     core_error,
@@ -58,6 +61,7 @@ from divreward.services.common.serving import (
     no_observer,
     response_meta,
 )
+from divreward.services.common.tenants import Tenant, current_call, current_tenant
 from divreward.services.config import RewardAppArgs
 from divreward.services.model_deployments import ModelOutput
 
@@ -97,7 +101,11 @@ class RewardServing:
     """
 
     def __init__(
-        self, scorers: Mapping[str, Any], diversity: DiversityHandles, args: RewardAppArgs
+        self,
+        scorers: Mapping[str, Any],
+        diversity: DiversityHandles,
+        args: RewardAppArgs,
+        tenants: Sequence[Tenant] = (),
     ) -> None:
         self.scorers = dict(scorers)
         self.link = diversity
@@ -107,6 +115,22 @@ class RewardServing:
         self.default_quality = args.default_quality()
         self.prompt_checks = prompt_checks(args)
         self.observe: Observer = no_observer
+        # Every image of every route passes here before the models (see _admit).
+        shares = {t.name: TenantShare(t.weight, t.max_queued_images) for t in tenants}
+        self.queue = FairQueue(
+            FairScheduler(
+                inflight_capacity(args), shares, retry_after_floor_s=args.ingress.retry_after_s
+            ),
+            on_wait=lambda tenant, s: record_queue_wait(current_call().route, tenant, s),
+            on_reject=lambda tenant: record_rejected(current_call().route, tenant),
+        )
+
+    def _admit(self, sizes: Sequence[int]) -> Any:
+        """The fair queue's turns of a request's groups (their image counts), for the
+        current call's tenant: ``async with self._admit(sizes) as turns`` admits the
+        request or raises the tenant's 429; ``async with turns[g]`` then holds group
+        ``g``'s decoding and model calls until the group's turn."""
+        return self.queue.slots(current_tenant(), sizes)
 
     # -- helpers -----------------------------------------------------------------
     def _check_scorers(self, names: Sequence[str], field: str) -> None:
@@ -184,11 +208,12 @@ class RewardServing:
         for i, p in enumerate(req.prompts):
             check_prompt(p, f"prompts[{i}]", None, self.limits)
             self._check_prompt_for(names, p, f"prompts[{i}]", None)
-        ref, count = await self._decode_put(req.images, None)
         meta = list(req.metadata) if req.metadata is not None else None
-        outs = await asyncio.gather(
-            *(self._score(n, ref, list(req.prompts), count, meta) for n in names)
-        )
+        async with self._admit([len(req.images)]) as turns, turns[0]:
+            ref, count = await self._decode_put(req.images, None)
+            outs = await asyncio.gather(
+                *(self._score(n, ref, list(req.prompts), count, meta) for n in names)
+            )
         cards = [o.card for o in outs]
         return ScoreResponse(
             **response_meta(self.args, cards, req.request_id),
@@ -204,14 +229,15 @@ class RewardServing:
         for the dialects that return them all; 400 when the server does not run it."""
         self._check_scorers([name], "scorer")
         check_counts([len(images)], self.limits, grouped=False)
-        ref, _ = await self._decode_put(images, None)
         prompts = [str(m.get("prompt", "")) if isinstance(m, dict) else "" for m in metadata]
-        try:
-            parts: dict[str, np.ndarray] = await self.scorers[name].score_components.remote(
-                ref, prompts, metadata
-            )
-        except Exception as exc:
-            raise metadata_error(exc, name, None) from None
+        async with self._admit([len(images)]) as turns, turns[0]:
+            ref, _ = await self._decode_put(images, None)
+            try:
+                parts: dict[str, np.ndarray] = await self.scorers[name].score_components.remote(
+                    ref, prompts, metadata
+                )
+            except Exception as exc:
+                raise metadata_error(exc, name, None) from None
         return parts
 
     # -- /v1/rewards -------------------------------------------------------------
@@ -231,14 +257,15 @@ class RewardServing:
 
         async def one(g: int) -> tuple[RewardGroupResult, list[ModelCard]]:
             group = req.groups[g]
-            # One put per group: every model reads the same pixels from the object store.
-            ref, n = await self._decode_put(group.images, g)
-            prompts = [group.prompt] * n
-            meta = [group.metadata] * n if group.metadata is not None else None
-            calls = [self._score(name, ref, prompts, n, meta, g) for name in weights]
-            if needs_embeddings:
-                calls.append(self._embed(ref, n))
-            outs = await asyncio.gather(*calls)
+            async with turns[g]:  # the group's turn in the fair queue
+                # One put per group: every model reads the same pixels from the store.
+                ref, n = await self._decode_put(group.images, g)
+                prompts = [group.prompt] * n
+                meta = [group.metadata] * n if group.metadata is not None else None
+                calls = [self._score(name, ref, prompts, n, meta, g) for name in weights]
+                if needs_embeddings:
+                    calls.append(self._embed(ref, n))
+                outs = await asyncio.gather(*calls)
             scores = {name: outs[i].values for i, name in enumerate(weights)}
             total = combine_quality(weights, scores, n, aggregation)
             emb = outs[-1].values if needs_embeddings else None
@@ -268,7 +295,8 @@ class RewardServing:
             )
             return result, [o.card for o in outs]
 
-        results = await asyncio.gather(*(one(g) for g in range(len(req.groups))))
+        async with self._admit([len(g.images) for g in req.groups]) as turns:
+            results = await asyncio.gather(*(one(g) for g in range(len(req.groups))))
         models, warnings = _merge_cards([cards for _, cards in results])
         meta = response_meta(self.args, list(models.values()), req.request_id)
         meta["warnings"] = meta["warnings"] + warnings
@@ -339,6 +367,24 @@ class RewardServing:
         if self.link.deployed:  # a quality-only reward app has nothing more to probe
             states.update(await diversity_ready())
         return states
+
+
+def inflight_capacity(args: RewardAppArgs) -> int:
+    """Images one ingress replica lets through to the models at once
+    (``ingress.max_inflight_images``, else derived from the scorers: enough for a batch
+    computing and the next filling on every replica of the scorer with the least room,
+    shared among the ingress replicas). Fairness needs the excess to wait in the ingress:
+    what is past this bound queues FIFO in Serve, for everyone alike."""
+    if args.ingress.max_inflight_images is not None:
+        return args.ingress.max_inflight_images
+
+    def replicas(s: Any) -> int:
+        if isinstance(s.num_replicas, int):
+            return int(s.num_replicas)
+        return int((s.autoscaling or {}).get("max_replicas", 1))
+
+    room = min(2 * s.batch.max_batch_images * replicas(s) for s in args.scorers.values())
+    return max(1, math.ceil(room / args.ingress.num_replicas))
 
 
 def prompt_checks(args: RewardAppArgs) -> dict[str, Callable[[str], None]]:

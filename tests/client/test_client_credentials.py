@@ -90,3 +90,72 @@ def test_grpcs_opens_a_secure_channel_and_grpc_a_plaintext_one(
 
     asyncio.run(open_both())
     assert made == ["secure h:443", "insecure h:9000"]
+
+
+class _RecordingPolicy(RetryPolicy):
+    """Records the Retry-After each retry is asked to honour; waits no real time."""
+
+    def next_wait(
+        self, retry: int, waited_s: float, retry_after_s: float | None = None
+    ) -> float | None:
+        wait = super().next_wait(retry, waited_s, retry_after_s)
+        SEEN.append((retry_after_s, wait))
+        return 0.0 if wait is not None else None
+
+
+SEEN: list[tuple[float | None, float | None]] = []
+
+
+def test_grpc_resource_exhausted_is_retried_after_the_trailing_retry_after() -> None:
+    """A local gRPC server answers RESOURCE_EXHAUSTED with ``retry-after`` trailing
+    metadata (as the reward ingress does for a tenant over its quota) twice, then OK."""
+    from divreward.proto import divreward_pb2 as pb
+    from divreward.proto import divreward_pb2_grpc as pb_grpc
+    from divreward.schema import HealthResponse
+
+    calls: list[str] = []
+
+    class Throttling(pb_grpc.RewardServiceServicer):
+        async def Health(self, request: pb.HealthRequest, context: object) -> pb.HealthResponse:  # noqa: N802
+            calls.append("Health")
+            if len(calls) <= 2:
+                context.set_trailing_metadata((("retry-after", "7"),))  # type: ignore[attr-defined]
+                await context.abort(  # type: ignore[attr-defined]
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "overloaded: tenant 'team-a' is over its quota",
+                )
+            return pb.HealthResponse(status="ok")
+
+    async def scenario() -> tuple[str, str]:
+        server = grpc.aio.server()
+        pb_grpc.add_RewardServiceServicer_to_server(Throttling(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            policy = _RecordingPolicy(max_attempts=5, jitter=0.0)
+            t = AsyncGrpcTransport(f"grpc://127.0.0.1:{port}", timeout_s=10, retry=policy)
+            ok = await t.call("Health", None, HealthResponse, "rid")
+            # a server that keeps refusing: the final error says how it ended
+            tight = _RecordingPolicy(max_attempts=2, jitter=0.0)
+            t2 = AsyncGrpcTransport(f"grpc://127.0.0.1:{port}", timeout_s=10, retry=tight)
+            calls.clear()
+            try:
+                await t2.call("Health", None, HealthResponse, "rid2")
+            except Exception as exc:  # the 3rd call would succeed; 2 attempts fail
+                final = str(exc)
+            else:
+                final = "no error"
+            await t.aclose()
+            await t2.aclose()
+            return ok.status or "", final
+        finally:
+            await server.stop(None)
+
+    SEEN.clear()
+    status, final = asyncio.run(scenario())
+    assert status == "ok"
+    assert SEEN[:2] == [(7.0, 7.0), (7.0, 7.0)]  # the server's 7 s, honoured
+    assert final.startswith(
+        "server answered RESOURCE_EXHAUSTED after 2 attempts: overloaded: tenant 'team-a' "
+        "is over its quota (gave up after 2 attempt(s)"
+    )

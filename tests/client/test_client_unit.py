@@ -167,9 +167,46 @@ def test_backoff_doubles_up_to_the_cap_with_bounded_jitter() -> None:
     j = RetryPolicy(backoff_s=1.0, max_backoff_s=100.0, jitter=0.2)
     delays = [j.delay(1) for _ in range(200)]
     assert min(delays) >= 1.0 and max(delays) <= 1.2 and len(set(delays)) > 1
-    # Retry-After raises the delay, never above the cap
+    # Retry-After is a floor (a server's quota says when to come back), up to its cap
     assert p.delay(1, retry_after_s=2.5) == 2.5
-    assert p.delay(1, retry_after_s=60.0) == 3.0
+    assert p.delay(1, retry_after_s=30.0) == 30.0
+    assert p.delay(1, retry_after_s=600.0) == 60.0  # max_retry_after_s
+    # ... stretched by the jitter, never shortened by it
+    after = [j.delay(1, retry_after_s=10.0) for _ in range(200)]
+    assert min(after) >= 10.0 and max(after) <= 12.0 and len(set(after)) > 1
+
+
+def test_retries_stop_at_the_attempts_or_the_total_wait() -> None:
+    p = RetryPolicy(
+        max_attempts=4, backoff_s=1.0, max_backoff_s=8.0, jitter=0.0, max_total_wait_s=10.0
+    )
+    assert p.next_wait(1, 0.0) == 1.0
+    assert p.next_wait(3, 3.0) == 4.0
+    assert p.next_wait(4, 7.0) is None  # the 4th attempt was the last
+    assert p.next_wait(2, 0.0, retry_after_s=9.0) == 9.0
+    assert p.next_wait(2, 2.0, retry_after_s=9.0) is None  # 2 + 9 > 10 s in all
+
+
+def test_a_429_is_retried_after_retry_after_until_the_budget_is_spent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr("divreward.client._http.asyncio.sleep", sleep)
+    quota = "tenant 'team-a' is over its quota: 4096 images already waiting"
+    script = Script([_error(429, "overloaded", quota, **{"retry-after": "12"})])
+    policy = RetryPolicy(max_attempts=10, backoff_s=0.1, jitter=0.0, max_total_wait_s=40.0)
+    with pytest.raises(RewardServiceError) as info:
+        _transport(script, policy).call(ROUTE, _request(), HealthResponse, "r")
+    assert waits == [12.0, 12.0, 12.0]  # a 4th wait would pass 40 s
+    err = info.value
+    assert err.status == 429 and err.attempts == 4 and len(script.seen) == 4
+    assert str(err).startswith(f"server answered 429 after 4 attempts: overloaded: {quota}")
+    assert "gave up after 4 attempt(s) and 36.0 s of waiting" in str(err)
+    assert "max_total_wait_s=40" in str(err)
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,9 @@ from divreward.services.deploy_config import validate_config
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = {"dev": "serve-cluster-tiny.yaml", "prod": "serve-cluster-gpu.yaml"}
-TOKENS_SECRET = "divreward-api-tokens"
+TENANTS_SECRET = "divreward-tenants"
+TENANTS_FILE = "/etc/divreward/tenants/tenants.yaml"
+TRAINER_TOKEN = {"name": "divreward-trainer-token", "key": "token"}
 HF_SECRET = {"name": "divreward-hf-token", "key": "token", "optional": True}
 
 pytestmark = pytest.mark.skipif(
@@ -75,9 +77,9 @@ def test_every_overlay_renders_the_expected_objects(
 ) -> None:
     name, objs = overlay
     kinds = sorted(o["kind"] for o in objs if o["kind"] != "NetworkPolicy")  # test below
-    if name == "dev":  # tiny models, no weights claim, a throw-away token, the trainer Job
-        assert kinds == ["Job", "RayService", "Secret"]
-    else:  # the token Secret is created out of band, never overwritten
+    if name == "dev":  # tiny models, no weights claim, a throw-away tenant, the trainer Job
+        assert kinds == ["Job", "RayService", "Secret", "Secret"]  # tenants, trainer token
+    else:  # the tenants Secret is created out of band, never overwritten
         assert kinds == ["Job", "PersistentVolumeClaim", "RayService"]  # + the weights Job
     for o in objs:
         assert o["metadata"]["labels"]["app.kubernetes.io/name"] == "divreward"
@@ -167,18 +169,23 @@ def test_every_deployment_lands_on_exactly_one_pool_that_can_hold_it(
             assert m["num_gpus"] > 0 and gpus >= 1
 
 
-def test_tokens_come_from_the_secret_and_weights_from_the_claim(
-    overlay: tuple[str, list[dict[str, Any]]],
+def test_tenants_come_from_the_secret_and_weights_from_the_claim(
+    overlay: tuple[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     name, objs = overlay
     rs = one(objs, "RayService")
     for group, pod in _pods(rs).items():
         (c,) = pod["containers"]
         env = {e["name"]: e for e in c["env"]}
-        ref = env["DIVREWARD_API_TOKENS"]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": TOKENS_SECRET, "key": "tokens"}, group
+        # the tenants file: mounted read-only from the Secret, named by the variable
+        assert env["DIVREWARD_TENANTS_FILE"]["value"] == TENANTS_FILE, group
+        assert "DIVREWARD_API_TOKENS" not in env
         assert pod["securityContext"]["runAsNonRoot"] is True
         mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        tenants = mounts[str(Path(TENANTS_FILE).parent)]
+        assert tenants["readOnly"] is True
+        (vol,) = [v for v in pod["volumes"] if v["name"] == tenants["name"]]
+        assert vol["secret"] == {"secretName": TENANTS_SECRET, "defaultMode": 0o400}
         assert "/dev/shm" in mounts  # Ray's object store
         claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
         if name == "prod":
@@ -190,9 +197,18 @@ def test_tokens_come_from_the_secret_and_weights_from_the_claim(
         else:
             assert not claims
     if name == "dev":
-        secret = one(objs, "Secret")
-        assert secret["metadata"]["name"] == TOKENS_SECRET and secret["stringData"]["tokens"]
-        assert not check_k8s_object(secret, "V1Secret", "secret")
+        secrets = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Secret"}
+        assert set(secrets) == {TENANTS_SECRET, TRAINER_TOKEN["name"]}
+        for secret in secrets.values():
+            assert not check_k8s_object(secret, "V1Secret", "secret")
+        # the server's tenants file parses, and the trainer's token is one of its tenants
+        from divreward.services.common.tenants import find_tenant, load_tenants_file
+
+        path = tmp_path / "tenants.yaml"
+        path.write_text(secrets[TENANTS_SECRET]["stringData"]["tenants.yaml"])
+        token = secrets[TRAINER_TOKEN["name"]]["stringData"][TRAINER_TOKEN["key"]]
+        tenant = find_tenant(load_tenants_file(path), token)
+        assert tenant is not None and tenant.name == "dev-trainer"
     else:
         pvc = one(objs, "PersistentVolumeClaim")
         assert not check_k8s_object(pvc, "V1PersistentVolumeClaim", "pvc")
@@ -300,7 +316,8 @@ def _check_trainer_job(job: dict[str, Any], preset: str) -> None:
     assert "reward_url=grpc://divreward-serve:9000" in sets  # the serve Service's gRPC port
     assert (ROOT / "trainer" / "presets" / f"{preset}.yaml").is_file()
     env = {e["name"]: e for e in c["env"]}
-    assert env["DIVREWARD_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == TOKENS_SECRET
+    # one token per trainer, from its own Secret (never the server's tenants file)
+    assert env["DIVREWARD_API_TOKEN"]["valueFrom"]["secretKeyRef"] == TRAINER_TOKEN
     assert spec["securityContext"]["runAsNonRoot"] is True
 
 

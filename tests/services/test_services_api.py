@@ -366,7 +366,7 @@ def test_prometheus_metrics(
     def delta(name: str, **labels: str) -> float:
         return prom_sum(after, name, **labels) - prom_sum(before, name, **labels)
 
-    call = {"route": "/v1/rewards", "tenant": "default"}
+    call = {"route": "/v1/rewards", "tenant": "local"}  # a token-less loopback caller
     assert delta("divreward_requests_total", **call, status_class="2xx") == 1
     assert delta("divreward_requests_total", **call, status_class="4xx") == 1
     assert delta("divreward_errors_total", **call, kind="invalid_image") == 1

@@ -173,6 +173,7 @@ def _cli_args(**kw: Any) -> argparse.Namespace:
         "host": None,
         "port": None,
         "token_file": None,
+        "tenants": None,
         "tiny_dir": None,
         "weights_dir": None,
     }
@@ -201,6 +202,26 @@ def test_cli_refuses_non_loopback_without_auth(
     config = prepare_config(_cli_args(port=8123))
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
     assert not any(a["args"]["auth"].get("enabled") for a in config["applications"])
+
+
+def test_cli_tenants_file_switches_auth_on_and_is_checked_before_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DIVREWARD_API_TOKENS", raising=False)
+    monkeypatch.delenv("DIVREWARD_TENANTS_FILE", raising=False)
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text("tenants:\n  - {name: team-a, token: s3cret, weight: 2}\n")
+    config = prepare_config(_cli_args(host="0.0.0.0", profile="tiny", tenants=tenants))
+    for app in config["applications"]:
+        assert app["args"]["auth"] == {"enabled": True, "tenants_file": str(tenants)}
+    # the environment variable works as well: the replicas read the file it names
+    monkeypatch.setenv("DIVREWARD_TENANTS_FILE", str(tenants))
+    config = prepare_config(_cli_args(host="10.1.2.3"))
+    assert all(a["args"]["auth"] == {"enabled": True} for a in config["applications"])
+    # a bad file stops it before anything starts, naming the entry
+    tenants.write_text("tenants:\n  - {name: team-a, token: s3cret, weight: 0}\n")
+    with pytest.raises(ValueError, match=r"tenants\[0\]\.weight: Input should be greater than 0"):
+        prepare_config(_cli_args(host="10.1.2.3"))
 
 
 def test_cli_auth_without_tokens_fails_before_start(

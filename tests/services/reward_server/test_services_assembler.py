@@ -22,6 +22,7 @@ def _run(coro: Any) -> Any:
 
 def _add(asm: GroupAssembler, part: str, n: int, **kw: Any) -> Any:
     args = {
+        "tenant": "team-a",
         "namespace": "ns",
         "group_id": "g",
         "part_id": part,
@@ -52,6 +53,24 @@ def test_parts_fill_a_group_and_the_completing_part_leads() -> None:
         assert not waiter.done()
         await asm.resolve(s3.token, ("ok", "the rewards"))
         assert await waiter == ("ok", "the rewards")
+
+    _run(scenario())
+
+
+def test_tenants_never_share_a_group_even_with_the_same_namespace_and_group_id() -> None:
+    async def scenario() -> None:
+        asm = GroupAssembler()
+        (a1,) = await _add(asm, "a1", 2, tenant="team-a")
+        (b1,) = await _add(asm, "b1", 2, tenant="team-b")
+        # 4 images of group "g" in namespace "ns" arrived, but two groups are open
+        assert a1.token != b1.token
+        assert await asm.stats() == {"open_groups": 2, "pending_images": 4, "known_groups": 2}
+        # the same part id from another tenant is not a retry of the first's part
+        (b2,) = await _add(asm, "a1", 2, tenant="team-b")
+        assert b2.token == b1.token and b2.leader_images == [b"b1-0", b"b1-1", b"a1-0", b"a1-1"]
+        (a2,) = await _add(asm, "a2", 2, tenant="team-a")
+        assert a2.token == a1.token and a2.leader_images == [b"a1-0", b"a1-1", b"a2-0", b"a2-1"]
+        assert (await asm.stats())["open_groups"] == 0
 
     _run(scenario())
 
@@ -171,6 +190,9 @@ class _Ctx:
     def set_details(self, details: str) -> None:
         self.details = details
 
+    def set_trailing_metadata(self, metadata: list[tuple[str, str]]) -> None:
+        self.trailing = list(metadata)
+
 
 def _servicer(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> RewardGrpcMethods:
     from divreward.services.common.api import Api
@@ -186,9 +208,9 @@ def _servicer(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> RewardGrpcMetho
 
 
 def test_grpc_auth_reads_the_authorization_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _servicer(False, monkeypatch)._check_auth(_Ctx([])) is None
+    assert _servicer(False, monkeypatch)._check_auth(_Ctx([])) == "local"  # loopback
     m = _servicer(True, monkeypatch)
-    m._check_auth(_Ctx([("authorization", "Bearer s3cret")]))
+    assert m._check_auth(_Ctx([("authorization", "Bearer s3cret")])) == "token-1"
     with pytest.raises(ServiceError, match="missing 'authorization: Bearer <token>' metadata"):
         m._check_auth(_Ctx([]))
     with pytest.raises(ServiceError, match="invalid bearer token") as info:
@@ -249,3 +271,22 @@ def test_assembly_settings_come_from_the_reward_app_config() -> None:
     assert GroupService(SimpleNamespace(args=args), args=AssemblyArgs()).args == AssemblyArgs()
     with pytest.raises(ValidationError, match="default_timeout"):
         RewardAppArgs(assembly={"default_timeout": 7.5})
+
+
+def test_a_429_ends_a_grpc_call_with_retry_after_trailing_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Serve's proxy forwards trailing metadata only from a call that returns: a 429
+    (with its retry-after) is returned with its code set; other errors are raised."""
+    from divreward.proto import divreward_pb2 as pb
+
+    m = _servicer(True, monkeypatch)
+    ctx = _Ctx([])
+    quota = ServiceError(429, "overloaded", "tenant 'a' is over its quota", retry_after_s=2.2)
+    assert m._end(ctx, quota, "Score") == pb.ScoreResponse()
+    assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ctx.details == "overloaded: tenant 'a' is over its quota"
+    assert ctx.trailing == [("retry-after", "3")]  # whole seconds, rounded up
+    bad = ServiceError(422, "invalid_request", "prompts[0]: too long")
+    with pytest.raises(ServiceError, match="too long"):
+        m._end(_Ctx([]), bad, "Score")
