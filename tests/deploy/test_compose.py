@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -213,6 +214,12 @@ def _per_node(cmd: list[str], extra: list[str] = ()) -> list[str]:  # type: igno
     ]
 
 
+def _interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}`` / ``${VAR}`` in an environment value, as ``docker
+    compose`` substitutes it from the caller's environment (here: the test's)."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: os.environ.get(m[1], m[2] or ""), value)
+
+
 def _exe(cmd: list[str]) -> list[str]:
     """The venv's ``ray``/``serve`` (the image has them on PATH)."""
     venv_bin = Path(os.sys.executable).parent
@@ -233,7 +240,7 @@ def test_tiny_profile_commands_run_as_plain_processes(tiny_zoo: Any, tmp_path: P
     gcs, dash, http, grpc = free_port(), free_port(), free_port(), free_port()
     env = {
         **FAST_FAILURE_ENV,
-        **{k: str(v) for k, v in services["tiny-head"]["environment"].items()},
+        **{k: _interpolate(str(v)) for k, v in services["tiny-head"]["environment"].items()},
         "DIVREWARD_API_TOKENS": TOKEN,
         "DIVREWARD_TINY_DIR": str(tiny_zoo.root),  # prebuilt, instead of building at start
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "15",
