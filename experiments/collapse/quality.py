@@ -36,13 +36,12 @@ from experiments.collapse.nets import FlowNet, ModeCNN
 from experiments.collapse.plugins import _model_dir, images_to_tensor
 from experiments.collapse.pretrain import (
     ToySettings,
-    ensure_toy,
     fit_cnn,
     load_cnn,
     load_meta,
     ode_sample,
 )
-from experiments.collapse.worlds import PluginSpec, World
+from experiments.collapse.worlds import PluginSpec, PretrainedWorld
 
 __all__ = [
     "CnnWorld",
@@ -272,7 +271,7 @@ def base_parts(
 # ----------------------------------------------------------------------------- worlds
 
 
-class CnnWorld(World):
+class CnnWorld(PretrainedWorld):
     """What the within-mode worlds share: a cached pre-trained directory built from a
     world's :class:`~experiments.collapse.pretrain.ToySettings` subclass, its ModeCNN
     classifier as the mode labeller, its ModeCNN embedder as the diversity embedding, a
@@ -290,7 +289,6 @@ class CnnWorld(World):
     within: float = Field(default=4.0, ge=0.0, description="Weight of the within-mode part.")
     between: float = Field(default=1.0, ge=0.0, description="Weight of the between-mode part.")
 
-    _dir: Path | None = PrivateAttr(default=None)
     _classifier: Any = PrivateAttr(default=None)
 
     @abstractmethod
@@ -299,17 +297,6 @@ class CnnWorld(World):
     @abstractmethod
     def parts_quality(self) -> PartsQuality:
         """The quality as the plugin computes it, in this process."""
-
-    def prepare(self, cache_dir: Path, log: Callable[[str], None] = print) -> Path:
-        if self._dir is None:
-            self._dir = ensure_toy(cache_dir, self.settings(), log=log)
-        return self._dir
-
-    @property
-    def model_dir(self) -> Path:
-        if self._dir is None:
-            raise RuntimeError(f"world {self.name}: prepare() first")
-        return self._dir
 
     def _weights(self) -> dict[str, float]:
         return {"within": self.within, "between": self.between}

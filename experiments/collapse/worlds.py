@@ -171,7 +171,32 @@ def tilted_ideal(base_histogram: np.ndarray, weights: np.ndarray, tau: float) ->
 # ----------------------------------------------------------------------------- worlds
 
 
-class ShapesQualityIsMode(World):
+class PretrainedWorld(World):
+    """A world built from a :class:`~experiments.collapse.pretrain.ToySettings` and cached
+    under the experiment's cache directory: :meth:`prepare` builds (or loads) it once,
+    :attr:`model_dir` is its directory after that. A subclass gives :meth:`settings`."""
+
+    _dir: Path | None = PrivateAttr(default=None)
+
+    @abstractmethod
+    def settings(self) -> Any:
+        """The world's pre-training settings (a ToySettings)."""
+
+    def prepare(self, cache_dir: Path, log: Callable[[str], None] = print) -> Path:
+        from experiments.collapse.pretrain import ensure_toy
+
+        if self._dir is None:
+            self._dir = ensure_toy(cache_dir, self.settings(), log=log)
+        return self._dir
+
+    @property
+    def model_dir(self) -> Path:
+        if self._dir is None:
+            raise RuntimeError(f"world {self.name}: prepare() first")
+        return self._dir
+
+
+class ShapesQualityIsMode(PretrainedWorld):
     """K (shape, colour) modes of 16x16 renders; quality = the mode's weight under the
     mode classifier's softmax (a preferred mode scores ``quality_scale``, the others
     ``quality_scale * (1 - margin)``): quality *is* the mode."""
@@ -202,7 +227,6 @@ class ShapesQualityIsMode(World):
         default=None, gt=0.0, description="tau of the ideal; default margin / ln 2."
     )
 
-    _dir: Path | None = PrivateAttr(default=None)
     _classifier: Any = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
@@ -210,23 +234,10 @@ class ShapesQualityIsMode(World):
         if bad:
             raise ValueError(f"preferred: modes {bad} outside 0..{self.k_modes - 1}")
 
-    def _settings(self) -> Any:
+    def settings(self) -> Any:
         from experiments.collapse.pretrain import ToySettings
 
         return ToySettings(**{"k": self.k_modes, "seed": self.toy_seed, **self.toy})
-
-    def prepare(self, cache_dir: Path, log: Callable[[str], None] = print) -> Path:
-        from experiments.collapse.pretrain import ensure_toy
-
-        if self._dir is None:
-            self._dir = ensure_toy(cache_dir, self._settings(), log=log)
-        return self._dir
-
-    @property
-    def model_dir(self) -> Path:
-        if self._dir is None:
-            raise RuntimeError(f"world {self.name}: prepare() first")
-        return self._dir
 
     def quality(self) -> PluginSpec:
         return PluginSpec(
