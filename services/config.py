@@ -276,6 +276,11 @@ class IngressArgs(_Args):
     """Images one ingress replica has at the models at once; more wait in its fair queue (per
     tenant, by weight). None: 2 x max_batch_images x replicas of the scorer with the least of it,
     divided among the ingress replicas (a batch computing and the next one filling)."""
+    max_chunk_images: int | None = Field(default=None, ge=1)
+    """The fair queue's unit: a group of more images is split into chunks of at most this many,
+    each waiting for its own turn and sent to the models on its own, so a light tenant waits
+    behind a chunk instead of a whole group of a flooding one (see docs/operations.md). None:
+    whole groups (one turn and one call per model per group)."""
 
 
 class ServiceArgs(_Args):

@@ -108,32 +108,38 @@ def image_size(
 
 
 def decode_group(
-    images: Sequence[bytes], group_index: int | None, max_pixels: int, field: str = "groups"
+    images: Sequence[bytes],
+    group_index: int | None,
+    max_pixels: int,
+    field: str = "groups",
+    offset: int = 0,
 ) -> list[np.ndarray]:
     """Decode one group's files to canonical arrays, all or nothing.
 
     A 400 ``invalid_image`` names ``groups[g].images[i]`` (or ``images[i]`` when the
     request has no groups; ``field`` names the list of groups) and why (undecodable,
     unsupported format); an image of more than ``max_pixels`` pixels is a 413
-    ``payload_too_large`` naming it the same way.
+    ``payload_too_large`` naming it the same way. ``images`` may be a slice of the group
+    that starts at image ``offset`` (a chunk): the errors name the group's own indices.
     """
     # Headers first, in order (cheap): a too-large or non-image file is reported before
     # any pixel is decoded, and always the lowest index first.
     for i, data in enumerate(images):
-        image_size(data, group_index, i, field, max_pixels)
+        image_size(data, group_index, offset + i, field, max_pixels)
 
     def one(i: int) -> np.ndarray:
+        at = offset + i
         try:
-            return decode_image(images[i], i)
+            return decode_image(images[i], at)
         except ImageError as exc:
             # decode_image prefixes "image {i}: "; restate with the group as well.
-            reason = str(exc).removeprefix(f"image {i}: ")
+            reason = str(exc).removeprefix(f"image {at}: ")
             raise ServiceError(
                 400,
                 "invalid_image",
-                f"{_where(group_index, i, field)}: {reason}",
+                f"{_where(group_index, at, field)}: {reason}",
                 group_index=group_index,
-                image_index=i,
+                image_index=at,
             ) from None
 
     if len(images) < 2:
@@ -156,7 +162,11 @@ def _decoder_pool() -> ThreadPoolExecutor:
 
 
 def decode_and_put(
-    images: Sequence[bytes], group_index: int | None, max_pixels: int, field: str = "groups"
+    images: Sequence[bytes],
+    group_index: int | None,
+    max_pixels: int,
+    field: str = "groups",
+    offset: int = 0,
 ) -> tuple[Any, int]:
     """Decode a group and put its pixels in Ray's object store once: (ObjectRef, count).
 
@@ -166,5 +176,5 @@ def decode_and_put(
     """
     import ray
 
-    arrays = decode_group(images, group_index, max_pixels, field)
+    arrays = decode_group(images, group_index, max_pixels, field, offset)
     return ray.put(arrays), len(arrays)

@@ -14,9 +14,10 @@ rewards and group advantages: the same functions as the trainer's in-process rew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -68,11 +69,15 @@ from divreward.services.model_deployments import ModelOutput
 __all__ = ["RewardServing", "combine_quality"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-def metadata_error(exc: BaseException, scorer: str, group: int | None) -> BaseException:
+def metadata_error(
+    exc: BaseException, scorer: str, group: int | None, offset: int = 0
+) -> BaseException:
     """A scorer's MetadataError (raised in its replica) as a 400 naming the group (or, for
-    /v1/score, the image); any other exception unchanged."""
+    /v1/score, the image: the call held the images from ``offset`` on); any other
+    exception unchanged."""
     cause: BaseException = exc
     while isinstance(cause, RayTaskError) and getattr(cause, "cause", None) is not None:
         cause = cause.cause
@@ -81,8 +86,8 @@ def metadata_error(exc: BaseException, scorer: str, group: int | None) -> BaseEx
     if group is not None:
         where, image = f"groups[{group}].metadata", None
     else:
-        where = "metadata" if cause.index is None else f"metadata[{cause.index}]"
-        image = cause.index
+        image = None if cause.index is None else offset + cause.index
+        where = "metadata" if image is None else f"metadata[{image}]"
     return ServiceError(
         400,
         "invalid_request",
@@ -125,12 +130,47 @@ class RewardServing:
             on_reject=lambda tenant: record_rejected(current_call().route, tenant),
         )
 
-    def _admit(self, sizes: Sequence[int]) -> Any:
+    def _bounds(self, n: int) -> list[tuple[int, int]]:
+        """A group of ``n`` images as the fair queue's units: ``[lo, hi)`` slices of at
+        most ``ingress.max_chunk_images`` images (the whole group when unset)."""
+        size = self.args.ingress.max_chunk_images or max(n, 1)
+        return [(lo, min(n, lo + size)) for lo in range(0, max(n, 1), size)]
+
+    @contextlib.asynccontextmanager
+    async def _admit(self, sizes: Sequence[int]) -> AsyncIterator[list[list[Any]]]:
         """The fair queue's turns of a request's groups (their image counts), for the
         current call's tenant: ``async with self._admit(sizes) as turns`` admits the
-        request or raises the tenant's 429; ``async with turns[g]`` then holds group
-        ``g``'s decoding and model calls until the group's turn."""
-        return self.queue.slots(current_tenant(), sizes)
+        request or raises the tenant's 429; ``turns[g]`` holds one turn per chunk of group
+        ``g`` (see :meth:`_bounds`), for :meth:`_chunked`."""
+        per_group = [self._bounds(n) for n in sizes]
+        flat = [hi - lo for bounds in per_group for lo, hi in bounds]
+        async with self.queue.slots(current_tenant(), flat) as slots:
+            turns, k = [], 0
+            for bounds in per_group:
+                turns.append(slots[k : k + len(bounds)])
+                k += len(bounds)
+            yield turns
+
+    async def _chunked(
+        self,
+        images: Sequence[bytes],
+        group: int | None,
+        turns: Sequence[Any],
+        call: Callable[[Any, int, int], Awaitable[list[R]]],
+    ) -> list[list[R]]:
+        """Each chunk of a group in its own turn of the fair queue: decoded and put in
+        the object store once, then ``call(ref, lo, hi)`` (the models' calls on images
+        ``[lo, hi)``, one result per model), the chunks concurrently. Returns, per chunk
+        in order, the results of ``call``."""
+        bounds = self._bounds(len(images))
+
+        async def one(k: int) -> list[R]:
+            lo, hi = bounds[k]
+            async with turns[k]:  # the chunk's turn in the fair queue
+                ref, _ = await self._decode_put(images[lo:hi], group, lo)
+                return await call(ref, lo, hi)
+
+        return list(await asyncio.gather(*(one(k) for k in range(len(bounds)))))
 
     # -- helpers -----------------------------------------------------------------
     def _check_scorers(self, names: Sequence[str], field: str) -> None:
@@ -161,10 +201,13 @@ class RewardServing:
                     422, "invalid_request", f"{where}: scorer {name!r}: {exc}", group_index=group
                 ) from None
 
-    async def _decode_put(self, images: Sequence[bytes], group: int | None) -> tuple[Any, int]:
-        """Decode a group and put its pixels in the object store once (in a thread)."""
+    async def _decode_put(
+        self, images: Sequence[bytes], group: int | None, offset: int = 0
+    ) -> tuple[Any, int]:
+        """Decode a group (or its chunk from image ``offset`` on) and put its pixels in the
+        object store once (in a thread)."""
         return await asyncio.to_thread(
-            decode_and_put, images, group, self.limits.max_pixels_per_image
+            decode_and_put, images, group, self.limits.max_pixels_per_image, "groups", offset
         )
 
     async def _score(
@@ -175,11 +218,12 @@ class RewardServing:
         n: int,
         metadata: list[Any] | None = None,
         group: int | None = None,
+        offset: int = 0,
     ) -> ModelOutput:
         try:
             out: ModelOutput = await self.scorers[name].score.remote(ref, prompts, metadata)
         except Exception as exc:
-            raise metadata_error(exc, name, group) from None
+            raise metadata_error(exc, name, group, offset) from None
         self.observe(name, n, out.batch_images, out.model_s)
         return out
 
@@ -209,11 +253,18 @@ class RewardServing:
             check_prompt(p, f"prompts[{i}]", None, self.limits)
             self._check_prompt_for(names, p, f"prompts[{i}]", None)
         meta = list(req.metadata) if req.metadata is not None else None
-        async with self._admit([len(req.images)]) as turns, turns[0]:
-            ref, count = await self._decode_put(req.images, None)
-            outs = await asyncio.gather(
-                *(self._score(n, ref, list(req.prompts), count, meta) for n in names)
+
+        async def call(ref: Any, lo: int, hi: int) -> list[ModelOutput]:
+            prompts = list(req.prompts[lo:hi])
+            part = meta[lo:hi] if meta is not None else None
+            return list(
+                await asyncio.gather(
+                    *(self._score(n, ref, prompts, hi - lo, part, None, lo) for n in names)
+                )
             )
+
+        async with self._admit([len(req.images)]) as turns:
+            outs = merge_outputs(await self._chunked(req.images, None, turns[0], call))
         cards = [o.card for o in outs]
         return ScoreResponse(
             **response_meta(self.args, cards, req.request_id),
@@ -230,15 +281,23 @@ class RewardServing:
         self._check_scorers([name], "scorer")
         check_counts([len(images)], self.limits, grouped=False)
         prompts = [str(m.get("prompt", "")) if isinstance(m, dict) else "" for m in metadata]
-        async with self._admit([len(images)]) as turns, turns[0]:
-            ref, _ = await self._decode_put(images, None)
+
+        async def call(ref: Any, lo: int, hi: int) -> list[dict[str, np.ndarray]]:
             try:
-                parts: dict[str, np.ndarray] = await self.scorers[name].score_components.remote(
-                    ref, prompts, metadata
-                )
+                return [
+                    await self.scorers[name].score_components.remote(
+                        ref, prompts[lo:hi], metadata[lo:hi]
+                    )
+                ]
             except Exception as exc:
-                raise metadata_error(exc, name, None) from None
-        return parts
+                raise metadata_error(exc, name, None, lo) from None
+
+        async with self._admit([len(images)]) as turns:
+            chunks = await self._chunked(images, None, turns[0], call)
+        parts = [c[0] for c in chunks]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     # -- /v1/rewards -------------------------------------------------------------
     async def rewards(self, req: RewardsRequest) -> RewardsResponse:
@@ -257,15 +316,19 @@ class RewardServing:
 
         async def one(g: int) -> tuple[RewardGroupResult, list[ModelCard]]:
             group = req.groups[g]
-            async with turns[g]:  # the group's turn in the fair queue
-                # One put per group: every model reads the same pixels from the store.
-                ref, n = await self._decode_put(group.images, g)
-                prompts = [group.prompt] * n
-                meta = [group.metadata] * n if group.metadata is not None else None
-                calls = [self._score(name, ref, prompts, n, meta, g) for name in weights]
+            n = len(group.images)
+
+            async def call(ref: Any, lo: int, hi: int) -> list[ModelOutput]:
+                # One put per chunk: every model reads the same pixels from the store.
+                k = hi - lo
+                prompts = [group.prompt] * k
+                meta = [group.metadata] * k if group.metadata is not None else None
+                calls = [self._score(name, ref, prompts, k, meta, g) for name in weights]
                 if needs_embeddings:
-                    calls.append(self._embed(ref, n))
-                outs = await asyncio.gather(*calls)
+                    calls.append(self._embed(ref, k))
+                return list(await asyncio.gather(*calls))
+
+            outs = merge_outputs(await self._chunked(group.images, g, turns[g], call))
             scores = {name: outs[i].values for i, name in enumerate(weights)}
             total = combine_quality(weights, scores, n, aggregation)
             emb = outs[-1].values if needs_embeddings else None
@@ -367,6 +430,25 @@ class RewardServing:
         if self.link.deployed:  # a quality-only reward app has nothing more to probe
             states.update(await diversity_ready())
         return states
+
+
+def merge_outputs(chunks: Sequence[Sequence[ModelOutput]]) -> list[ModelOutput]:
+    """Per model, its outputs for a group's chunks (in order) as one: values
+    concatenated, the passes listed, the model time summed, the first chunk's card (a
+    rolling update between two chunks is reported per group, like between groups)."""
+    if len(chunks) == 1:
+        return list(chunks[0])
+    merged = []
+    for parts in zip(*chunks, strict=True):
+        merged.append(
+            ModelOutput(
+                values=np.concatenate([p.values for p in parts]),
+                card=parts[0].card,
+                batch_images=[b for p in parts for b in p.batch_images],
+                model_s=sum(p.model_s for p in parts),
+            )
+        )
+    return merged
 
 
 def inflight_capacity(args: RewardAppArgs) -> int:
