@@ -15,14 +15,21 @@ steady state (the window starts ``--warmup`` seconds into the phase). Goals: the
 tenant's p95 beside the flood at most 2x its p95 alone; gold:heavy throughput 2:1
 within 15%.
 
-The scorer batches at most ``--batch`` images, so each ingress lets through
-``2 x batch`` images at once (``ingress.max_inflight_images`` default) and the rest
-waits in its fair queue.
+The scorer batches at most ``--batch`` images (default 8, one group) and the ingress
+lets ``--max-inflight`` images through to the models at once (default 8: one batch,
+the setting for latency isolation between tenants, see docs/operations.md; without the
+flag, the service's derived default, ``2 x batch``, which keeps a second batch waiting
+at the scorer for throughput). The rest waits in the ingress's fair queue.
+
+Each tenant's clients run in a process of their own (aiohttp, one event loop per
+tenant), as they would on their own machines; they still share this machine's cores
+with the service.
 
 Writes ``OUT.json`` and ``OUT.md`` (default ``bench/results/fairness``).
 
-    .venv/bin/python bench/fairness.py [--phase-seconds 30] [--warmup 5] [--batch 16]
-        [--heavy-clients 16] [--out bench/results/fairness]
+    .venv/bin/python bench/fairness.py [--phase-seconds 60] [--warmup 5] [--batch 8]
+        [--max-inflight 8 | --derived-inflight] [--heavy-clients 16]
+        [--out bench/results/fairness]
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ import argparse
 import asyncio
 import io
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,29 +87,66 @@ def body(files: list[bytes], k: int) -> bytes:
 
 
 async def closed_loop(
-    url: str, token: str, bodies: list[bytes], clients: int, stop_at: float, log: list
+    url: str,
+    token: str,
+    bodies: list[bytes],
+    clients: int,
+    stop_at: float,
+    log: list,
+    period: float | None = None,
 ) -> None:
-    """``clients`` clients of one tenant until ``stop_at``; appends (t_end, latency_s,
-    images, status) per request."""
-    import httpx
+    """``clients`` clients of one tenant until ``stop_at`` (``time.monotonic``); appends
+    (t_end, latency_s, images, status) per request. Each client sends its next group when
+    its last one is answered, or, with ``period``, a group every ``period`` seconds (a
+    trainer that spends the rest of the time sampling; at once when an answer came
+    late). aiohttp (which Ray Serve brings): the load generator shares the 2 cores with
+    the service, so its own cost per request should be small."""
+    import aiohttp
 
     headers = {
         "authorization": f"Bearer {token}",
         "content-type": "application/msgpack",
         "accept": "application/msgpack",
     }
-    async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers) as c:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(
+        base_url=url, headers=headers, connector=connector, timeout=timeout
+    ) as c:
 
         async def client(i: int) -> None:
             k = i
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                r = await c.post("/v1/rewards", content=bodies[k % len(bodies)])
-                t1 = time.perf_counter()
-                log.append((t1, t1 - t0, GROUP, r.status_code))
+            while time.monotonic() < stop_at:
+                t0 = time.monotonic()
+                async with c.post("/v1/rewards", data=bodies[k % len(bodies)]) as r:
+                    await r.read()
+                    status = r.status
+                t1 = time.monotonic()
+                log.append((t1, t1 - t0, GROUP, status))
                 k += clients
+                if period is not None:
+                    await asyncio.sleep(max(0.0, t0 + period - time.monotonic()))
 
         await asyncio.gather(*(client(i) for i in range(clients)))
+
+
+def tenant_process(
+    url: str,
+    token: str,
+    bodies: list[bytes],
+    clients: int,
+    start_at: float,
+    stop_at: float,
+    period: float | None,
+) -> list:
+    """One tenant's clients, in a process of their own (a tenant is another machine: its
+    client-side work must not delay another tenant's responses on a shared event loop).
+    Starts at ``start_at`` (``time.monotonic``, one clock for every process of the
+    machine) so the tenants of a phase begin together; returns its log."""
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    log: list = []
+    asyncio.run(closed_loop(url, token, bodies, clients, stop_at, log, period))
+    return log
 
 
 def summarise(log: list, start: float, end: float) -> dict[str, Any]:
@@ -116,20 +162,27 @@ def summarise(log: list, start: float, end: float) -> dict[str, Any]:
     }
 
 
-async def phase(
+def phase(
+    pool: Executor,
     url: str,
     tokens: dict[str, str],
     plan: dict[str, int],
     bodies: dict[str, list[bytes]],
     seconds: float,
     warmup: float,
+    periods: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    """Every tenant of ``plan`` (tenant -> clients) in its own process for ``seconds``
+    (closed loop, or a group every ``periods[tenant]`` seconds); each tenant's figures
+    over the window from ``warmup`` to the end."""
+    t0 = time.monotonic() + 1.0  # time for every process to be waiting
     stop_at = t0 + seconds
-    logs: dict[str, list] = {t: [] for t in plan}
-    await asyncio.gather(
-        *(closed_loop(url, tokens[t], bodies[t], n, stop_at, logs[t]) for t, n in plan.items())
-    )
+    periods = periods or {}
+    futs = {
+        t: pool.submit(tenant_process, url, tokens[t], bodies[t], n, t0, stop_at, periods.get(t))
+        for t, n in plan.items()
+    }
+    logs = {t: f.result() for t, f in futs.items()}
     # the window: after the warm-up, until the phase's end (requests still finishing
     # after it are past the window, so they count for nobody)
     return {t: summarise(logs[t], t0 + warmup, stop_at) | {"clients": plan[t]} for t in plan}
@@ -158,9 +211,12 @@ def write_report(res: dict[str, Any], out: Path) -> None:
     text = markdown(
         "Fair queueing between tenants (bench/fairness.py)",
         f"Tiny models (PickScore and DreamSim twins) on CPU, `/v1/rewards` (msgpack, "
-        f"DiverseGRPO), groups of {GROUP} JPEG images at {SIDE} px, closed-loop clients; "
-        f"scorer batches of at most {res['params']['batch']} images, so the ingress lets "
-        f"{res['params']['max_inflight_images']} images through at once and queues the rest "
+        f"DiverseGRPO), groups of {GROUP} JPEG images at {SIDE} px, closed-loop clients "
+        f"(aiohttp, each tenant in a client process of its own on the same machine); "
+        f"scorer batches of at most {res['params']['batch']} images; the ingress lets "
+        f"{res['params']['max_inflight_images']} images through to the models at once "
+        f"(`ingress.max_inflight_images` "
+        f"{'derived' if res['params']['derived_inflight'] else 'set'}) and queues the rest "
         f"fairly. {res['params']['phase_seconds']:g} s per phase, the first "
         f"{res['params']['warmup']:g} s not measured. Machine: {res['machine']['cpus']} CPUs, "
         f"load average {res['machine']['loadavg_start']} -> {res['machine']['loadavg_end']}"
@@ -200,9 +256,31 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--phase-seconds", type=float, default=30.0)
+    ap.add_argument("--phase-seconds", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=5.0)
-    ap.add_argument("--batch", type=int, default=16, help="scorer max_batch_images")
+    ap.add_argument("--batch", type=int, default=8, help="scorer max_batch_images")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="ingress.max_chunk_images (default: unset, whole groups)",
+    )
+    inflight_opts = ap.add_mutually_exclusive_group()
+    inflight_opts.add_argument(
+        "--max-inflight", type=int, default=8, help="ingress.max_inflight_images"
+    )
+    inflight_opts.add_argument(
+        "--derived-inflight",
+        action="store_true",
+        help="leave ingress.max_inflight_images unset (the service derives 2 x --batch)",
+    )
+    ap.add_argument(
+        "--light-period",
+        type=float,
+        default=0.0,
+        help="the light tenant sends a group every this many seconds (default 0: closed "
+        "loop, the next group as soon as the last one is answered)",
+    )
     ap.add_argument("--heavy-clients", type=int, default=16)
     ap.add_argument("--tiny-dir", type=Path, default=ROOT / ".cache" / "tiny-models")
     ap.add_argument("--shared", action="store_true", help="say the machine was shared")
@@ -225,8 +303,15 @@ def main() -> int:
     }
     args = {
         "auth": {"enabled": True, "tenants_file": str(tenants_file)},
-        "ingress": {"num_cpus": 0.1, "call_timeout_s": 600, "max_queued_requests": 1024},
+        "ingress": {
+            "num_cpus": 0.1,
+            "call_timeout_s": 600,
+            "max_queued_requests": 1024,
+            "max_inflight_images": None if opts.derived_inflight else opts.max_inflight,
+            "max_chunk_images": opts.chunk,
+        },
     }
+    inflight = 2 * opts.batch if opts.derived_inflight else opts.max_inflight
     load0 = loadavg()
     from divreward.services import launch
 
@@ -239,21 +324,25 @@ def main() -> int:
         }
         secs, skip = opts.phase_seconds, opts.warmup
         heavy = opts.heavy_clients
+        # one process per tenant of a phase, started once (spawned: this one runs Ray)
+        pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
         # a short warm-up of every path (first calls load models, compile, ...)
-        warm = asyncio.run(phase(url, tokens, {"light": 2, "heavy": 2}, bodies, 5.0, 0.0))
+        warm = phase(pool, url, tokens, {"light": 2, "heavy": 2}, bodies, 5.0, 0.0)
         if any(r["failed"] or not r["groups"] for r in warm.values()):
             raise RuntimeError(f"the warm-up calls failed: {warm}")
         phases: dict[str, Any] = {}
         print("phase alone ...", flush=True)
-        phases["alone"] = asyncio.run(phase(url, tokens, {"light": 1}, bodies, secs, skip))
+        light = {"light": opts.light_period} if opts.light_period > 0 else {}
+        phases["alone"] = phase(pool, url, tokens, {"light": 1}, bodies, secs, skip, light)
         print("phase beside-flood ...", flush=True)
-        phases["beside-flood"] = asyncio.run(
-            phase(url, tokens, {"light": 1, "heavy": heavy}, bodies, secs, skip)
+        phases["beside-flood"] = phase(
+            pool, url, tokens, {"light": 1, "heavy": heavy}, bodies, secs, skip, light
         )
         print("phase 2:1 ...", flush=True)
-        phases["2:1"] = asyncio.run(
-            phase(url, tokens, {"gold": heavy, "heavy": heavy}, bodies, secs, skip)
+        phases["2:1"] = phase(
+            pool, url, tokens, {"gold": heavy, "heavy": heavy}, bodies, secs, skip
         )
+        pool.shutdown()
     finally:
         launch.shutdown()
     ratio = phases["beside-flood"]["light"]["p95_s"] / phases["alone"]["light"]["p95_s"]
@@ -272,7 +361,10 @@ def main() -> int:
             "group": GROUP,
             "side": SIDE,
             "batch": opts.batch,
-            "max_inflight_images": 2 * opts.batch,
+            "max_inflight_images": inflight,
+            "derived_inflight": opts.derived_inflight,
+            "max_chunk_images": opts.chunk,
+            "light_period_s": opts.light_period,
             "phase_seconds": secs,
             "warmup": skip,
             "heavy_clients": heavy,
