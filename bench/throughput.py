@@ -9,7 +9,8 @@ model weights and the same JPEG files:
    with PIL, transformers ``CLIPModel`` + its default ``CLIPProcessor``, the group's images
    in one batch, its prompt once, default torch threads); for ``rewards`` also the
    embedder and DiverseGRPO's rewards and advantages. Measured before the service starts,
-   again right before every point (the ratio of that point uses it: this machine's speed
+   again around every point (one client: group by group; more: right before and right
+   after the point, their mean; the ratio of that point uses it: this machine's speed
    drifts by tens of percent over minutes), and after the service stops;
 2. **the service**: closed-loop clients (each sends its next request when its last one
    returned) posting whole groups of JPEG files to ``/v1/score`` (and ``/v1/rewards``
@@ -548,9 +549,14 @@ async def run_service(
             if c == 1 and floor_group is not None:
                 r = await interleaved(send, floor_group, n)
             else:
-                adjacent = floor_now() if floor_now is not None else float("nan")
+                # The floor right before and right after the point, and their mean: a
+                # point of many clients lasts minutes, over which the machine drifts.
+                before = floor_now() if floor_now is not None else float("nan")
                 r = await closed_loop(send, c, seconds, n)
-                r["floor_images_per_s"] = adjacent
+                after = floor_now() if floor_now is not None else float("nan")
+                r["floor_before_images_per_s"] = before
+                r["floor_after_images_per_s"] = after
+                r["floor_images_per_s"] = (before + after) / 2
             r["cpu_s_per_request"] = {
                 k: (cpu_seconds(p) - cpu0[k]) / max(1, r["all_requests"])
                 for k, p in (procs or {}).items()
@@ -559,7 +565,7 @@ async def run_service(
             print(
                 f"  {endpoint:7s} {form:6s} {c:3d} clients: {r['images_per_s']:6.1f} img/s  "
                 f"p50 {r['p50_ms']:7.0f} ms  p95 {r['p95_ms']:7.0f} ms  client CPU "
-                f"{1000 * r['client_cpu_s_per_request']:.0f} ms/request  (floor just before: "
+                f"{1000 * r['client_cpu_s_per_request']:.0f} ms/request  (floor then: "
                 f"{adjacent:.1f} img/s)",
                 flush=True,
             )
@@ -779,7 +785,8 @@ def write_report(res: dict[str, Any], out: Path) -> None:
         "its default `CLIPProcessor`, the group's images in one batch, its prompt once; "
         f"default torch threads: {res['torch_threads']}); at one client it scores each "
         "group right before the service does (alternating, group by group), at more "
-        "clients it is measured right before the point (`floor s/group`);",
+        "clients it is measured right before and right after the point, and the ratio "
+        "uses their mean (`floor s/group`);",
         "- **Flask peer**: `bench/flask_peer.py`, a PickScore server built as the public "
         "reward servers are (Flask's threaded server, pickled JPEG files, the reference "
         "scorer with a prompt per image), in its own process, alone on the machine;",
@@ -818,8 +825,10 @@ def write_report(res: dict[str, Any], out: Path) -> None:
                 f"{floor.get('before', float('nan')):.1f} img/s before the service and "
                 f"{floor.get('after', float('nan')):.1f} after it).",
                 "",
-                "`x floor` divides by the floor measured in this process right before that "
-                "point (`floor then`); `x mean floor` by the mean floor above. `CPU s/req`: "
+                "`x floor` divides by the floor measured in this process around that point "
+                "(`floor then`: at one client, group by group; at more, the mean of right "
+                "before and right after it); `x mean floor` by the mean floor above. "
+                "`CPU s/req`: "
                 "each process's CPU seconds per request over the point (psutil).",
                 "",
                 "| form | clients | img/s | floor then | x floor | x mean floor | p50 ms | p95 ms "
