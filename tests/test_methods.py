@@ -109,8 +109,8 @@ from divreward.services.reward_server import serving as rs
 from divreward.services.reward_server.router import reward_router
 
 # the object store is Ray's: in-process, the decoded arrays themselves stand for it
-rs.decode_and_put = lambda images, g, max_pixels, field="groups": (
-    decode_group(images, g, max_pixels, field), len(images))
+rs.decode_and_put = lambda images, g, max_pixels, field="groups", offset=0: (
+    decode_group(images, g, max_pixels, field, offset), len(images))
 CARD = ModelCard(name="pickscore", kind="scorer", source="stub")
 
 
