@@ -264,12 +264,16 @@ class RewardServing:
             )
 
         async with self._admit([len(req.images)]) as turns:
-            outs = merge_outputs(await self._chunked(req.images, None, turns[0], call))
-        cards = [o.card for o in outs]
+            chunks = await self._chunked(req.images, None, turns[0], call)
+        outs = merge_outputs(chunks)
+        # a model that changed between two chunks (a rolling update) is warned of
+        models, warnings = _merge_cards([[o.card for o in c] for c in chunks])
+        head = response_meta(self.args, list(models.values()), req.request_id)
+        head["warnings"] = head["warnings"] + warnings
         return ScoreResponse(
-            **response_meta(self.args, cards, req.request_id),
+            **head,
             scores={n: floats(o.values) for n, o in zip(names, outs, strict=True)},
-            models={c.name: c for c in cards},
+            models=models,
             params=ScoreParams(scorers=names),
         )
 
@@ -328,7 +332,8 @@ class RewardServing:
                     calls.append(self._embed(ref, k))
                 return list(await asyncio.gather(*calls))
 
-            outs = merge_outputs(await self._chunked(group.images, g, turns[g], call))
+            chunks = await self._chunked(group.images, g, turns[g], call)
+            outs = merge_outputs(chunks)
             scores = {name: outs[i].values for i, name in enumerate(weights)}
             total = combine_quality(weights, scores, n, aggregation)
             emb = outs[-1].values if needs_embeddings else None
@@ -356,7 +361,8 @@ class RewardServing:
                 rewards=div.rewards,
                 advantages=div.advantages,
             )
-            return result, [o.card for o in outs]
+            # every chunk's cards: a model that changed between two chunks is warned of
+            return result, [o.card for c in chunks for o in c]
 
         async with self._admit([len(g.images) for g in req.groups]) as turns:
             results = await asyncio.gather(*(one(g) for g in range(len(req.groups))))
@@ -434,8 +440,9 @@ class RewardServing:
 
 def merge_outputs(chunks: Sequence[Sequence[ModelOutput]]) -> list[ModelOutput]:
     """Per model, its outputs for a group's chunks (in order) as one: values
-    concatenated, the passes listed, the model time summed, the first chunk's card (a
-    rolling update between two chunks is reported per group, like between groups)."""
+    concatenated, the passes listed, the model time summed, the first chunk's card (the
+    callers give every chunk's cards to :func:`_merge_cards`, which warns when a model
+    changed between two chunks)."""
     if len(chunks) == 1:
         return list(chunks[0])
     merged = []
@@ -497,8 +504,9 @@ def _raise_errors(result: T | ServiceError) -> T:
 def _merge_cards(
     per_group: Sequence[Sequence[ModelCard]],
 ) -> tuple[dict[str, ModelCard], list[str]]:
-    """The models of a response; a warning if a model changed between groups (a rolling
-    update during the request: each group was still handled by one version)."""
+    """The models of a response (the cards of each group, or of each chunk); a warning if
+    a model changed between them (a rolling update during the request: each group, or
+    each chunk of one, was still handled by one version)."""
     models: dict[str, ModelCard] = {}
     warnings: list[str] = []
     for cards in per_group:
@@ -508,8 +516,9 @@ def _merge_cards(
                 models[c.name] = c
             elif prev != c and not any(c.name in w for w in warnings):
                 warnings.append(
-                    f"model {c.name!r} changed during the request (a rolling update): groups "
+                    f"model {c.name!r} changed during the request (a rolling update): images "
                     f"were scored by {prev.weights_hash or prev.revision} or "
-                    f"{c.weights_hash or c.revision}, each group by one of them"
+                    f"{c.weights_hash or c.revision}, each group (or chunk of a group, with "
+                    "ingress.max_chunk_images) by one of them"
                 )
     return models, warnings

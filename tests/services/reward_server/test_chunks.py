@@ -147,3 +147,25 @@ def test_decoding_a_chunk_names_the_groups_own_image_index() -> None:
     assert info.value.status == 400
     assert info.value.message.startswith("groups[2].images[5]: ")
     assert (info.value.group_index, info.value.image_index) == (2, 5)
+
+
+def test_a_model_that_changed_between_two_chunks_is_warned_of() -> None:
+    """A rolling update between two chunks of one call: the response says so."""
+    s, scorer = serving(3)
+    score = scorer.score.remote
+    calls = 0
+
+    async def updated(ref: list[int], prompts: list[str], meta: Any) -> ModelOutput:
+        nonlocal calls
+        calls += 1
+        out = await score(ref, prompts, meta)
+        if calls > 1:
+            out.card = CARD.model_copy(update={"weights_hash": "new"})
+        return out
+
+    scorer.score = Remote(updated)
+    out = asyncio.run(
+        s.score(ScoreRequest.model_validate({"images": images(5), "prompts": ["p"] * 5}))
+    )
+    assert out.scores["pickscore"] == [10.0 * i for i in range(5)]
+    assert any("'pickscore' changed during the request" in w for w in out.warnings)
