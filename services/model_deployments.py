@@ -176,6 +176,12 @@ class _ModelServer:
     """Shared by the scorer and embedder deployments."""
 
     kind: str
+    #: /readyz asks each model for a real call. A batch of real traffic that finished
+    #: (finite values, one row per image) this many seconds ago or less is that call, so
+    #: a busy replica answers at once instead of queueing the probe behind its work; an
+    #: idle, failing or stuck one gets a real probe.
+    READY_FRESH_S = 10.0
+    _last_ok: float | None = None  # time.monotonic() of the last good batch
 
     def __init__(
         self,
@@ -295,6 +301,8 @@ class _ModelServer:
                 f"{self.kind} {self.name!r} returned {values.shape[0]} rows for "
                 f"{len(images)} images"
             )
+        if np.isfinite(values).all():
+            self._last_ok = time.monotonic()
         out: list[tuple[np.ndarray, list[int], float]] = []
         start = 0
         for c in chunks:
@@ -302,6 +310,17 @@ class _ModelServer:
             out.append((values[start : start + n], passes, dt))
             start += n
         return out
+
+    async def ready(self) -> ModelCard:
+        """What /readyz asks: a batch that finished in the last ``READY_FRESH_S`` seconds,
+        else a real call on a tiny image (``_probe``)."""
+        last = self._last_ok
+        if last is None or time.monotonic() - last > self.READY_FRESH_S:
+            await self._probe()
+        return self.card
+
+    async def _probe(self) -> None:
+        raise NotImplementedError
 
     async def _run(
         self,
@@ -382,8 +401,7 @@ class ScorerServer(_ModelServer):
             self.model.score_components, list(images), list(prompts), meta
         )
 
-    async def ready(self) -> ModelCard:
-        """A real call on a tiny image (what /readyz uses)."""
+    async def _probe(self) -> None:
         assert isinstance(self.model, Scorer)
         probe = self.model.probe_metadata
         out = await self.score(
@@ -394,7 +412,6 @@ class ScorerServer(_ModelServer):
         )
         if out.values.shape != (1,) or not np.isfinite(out.values).all():
             raise RuntimeError(f"scorer {self.name!r} returned {out.values!r} on the probe")
-        return self.card
 
 
 class EmbedderServer(_ModelServer):
@@ -414,11 +431,10 @@ class EmbedderServer(_ModelServer):
     async def embed(self, images: Sequence[np.ndarray]) -> ModelOutput:
         return await self._run(images, None)
 
-    async def ready(self) -> ModelCard:
+    async def _probe(self) -> None:
         out = await self.embed([readiness_image()])
         if out.values.ndim != 2 or out.values.shape[0] != 1 or not np.isfinite(out.values).all():
             raise RuntimeError(f"embedder {self.name!r} returned shape {out.values.shape}")
-        return self.card
 
 
 ScorerDeployment = serve.deployment(name="scorer")(ScorerServer)

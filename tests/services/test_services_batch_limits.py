@@ -5,6 +5,8 @@ forward-pass size of the model it serves, and ``ModelOutput.batch_images`` (what
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -84,3 +86,85 @@ def test_model_batch_options_are_refused_in_a_deployment() -> None:
     args = ModelDeploymentArgs(options={"max_batch": 8})
     with pytest.raises(ValueError, match=r"'hpsv3'.*set batch\.max_batch_images"):
         model_deployment_options("hpsv3", args)
+
+
+def test_ready_counts_a_recent_batch_and_probes_an_idle_or_failing_model(
+    tiny_zoo: TinyZoo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz's call to a model: a replica whose batch is still running answers at once
+    when a batch finished within READY_FRESH_S (the probe does not queue behind the work);
+    an idle one, or one whose batches fail, gets a real one-image call."""
+    ctx = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr("ray.serve.get_replica_context", lambda: ctx)
+    server, seen = _server(tiny_zoo)
+    lazy = ScorerServer._batched.set_max_batch_size.__self__  # type: ignore[attr-defined]
+    try:
+        asyncio.run(asyncio.wait_for(_ready_calls(server, seen), timeout=60))
+    finally:
+        lazy._queue = None
+
+
+async def _ready_calls(server: ScorerServer, seen: list[int]) -> None:
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)]
+    assert server._last_ok is None
+
+    # Idle since start: a real call on one tiny image.
+    assert await server.ready() == server.card
+    assert seen == [1]
+    seen.clear()
+
+    # Real traffic finished just now: no call of its own.
+    await server.score(images, PROMPTS[:3])
+    assert seen == [3]
+    assert await server.ready() == server.card
+    assert seen == [3]
+
+    # A batch in flight and a fresh one before it: the probe does not wait for it.
+    release = threading.Event()
+    started = threading.Event()
+    real = server._forward_recorded
+
+    def held(*args: object) -> tuple[np.ndarray, list[int]]:
+        started.set()
+        release.wait(30)
+        return real(*args)  # type: ignore[arg-type]
+
+    server._forward_recorded = held  # type: ignore[method-assign]
+    busy = asyncio.create_task(server.score(images, PROMPTS[:3]))
+    await asyncio.to_thread(started.wait, 30)
+    assert await asyncio.wait_for(server.ready(), timeout=5) == server.card
+    assert not busy.done()
+    release.set()
+    await busy
+    del server._forward_recorded
+
+    # Stale: a real call again.
+    seen.clear()
+    server._last_ok = time.monotonic() - server.READY_FRESH_S - 1
+    assert await server.ready() == server.card
+    assert seen == [1]
+
+    # A model whose batches fail is not fresh, and the probe reports the failure.
+    def broken(*args: object) -> tuple[np.ndarray, list[int]]:
+        raise RuntimeError("CUDA error: device-side assert")
+
+    server._forward_recorded = broken  # type: ignore[method-assign]
+    server._last_ok = time.monotonic() - server.READY_FRESH_S - 1
+    stale = server._last_ok
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        await server.score(images, PROMPTS[:3])
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        await server.ready()
+    assert server._last_ok == stale
+
+    # Non-finite scores are not a good batch either.
+    def nan(imgs: list[np.ndarray], *args: object) -> tuple[np.ndarray, list[int]]:
+        return np.full(len(imgs), np.nan), [len(imgs)]
+
+    server._forward_recorded = nan  # type: ignore[method-assign]
+    await server.score(images, PROMPTS[:3])
+    assert server._last_ok == stale
+    with pytest.raises(RuntimeError, match="on the probe"):
+        await server.ready()
+    del server._forward_recorded
