@@ -88,7 +88,7 @@ def test_a_group_submitted_while_the_stream_idles_is_answered_on_it(
         elapsed = time.monotonic() - t0
     assert b.rewards == [1.0, 1.0]
     # Answered when the server finished it, on the stream it was sent on: not after the
-    # client's timeout, and sent once.
-    assert elapsed < SLOW_S + 2.0 < TIMEOUT_S, elapsed
+    # client's timeout, and sent once (a resend would show in `seen`).
+    assert SLOW_S < elapsed < TIMEOUT_S, elapsed
     assert servicer.seen == ["rid-a", "rid-b"]
     assert servicer.streams == 1

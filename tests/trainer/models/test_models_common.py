@@ -352,14 +352,11 @@ def test_prompt_cache_is_a_bounded_lru(adapter):
 
 
 def test_tiny_builds_are_cached_and_guarded(tmp_path):
-    import time
-
     family, path = ensure_tiny_model("tiny-sd3", tmp_path)
     assert family == "sd3" and path == tmp_path / "sd3" and (path / "model_index.json").is_file()
     stamp = (path / "model_index.json").stat().st_mtime_ns
-    t0 = time.perf_counter()
     assert ensure_tiny_model("tiny-sd3", tmp_path)[1] == path
-    assert time.perf_counter() - t0 < 1.0  # the marker makes a rebuild a no-op
+    # the marker makes a rebuild a no-op: nothing was written again
     assert (path / "model_index.json").stat().st_mtime_ns == stamp
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "model_index.json").write_text("{}")
