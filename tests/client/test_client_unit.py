@@ -875,3 +875,27 @@ def test_a_group_the_stream_never_answers_times_out_per_attempt(retry_timeouts: 
     finally:
         server.stop(0)
     assert servicer.seen == ["rid-t"] * (2 if retry_timeouts else 1)
+
+
+def test_closing_never_raises_for_a_peer_that_will_not_let_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The blocking client's close (also run by the garbage collector) gives up on a hung
+    close of the async client's connections after its timeout: it warns, stops the loop
+    (which cancels the rest) and returns, instead of raising out of a finalizer."""
+    from divreward.client.client import _Background
+
+    bg = _Background(ClientSettings(url="http://127.0.0.1:9"))
+    started = threading.Event()
+
+    async def hangs() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    bg.client.aclose = hangs  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="divreward.client.client"):
+        bg.close(timeout_s=0.5)
+    assert started.is_set()
+    bg.thread.join(10)
+    assert not bg.thread.is_alive() and bg.loop.is_closed()
+    assert "closing its connections took over" in caplog.text
