@@ -137,40 +137,35 @@ class RewardServing:
         return [(lo, min(n, lo + size)) for lo in range(0, max(n, 1), size)]
 
     @contextlib.asynccontextmanager
-    async def _admit(self, sizes: Sequence[int]) -> AsyncIterator[list[list[Any]]]:
+    async def _admit(self, sizes: Sequence[int]) -> AsyncIterator[list[list[tuple[int, int, Any]]]]:
         """The fair queue's turns of a request's groups (their image counts), for the
         current call's tenant: ``async with self._admit(sizes) as turns`` admits the
-        request or raises the tenant's 429; ``turns[g]`` holds one turn per chunk of group
-        ``g`` (see :meth:`_bounds`), for :meth:`_chunked`."""
+        request or raises the tenant's 429; ``turns[g]`` lists group ``g``'s chunks (see
+        :meth:`_bounds`) as ``(lo, hi, turn)``, for :meth:`_chunked`."""
         per_group = [self._bounds(n) for n in sizes]
         flat = [hi - lo for bounds in per_group for lo, hi in bounds]
         async with self.queue.slots(current_tenant(), flat) as slots:
-            turns, k = [], 0
-            for bounds in per_group:
-                turns.append(slots[k : k + len(bounds)])
-                k += len(bounds)
-            yield turns
+            turns = iter(slots)
+            yield [[(lo, hi, next(turns)) for lo, hi in bounds] for bounds in per_group]
 
     async def _chunked(
         self,
         images: Sequence[bytes],
         group: int | None,
-        turns: Sequence[Any],
+        turns: Sequence[tuple[int, int, Any]],
         call: Callable[[Any, int, int], Awaitable[list[R]]],
     ) -> list[list[R]]:
         """Each chunk of a group in its own turn of the fair queue: decoded and put in
         the object store once, then ``call(ref, lo, hi)`` (the models' calls on images
         ``[lo, hi)``, one result per model), the chunks concurrently. Returns, per chunk
         in order, the results of ``call``."""
-        bounds = self._bounds(len(images))
 
-        async def one(k: int) -> list[R]:
-            lo, hi = bounds[k]
-            async with turns[k]:  # the chunk's turn in the fair queue
+        async def one(lo: int, hi: int, turn: Any) -> list[R]:
+            async with turn:  # the chunk's turn in the fair queue
                 ref, _ = await self._decode_put(images[lo:hi], group, lo)
                 return await call(ref, lo, hi)
 
-        return list(await asyncio.gather(*(one(k) for k in range(len(bounds)))))
+        return list(await asyncio.gather(*(one(*t) for t in turns)))
 
     # -- helpers -----------------------------------------------------------------
     def _check_scorers(self, names: Sequence[str], field: str) -> None:
@@ -259,7 +254,10 @@ class RewardServing:
             part = meta[lo:hi] if meta is not None else None
             return list(
                 await asyncio.gather(
-                    *(self._score(n, ref, prompts, hi - lo, part, None, lo) for n in names)
+                    *(
+                        self._score(n, ref, prompts, hi - lo, part, group=None, offset=lo)
+                        for n in names
+                    )
                 )
             )
 

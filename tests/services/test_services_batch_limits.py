@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +20,7 @@ from divreward.services.config import BatchArgs, ModelDeploymentArgs
 from divreward.services.model_deployments import ScorerServer, model_deployment_options
 
 PROMPTS = [f"prompt {i}" for i in range(7)]
+Served = Callable[[Callable[[ScorerServer, list[int]], Awaitable[None]]], None]
 
 
 def _server(tiny_zoo: TinyZoo) -> tuple[ScorerServer, list[int]]:
@@ -38,22 +40,30 @@ def _server(tiny_zoo: TinyZoo) -> tuple[ScorerServer, list[int]]:
     return server, seen
 
 
-def test_user_config_sets_the_forward_pass_and_the_metric(
-    tiny_zoo: TinyZoo, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def served(tiny_zoo: TinyZoo, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """``run(calls)``: ``calls(server, seen)`` on a tiny-PickScore ScorerServer, in one
+    event loop (@serve.batch's queue lives on the loop it started on)."""
     # Outside a replica, @serve.batch's queue asks for the replica's max_ongoing_requests
     # (only to warn); answer as a replica configured with the defaults would.
     ctx = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
     monkeypatch.setattr("ray.serve.get_replica_context", lambda: ctx)
     server, seen = _server(tiny_zoo)
-    # One event loop for every call: @serve.batch's queue lives on the loop it started on.
     lazy = ScorerServer._batched.set_max_batch_size.__self__  # type: ignore[attr-defined]
+
+    def run(calls: Callable[[ScorerServer, list[int]], Awaitable[None]]) -> None:
+        asyncio.run(asyncio.wait_for(calls(server, seen), timeout=60))
+
     try:
-        asyncio.run(asyncio.wait_for(_calls(server, seen), timeout=60))
+        yield run
     finally:
         # In a replica the queue lives as long as the process; here it must not outlive
         # this test's event loop (Ray creates it again on first use).
         lazy._queue = None
+
+
+def test_user_config_sets_the_forward_pass_and_the_metric(served: Served) -> None:
+    served(_calls)
 
 
 async def _calls(server: ScorerServer, seen: list[int]) -> None:
@@ -89,19 +99,12 @@ def test_model_batch_options_are_refused_in_a_deployment() -> None:
 
 
 def test_ready_counts_a_recent_batch_and_probes_an_idle_or_failing_model(
-    tiny_zoo: TinyZoo, monkeypatch: pytest.MonkeyPatch
+    served: Served,
 ) -> None:
     """/readyz's call to a model: a replica whose batch is still running answers at once
     when a batch finished within READY_FRESH_S (the probe does not queue behind the work);
     an idle one, or one whose batches fail, gets a real one-image call."""
-    ctx = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
-    monkeypatch.setattr("ray.serve.get_replica_context", lambda: ctx)
-    server, seen = _server(tiny_zoo)
-    lazy = ScorerServer._batched.set_max_batch_size.__self__  # type: ignore[attr-defined]
-    try:
-        asyncio.run(asyncio.wait_for(_ready_calls(server, seen), timeout=60))
-    finally:
-        lazy._queue = None
+    served(_ready_calls)
 
 
 async def _ready_calls(server: ScorerServer, seen: list[int]) -> None:
